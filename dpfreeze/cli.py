@@ -20,6 +20,11 @@ from dpif.netlink.wire import KernelError, WireError
 # Modules that contribute sub-commands, in help order.  Each defines add_commands(subparsers).
 COMMAND_MODULES: tuple[str, ...] = (
     "dpif.dpctl",
+    "dpif.bench",
+    "dpfreeze.freeze_cli",
+    "dpfreeze.snapshot_cli",
+    "dpfreeze.probe.cli",
+    "dpfreeze.lab",
 )
 
 

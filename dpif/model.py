@@ -225,7 +225,9 @@ class Datapath(Protocol):
 
     async def flow_put(self, flow: Flow, *, create: bool = True) -> None: ...
 
-    async def flow_put_many(self, flows: Sequence[Flow], *, create: bool = True) -> list[BaseException | None]:
+    async def flow_put_many(
+        self, flows: Sequence[Flow], *, create: bool = True
+    ) -> list[BaseException | None]:
         """Batched puts; one result per flow (None = ok)."""
         ...
 

@@ -1,0 +1,198 @@
+"""`dpfreeze serve | freeze | renew | thaw | status | upgrade`: thin front ends over the service.
+
+freeze/renew/thaw need the running service (the pin lives there); status falls back to the state file when
+the service is down; upgrade runs a service in-process when none is running.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from dpfreeze import control, machine, ovsenv
+from dpfreeze.cli import UserError
+from dpfreeze.service import (
+    DEFAULT_DATAPATH,
+    DEFAULT_SOCKET,
+    DEFAULT_STATE_DIR,
+    FreezeService,
+    ServiceConfig,
+    SystemBackend,
+    render_status,
+)
+from dpfreeze.upgrade import FreezeApi, UpgradeReport, upgrade
+
+
+class RemoteApi:
+    """The service behind its control socket."""
+
+    def __init__(self, path: Path, timeout: float = 120.0) -> None:
+        self.path, self.timeout = str(path), timeout
+
+    async def _call(self, cmd: str, **args: Any) -> dict[str, Any]:
+        try:
+            return await control.call(self.path, cmd, args, timeout=self.timeout)
+        except control.ControlError as exc:
+            raise UserError(str(exc)) from exc
+        except (FileNotFoundError, ConnectionRefusedError) as exc:
+            raise UserError(f"no dpfreeze service on {self.path} (start it with `dpfreeze serve`)") from exc
+
+    async def freeze(self, ttl: float, datapath: str) -> dict[str, Any]:
+        return await self._call("freeze", ttl=ttl, datapath=datapath)
+
+    async def renew(self, ttl: float) -> dict[str, Any]:
+        return await self._call("renew", ttl=ttl)
+
+    async def thaw(self, *, wait: bool = True) -> dict[str, Any]:
+        return await self._call("thaw", wait=wait)
+
+    async def status(self) -> dict[str, Any]:
+        return await self._call("status")
+
+
+def _config(args: argparse.Namespace) -> ServiceConfig:
+    return ServiceConfig(state_dir=Path(args.state_dir), socket_path=Path(args.socket))
+
+
+def _emit(doc: dict[str, Any], as_json: bool, text: str) -> None:
+    print(json.dumps(doc, indent=1, sort_keys=True) if as_json else text)
+
+
+def upgrade_text(rep: UpgradeReport) -> str:
+    lines = [f"upgrade {'OK' if rep.ok else 'FAILED'}: ovs-vswitchd {rep.old_pid} -> {rep.new_pid}"]
+    lines += [f"  {s['step']}: {s['seconds']:.3f} s" + "".join(f" {k}={v}" for k, v in s.items()
+                                                          if k not in ("step", "seconds")) for s in rep.steps]
+    lines += [f"  openflow: {c}" for c in rep.openflow_changes]
+    lines += [f"  problem: {p}" for p in rep.verify]
+    if rep.error:
+        lines.append(f"  error: {rep.error}")
+    if rep.status:
+        lines.append(render_status(rep.status))
+    return "\n".join(lines)
+
+
+async def cmd_serve(args: argparse.Namespace) -> int:
+    service = FreezeService(_config(args), SystemBackend())
+    try:
+        await service.run()
+    except machine.TransitionRefused as exc:
+        raise UserError(str(exc)) from exc
+    return 0
+
+
+async def cmd_freeze(args: argparse.Namespace) -> int:
+    doc = await RemoteApi(Path(args.socket)).freeze(args.ttl, args.datapath)
+    _emit(doc, args.json, render_status(doc))
+    return 0
+
+
+async def cmd_renew(args: argparse.Namespace) -> int:
+    doc = await RemoteApi(Path(args.socket)).renew(args.ttl)
+    _emit(doc, args.json, render_status(doc))
+    return 0
+
+
+async def cmd_thaw(args: argparse.Namespace) -> int:
+    doc = await RemoteApi(Path(args.socket)).thaw(wait=not args.no_wait)
+    _emit(doc, args.json, render_status(doc))
+    return 1 if doc.get("error") else 0
+
+
+async def cmd_status(args: argparse.Namespace) -> int:
+    try:
+        doc = await RemoteApi(Path(args.socket), timeout=10).status()
+        doc["service"] = "running"
+    except UserError:
+        try:
+            state = machine.StateStore(_config(args).state_file).load()
+        except machine.StateFileError as exc:
+            raise UserError(str(exc)) from exc
+        doc = {k: v for k, v in state.to_json().items() if k != "dpfreeze_state"}
+        doc["lease_remaining"] = state.lease_remaining()
+        doc["service"] = "not running"
+    _emit(doc, args.json, f"service: {doc['service']}\n" + render_status(doc))
+    return 0
+
+
+@asynccontextmanager
+async def _service_api(args: argparse.Namespace) -> AsyncIterator[FreezeApi]:
+    """The running service, or one started in-process for the duration of the upgrade."""
+    remote = RemoteApi(Path(args.socket))
+    try:
+        await remote.status()
+    except UserError:
+        service = FreezeService(_config(args), SystemBackend())
+        async with trio.open_nursery() as nursery:
+            await nursery.start(service.run)
+            yield service
+            nursery.cancel_scope.cancel()
+        return
+    yield remote
+
+
+async def cmd_upgrade(args: argparse.Namespace) -> int:
+    async with _service_api(args) as api:
+        rep = await upgrade(api, ovsenv.current(), ttl=args.ttl, datapath=args.datapath,
+                            restart_command=args.restart_command)
+    if args.report:
+        Path(args.report).write_text(json.dumps(rep.to_json(), indent=1, sort_keys=True) + "\n")
+    if args.json:
+        print(json.dumps(rep.to_json(), indent=1, sort_keys=True))
+    else:
+        print(upgrade_text(rep), file=sys.stdout if rep.ok else sys.stderr)
+    return 0 if rep.ok else 1
+
+
+def _common(p: argparse.ArgumentParser, *, json_flag: bool = True) -> None:
+    p.add_argument("--socket", default=str(DEFAULT_SOCKET), help="control socket (env DPFREEZE_SOCKET)")
+    p.add_argument("--state-dir", default=str(DEFAULT_STATE_DIR),
+                   help="state file and freeze snapshot directory (env DPFREEZE_STATE_DIR)")
+    if json_flag:
+        p.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def _ttl(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ttl", type=float, default=machine.DEFAULT_TTL,
+                   help=f"lease in seconds: expiry thaws (default {machine.DEFAULT_TTL:g})")
+
+
+def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("serve", help="run the freeze service (control socket, pin, hand-over, lease)")
+    _common(p, json_flag=False)
+    p.set_defaults(handler=cmd_serve)
+
+    p = sub.add_parser("freeze", help="snapshot, set flow-restore-wait, pin flows, take over upcalls")
+    _common(p)
+    _ttl(p)
+    p.add_argument("--datapath", default=DEFAULT_DATAPATH)
+    p.set_defaults(handler=cmd_freeze)
+
+    p = sub.add_parser("renew", help="extend the lease of the freeze in progress")
+    _common(p)
+    _ttl(p)
+    p.set_defaults(handler=cmd_renew)
+
+    p = sub.add_parser("thaw", help="clear flow-restore-wait, repair the new daemon's flush, hand over")
+    _common(p)
+    p.add_argument("--no-wait", action="store_true", help="return once the thaw has started")
+    p.set_defaults(handler=cmd_thaw)
+
+    p = sub.add_parser("status", help="state, lease, pinned flows, upcalls, owners of the upcall pids")
+    _common(p)
+    p.set_defaults(handler=cmd_status)
+
+    p = sub.add_parser("upgrade", help="hitless ovs-vswitchd restart: freeze, restart, restore, thaw")
+    _common(p)
+    _ttl(p)
+    p.add_argument("--datapath", default=DEFAULT_DATAPATH)
+    p.add_argument("--restart-command", metavar="CMD",
+                   help="shell command that restarts ovs-vswitchd (default: stop and start it like ovs-ctl)")
+    p.add_argument("--report", metavar="FILE", help="also write the JSON report to FILE")
+    p.set_defaults(handler=cmd_upgrade)

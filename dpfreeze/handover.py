@@ -1,0 +1,276 @@
+"""Own the upcalls while no ovs-vswitchd does; buffer misses; give them to the new daemon.
+
+Why wait for the old daemon to be gone: the kernel lets anyone reprogram upcall pids, and a running
+daemon does not notice (research/netlink.md §2), so taking them early would silently starve it.  Liveness
+of a portid is read from /proc/net/netlink, which also maps every portid to its owning process.
+
+Why recirc(0): re-executing a buffered miss with a lone recirc(0) action makes the kernel look the packet up
+again and, still missing, upcall it to whoever owns the pids *now* (the new daemon) — exactly what the
+daemon would have seen.  Only misses with recirc_id 0 qualify: others were produced mid-pipeline by the old
+daemon's flows.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import struct
+from collections import deque
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import trio
+
+from dpfreeze.log import kv
+from dpfreeze.pin import PinSet
+from dpif.model import (
+    Datapath,
+    DatapathInfo,
+    ExecuteRequest,
+    Resync,
+    Upcall,
+    UpcallKind,
+    UpcallReceiver,
+    Vport,
+)
+from dpif.netlink.wire import WireError, attr, iter_attrs, u32
+
+LOG = logging.getLogger(__name__)
+
+NETLINK_GENERIC = 16
+_KEY_RECIRC_ID = 20  # OVS_KEY_ATTR_RECIRC_ID
+_ACTION_RECIRC = 7  # OVS_ACTION_ATTR_RECIRC
+RECIRC0_ACTIONS = attr(_ACTION_RECIRC, struct.pack("=I", 0))
+
+
+# --- who owns a portid ---------------------------------------------------------------------------
+
+def parse_proc_net_netlink(text: str, protocol: int = NETLINK_GENERIC) -> dict[int, int]:
+    """portid -> socket inode, for one netlink protocol, from the text of /proc/net/netlink."""
+    owners: dict[int, int] = {}
+    for line in text.splitlines()[1:]:
+        cols = line.split()
+        if len(cols) < 10 or not cols[1].isdigit() or int(cols[1]) != protocol:
+            continue
+        owners[int(cols[2]) & 0xFFFFFFFF] = int(cols[9])
+    return owners
+
+
+_SOCKET_LINK = re.compile(r"socket:\[(\d+)\]")
+
+
+def inode_processes(inodes: Iterable[int], proc: Path = Path("/proc")) -> dict[int, tuple[int, str]]:
+    """socket inode -> (pid, comm), by scanning /proc/*/fd as `ss -p` does."""
+    wanted = set(inodes)
+    found: dict[int, tuple[int, str]] = {}
+    for piddir in proc.iterdir():
+        if not piddir.name.isdigit() or not wanted - found.keys():
+            continue
+        try:
+            fds = list((piddir / "fd").iterdir())
+            comm = (piddir / "comm").read_text().strip()
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                m = _SOCKET_LINK.fullmatch(os.readlink(fd))
+            except OSError:
+                continue
+            if m and int(m.group(1)) in wanted:
+                found.setdefault(int(m.group(1)), (int(piddir.name), comm))
+    return found
+
+
+def live_portids(proc: Path = Path("/proc")) -> dict[int, int]:
+    return parse_proc_net_netlink((proc / "net" / "netlink").read_text())
+
+
+def upcall_pids(info: DatapathInfo, vports: Sequence[Vport]) -> tuple[int, ...]:
+    """The portids the kernel would send misses to now: per-CPU array, else every vport's pids."""
+    if info.per_cpu_dispatch:
+        return info.per_cpu_pids
+    return tuple(p for v in vports for p in v.upcall_pids)
+
+
+def portid_owners(pids: Iterable[int], proc: Path = Path("/proc")) -> list[dict[str, object]]:
+    """One entry per distinct upcall portid: its owning process, or dead."""
+    live = live_portids(proc)
+    distinct = sorted(set(pids))
+    procs = inode_processes((live[p] for p in distinct if p in live), proc)
+    report: list[dict[str, object]] = []
+    for p in distinct:
+        inode = live.get(p)
+        owner = procs.get(inode) if inode is not None else None
+        report.append({"portid": p, "alive": inode is not None,
+                       "pid": owner[0] if owner else None, "process": owner[1] if owner else None})
+    return report
+
+
+# --- the miss buffer -----------------------------------------------------------------------------
+
+@dataclass
+class MissBuffer:
+    """Bounded FIFO of MISS upcalls (packets and bytes); overflow is counted, never silent."""
+
+    max_packets: int = 10000
+    max_bytes: int = 16 << 20
+    buffered: deque[Upcall] = field(default_factory=deque)
+    bytes: int = 0
+    accepted: int = 0
+    overflow_packets: int = 0
+    overflow_bytes: int = 0
+
+    def add(self, upcall: Upcall) -> bool:
+        size = len(upcall.packet)
+        if len(self.buffered) >= self.max_packets or self.bytes + size > self.max_bytes:
+            self.overflow_packets += 1
+            self.overflow_bytes += size
+            return False
+        self.buffered.append(upcall)
+        self.bytes += size
+        self.accepted += 1
+        return True
+
+    def drain(self) -> list[Upcall]:
+        out = list(self.buffered)
+        self.buffered.clear()
+        self.bytes = 0
+        return out
+
+
+def recirc_id(key: bytes) -> int:
+    try:
+        for t, v in iter_attrs(key):
+            if t == _KEY_RECIRC_ID:
+                return u32(v)
+    except WireError:
+        return -1
+    return 0
+
+
+def replay_request(upcall: Upcall) -> ExecuteRequest:
+    return ExecuteRequest(packet=upcall.packet, key=upcall.key, actions=RECIRC0_ACTIONS, mru=upcall.mru,
+                          hash=upcall.hash)
+
+
+@dataclass
+class HandoverStats:
+    mode: str = ""
+    taken_over: bool = False
+    misses: int = 0
+    action_upcalls: int = 0
+    replayed: int = 0
+    replay_failed: int = 0
+    not_replayable: int = 0  # recirc_id != 0
+    gave_back: bool = False
+    new_owner_pids: list[int] = field(default_factory=list)
+
+    def as_dict(self, buffer: MissBuffer) -> dict[str, object]:
+        return {**vars(self), "buffered": len(buffer.buffered), "buffered_bytes": buffer.bytes,
+                "overflow_packets": buffer.overflow_packets, "overflow_bytes": buffer.overflow_bytes}
+
+
+class Handover:
+    """Upcall takeover for one datapath, per-CPU or per-vport dispatch."""
+
+    def __init__(self, dp: Datapath, pins: PinSet, buffer: MissBuffer | None = None, *,
+                 poll_interval: float = 0.02, proc: Path = Path("/proc")) -> None:
+        self.dp = dp
+        self.pins = pins
+        self.buffer = buffer or MissBuffer()
+        self.poll_interval = poll_interval
+        self.proc = proc
+        self.ours: tuple[int, ...] = ()
+        self.stats = HandoverStats()
+
+    async def current_pids(self) -> tuple[DatapathInfo, list[Vport], tuple[int, ...]]:
+        info = await self.dp.info()
+        vports = await self.dp.ports()
+        return info, vports, upcall_pids(info, vports)
+
+    async def wait_owner_gone(self) -> None:
+        """Until no live socket other than ours holds any current upcall pid (0 counts as nobody)."""
+        while True:
+            _, _, pids = await self.current_pids()
+            live = live_portids(self.proc)
+            if not any(p and p in live and p not in self.ours for p in pids):
+                return
+            await trio.sleep(self.poll_interval)
+
+    async def take(self, portids: Sequence[int]) -> None:
+        """Point every upcall at our sockets, keeping all datapath features."""
+        self.ours = tuple(portids)
+        info = await self.dp.info()
+        if info.per_cpu_dispatch:
+            self.stats.mode = "per-cpu"
+            n = max(len(info.per_cpu_pids), os.cpu_count() or 1)
+            await self.dp.set_features(info.features, [self.ours[i % len(self.ours)] for i in range(n)])
+        else:
+            self.stats.mode = "per-vport"
+            for v in await self.dp.ports():
+                await self.dp.port_set_upcall_pids(v.port_no, self.ours)
+        self.stats.taken_over = True
+        LOG.info(kv("handover.taken", mode=self.stats.mode, pids=",".join(map(str, self.ours))))
+
+    async def receive(self, receiver: UpcallReceiver) -> None:
+        async for up in receiver:
+            if isinstance(up, Resync):
+                LOG.warning(kv("handover.upcalls_lost", reason=up.reason, dropped=up.dropped))
+                self.buffer.overflow_packets += up.dropped or 0
+            elif up.kind is UpcallKind.MISS:
+                self.stats.misses += 1
+                self.buffer.add(up)
+            else:
+                self.stats.action_upcalls += 1  # the flow already forwarded it: never replay
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Open sockets, wait for the old owner to go, take over, then buffer until cancelled."""
+        async with self.dp.upcalls(1) as receiver, trio.open_nursery() as nursery:
+            self.ours = tuple(receiver.portids)
+            nursery.start_soon(self.receive, receiver)
+            task_status.started()
+            await self.wait_owner_gone()
+            await self.take(receiver.portids)
+
+    async def new_owner(self) -> bool:
+        """True once every current upcall pid is non-zero and none is ours: the new daemon took them."""
+        _, _, pids = await self.current_pids()
+        if pids and all(p and p not in self.ours for p in pids):
+            self.stats.new_owner_pids = sorted(set(pids))
+            return True
+        return False
+
+    async def wait_new_owner(self) -> None:
+        while not await self.new_owner():
+            await trio.sleep(self.poll_interval)
+
+    async def replay(self) -> None:
+        for up in self.buffer.drain():
+            if recirc_id(up.key) != 0:
+                self.stats.not_replayable += 1
+                continue
+            try:
+                await self.dp.execute(replay_request(up))
+                self.stats.replayed += 1
+            except OSError as exc:
+                self.stats.replay_failed += 1
+                LOG.warning(kv("handover.replay_failed", error=str(exc)))
+
+    async def give_back(self) -> None:
+        """If the pids are still ours (no new daemon took them), restore the snapshot's pids."""
+        if not self.stats.taken_over:
+            return
+        info, vports, pids = await self.current_pids()
+        if not any(p in self.ours for p in pids):
+            return
+        snap = self.pins.datapath
+        if info.per_cpu_dispatch:
+            await self.dp.set_features(info.features, snap.per_cpu_pids or [0])
+        else:
+            before = {v.port_no: v.upcall_pids for v in self.pins.vports}
+            for v in vports:
+                await self.dp.port_set_upcall_pids(v.port_no, before.get(v.port_no) or (0,))
+        self.stats.gave_back = True
+        LOG.info(kv("handover.gave_back", mode=self.stats.mode))

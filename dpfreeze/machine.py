@@ -1,0 +1,186 @@
+"""The freeze state machine: one transition table, its persisted state, the lease.
+
+Why a table: every command and every failure path must land in a known state, and a refused command must
+change nothing.  `step()` is the only way to change state; it returns a new `FreezeState` (never mutates),
+so callers persist the result before acting on it and a `kill -9` at any point resumes from disk.
+
+The lease is a wall-clock deadline (not monotonic) because it must survive a restart of the service.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+STATE_VERSION = 1
+DEFAULT_TTL = 300.0
+MAX_TTL = 24 * 3600.0
+
+
+class State(enum.Enum):
+    IDLE = "idle"
+    FROZEN = "frozen"  # snapshot taken, flow-restore-wait set, flows pinned, upcalls taken over
+    HANDING_OVER = "handing_over"  # flow-restore-wait cleared, waiting for the new daemon's pids and flush
+    THAWED = "thawed"  # pin released; the report of the last freeze is kept until the next one
+
+
+class Event(enum.Enum):
+    FREEZE = "freeze"
+    THAW = "thaw"  # operator (or upgrade) asks to thaw
+    EXPIRE = "expire"  # the lease ran out: thaw anyway
+    FAIL = "fail"  # an unrecoverable error while frozen: thaw (clear flow-restore-wait)
+    DONE = "done"  # hand-over finished (flush seen and flows re-installed, or gave up waiting)
+    RENEW = "renew"  # extend the lease of the freeze in progress
+
+
+# (state, event) -> next state.  Anything not listed is refused.
+TRANSITIONS: dict[tuple[State, Event], State] = {
+    (State.IDLE, Event.FREEZE): State.FROZEN,
+    (State.THAWED, Event.FREEZE): State.FROZEN,
+    (State.FROZEN, Event.RENEW): State.FROZEN,
+    (State.FROZEN, Event.THAW): State.HANDING_OVER,
+    (State.FROZEN, Event.EXPIRE): State.HANDING_OVER,
+    (State.FROZEN, Event.FAIL): State.HANDING_OVER,
+    (State.HANDING_OVER, Event.DONE): State.THAWED,
+    (State.HANDING_OVER, Event.FAIL): State.THAWED,
+}
+
+# States in which flow-restore-wait may be set and the datapath is ours to guard.
+ACTIVE = frozenset({State.FROZEN, State.HANDING_OVER})
+
+
+class TransitionRefused(Exception):
+    """A command that is not allowed in the current state; nothing was changed."""
+
+
+class StateFileError(Exception):
+    """The persisted state is unreadable, foreign or from another version."""
+
+
+@dataclass(frozen=True)
+class FreezeState:
+    """Everything a restarted service needs to resume: persisted as one JSON document."""
+
+    state: State = State.IDLE
+    datapath: str = ""
+    snapshot_path: str = ""
+    ttl: float = 0.0
+    lease_expires: float = 0.0  # time.time() deadline; 0 when no lease is held
+    frozen_at: float = 0.0
+    reason: str = ""  # why the last transition happened (event and detail)
+    error: str = ""  # the last failure, if any
+    counters: dict[str, int] = field(default_factory=dict)
+    report: dict[str, Any] = field(default_factory=dict)  # the hand-over report of the last thaw
+
+    def lease_remaining(self, now: float | None = None) -> float | None:
+        if self.state not in ACTIVE or not self.lease_expires:
+            return None
+        return self.lease_expires - (time.time() if now is None else now)
+
+    def expired(self, now: float | None = None) -> bool:
+        remaining = self.lease_remaining(now)
+        return remaining is not None and remaining <= 0
+
+    def to_json(self) -> dict[str, Any]:
+        doc = asdict(self)
+        doc["state"] = self.state.value
+        return {"dpfreeze_state": STATE_VERSION, **doc}
+
+    @classmethod
+    def from_json(cls, doc: Any) -> FreezeState:
+        if not isinstance(doc, dict) or doc.get("dpfreeze_state") != STATE_VERSION:
+            raise StateFileError(f"not a dpfreeze state file of version {STATE_VERSION}")
+        try:
+            return cls(
+                state=State(doc["state"]),
+                datapath=str(doc["datapath"]),
+                snapshot_path=str(doc["snapshot_path"]),
+                ttl=float(doc["ttl"]),
+                lease_expires=float(doc["lease_expires"]),
+                frozen_at=float(doc["frozen_at"]),
+                reason=str(doc["reason"]),
+                error=str(doc["error"]),
+                counters={str(k): int(v) for k, v in dict(doc["counters"]).items()},
+                report=dict(doc["report"]),
+            )
+        except (KeyError, ValueError, TypeError) as exc:
+            raise StateFileError(f"malformed state file: {exc}") from exc
+
+
+def check_ttl(ttl: float) -> float:
+    if not 0 < ttl <= MAX_TTL:
+        raise TransitionRefused(f"lease TTL must be in (0, {MAX_TTL:.0f}] seconds, got {ttl}")
+    return ttl
+
+
+def step(current: FreezeState, event: Event, *, now: float | None = None, detail: str = "",
+         **changes: Any) -> FreezeState:
+    """Apply one event: the next state, or TransitionRefused with `current` untouched.
+
+    FREEZE needs datapath, snapshot_path and ttl; RENEW needs ttl; FAIL records `detail` as the error.
+    """
+    nxt = TRANSITIONS.get((current.state, event))
+    if nxt is None:
+        raise TransitionRefused(f"cannot {event.value} while {current.state.value}")
+    now = time.time() if now is None else now
+    reason = event.value + (f": {detail}" if detail else "")
+    if event is Event.FREEZE:
+        ttl = check_ttl(float(changes.pop("ttl")))
+        return FreezeState(state=nxt, ttl=ttl, lease_expires=now + ttl, frozen_at=now, reason=reason,
+                           **changes)
+    if event is Event.RENEW:
+        ttl = check_ttl(float(changes.pop("ttl")))
+        return replace(current, ttl=ttl, lease_expires=now + ttl, reason=reason, **changes)
+    if event is Event.FAIL:
+        changes.setdefault("error", detail)
+    if nxt is State.THAWED:
+        changes.setdefault("lease_expires", 0.0)
+    return replace(current, state=nxt, reason=reason, **changes)
+
+
+class StateStore:
+    """The state file: written atomically (temp file, fsync, rename, fsync of the directory)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def load(self) -> FreezeState:
+        """The persisted state; a missing file is IDLE.  A corrupt one raises StateFileError."""
+        try:
+            text = self.path.read_text()
+        except FileNotFoundError:
+            return FreezeState()
+        try:
+            doc = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise StateFileError(f"{self.path}: not JSON ({exc.msg})") from exc
+        try:
+            return FreezeState.from_json(doc)
+        except StateFileError as exc:
+            raise StateFileError(f"{self.path}: {exc}") from exc
+
+    def save(self, state: FreezeState) -> None:
+        directory = self.path.parent
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        data = json.dumps(state.to_json(), indent=1, sort_keys=True).encode() + b"\n"
+        fd, tmp = tempfile.mkstemp(prefix=self.path.name + ".", suffix=".tmp", dir=directory)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)

@@ -1,0 +1,225 @@
+"""flow-restore-wait and version facts, through the OVSDB IDL of OVS's own `ovs` Python library.
+
+Why the IDL and not `ovs-vsctl set`: the change is a verified transaction on the one Open_vSwitch row
+(`setkey`/`delkey` touch only our key, so a concurrent writer of other_config is not clobbered), its outcome
+is a typed status rather than scraped text, and every wait is bounded by our own deadline.
+
+The schema is asked from the server (`get_schema`), so a newer ovsdb-server's schema is never misread.
+The `ovs` library blocks; each call runs in a worker thread and stops itself at its deadline.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import platform
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import ovs.db.idl
+import ovs.jsonrpc
+import ovs.poller
+import ovs.stream
+import trio
+
+from dpfreeze.ovsenv import OvsEnv, current
+
+FRW_KEY = "flow-restore-wait"
+DEFAULT_TIMEOUT = 5.0
+
+
+class OvsdbError(Exception):
+    """ovsdb-server is unreachable, refused the transaction, or did not answer in time."""
+
+
+@dataclass(frozen=True)
+class Versions:
+    """What ran when a snapshot was taken: a restore on another kernel/OVS may need care."""
+
+    kernel: str
+    vswitchd_binary: str | None  # `ovs-vswitchd --version` of the installed binary
+    vswitchd_running: str | None  # `ovs-appctl version` of the running daemon (differs mid-upgrade)
+    db_ovs_version: str | None  # Open_vSwitch:ovs_version, as the init scripts record it
+
+    def to_json(self) -> dict[str, str | None]:
+        return {"kernel": self.kernel, "vswitchd_binary": self.vswitchd_binary,
+                "vswitchd_running": self.vswitchd_running, "db_ovs_version": self.db_ovs_version}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Versions:
+        return cls(str(d["kernel"]), d["vswitchd_binary"], d["vswitchd_running"], d["db_ovs_version"])
+
+
+def _remote(env: OvsEnv) -> str:
+    if not env.db_sock.exists():
+        raise OvsdbError(f"no ovsdb-server socket at {env.db_sock} (is ovsdb-server running? "
+                         f"OVS_RUNDIR={env.rundir})")
+    return env.db_remote
+
+
+def _left_ms(deadline: float, what: str) -> int:
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise OvsdbError(f"ovsdb-server did not answer {what} in time")
+    return max(1, int(left * 1000))
+
+
+def _get_schema(remote: str, deadline: float) -> dict[str, Any]:
+    error, stream = ovs.stream.Stream.open(remote)
+    if error:
+        raise OvsdbError(f"cannot connect to {remote}: {errno.errorcode.get(error, error)}")
+    conn = ovs.jsonrpc.Connection(stream)
+    try:
+        request = ovs.jsonrpc.Message.create_request("get_schema", ["Open_vSwitch"])
+        error = conn.send(request)
+        if error:
+            raise OvsdbError(f"cannot talk to {remote}: {errno.errorcode.get(error, error)}")
+        while True:
+            conn.run()
+            error, msg = conn.recv()
+            if msg is not None and msg.id == request.id:
+                if msg.type != ovs.jsonrpc.Message.T_REPLY:
+                    raise OvsdbError(f"get_schema refused by {remote}: {msg.error}")
+                return dict(msg.result)
+            if error and error != errno.EAGAIN:
+                raise OvsdbError(f"connection to {remote} lost: {errno.errorcode.get(error, error)}")
+            poller = ovs.poller.Poller()
+            conn.wait(poller)
+            conn.recv_wait(poller)
+            poller.timer_wait(_left_ms(deadline, "get_schema"))
+            poller.block()
+    finally:
+        conn.close()
+
+
+def _open_idl(env: OvsEnv, deadline: float, columns: list[str]) -> ovs.db.idl.Idl:
+    remote = _remote(env)
+    helper = ovs.db.idl.SchemaHelper(schema_json=_get_schema(remote, deadline))
+    helper.register_columns("Open_vSwitch", columns)
+    idl = ovs.db.idl.Idl(remote, helper)
+    try:
+        while not idl.has_ever_connected() or idl.change_seqno == 0:
+            idl.run()
+            if idl.has_ever_connected() and idl.change_seqno != 0:
+                break
+            poller = ovs.poller.Poller()
+            idl.wait(poller)
+            poller.timer_wait(_left_ms(deadline, "the initial monitor"))
+            poller.block()
+    except BaseException:
+        idl.close()
+        raise
+    return idl
+
+
+def _root_row(idl: ovs.db.idl.Idl) -> Any:
+    rows = list(idl.tables["Open_vSwitch"].rows.values())
+    if len(rows) != 1:
+        raise OvsdbError(f"the Open_vSwitch table has {len(rows)} rows, expected 1 (run `ovs-vsctl init`)")
+    return rows[0]
+
+
+def _read_frw(env: OvsEnv, timeout: float) -> bool:
+    idl = _open_idl(env, time.monotonic() + timeout, ["other_config"])
+    try:
+        return bool(_root_row(idl).other_config.get(FRW_KEY) == "true")
+    finally:
+        idl.close()
+
+
+def _write_frw(env: OvsEnv, value: bool, timeout: float) -> bool:
+    """One verified transaction; returns True when it changed the database."""
+    deadline = time.monotonic() + timeout
+    idl = _open_idl(env, deadline, ["other_config"])
+    try:
+        while True:
+            row = _root_row(idl)
+            present = row.other_config.get(FRW_KEY)
+            if (value and present == "true") or (not value and present is None):
+                return False
+            txn = ovs.db.idl.Transaction(idl)
+            txn.add_comment(f"dpfreeze: {'set' if value else 'clear'} {FRW_KEY}")
+            row.verify("other_config")
+            if value:
+                row.setkey("other_config", FRW_KEY, "true")
+            else:
+                row.delkey("other_config", FRW_KEY)
+            status = txn.commit()
+            while status == ovs.db.idl.Transaction.INCOMPLETE:
+                poller = ovs.poller.Poller()
+                idl.wait(poller)
+                txn.wait(poller)
+                poller.timer_wait(_left_ms(deadline, "the transaction"))
+                poller.block()
+                idl.run()
+                status = txn.commit()
+            if status == ovs.db.idl.Transaction.SUCCESS:
+                return True
+            if status != ovs.db.idl.Transaction.TRY_AGAIN:
+                raise OvsdbError(f"setting {FRW_KEY} failed: {status} {txn.get_error() or ''}".strip())
+            _wait_change(idl, deadline)  # a concurrent writer won the race: retry on fresh contents
+    finally:
+        idl.close()
+
+
+def _wait_change(idl: ovs.db.idl.Idl, deadline: float) -> None:
+    seqno = idl.change_seqno
+    while idl.change_seqno == seqno:
+        idl.run()
+        if idl.change_seqno != seqno:
+            return
+        poller = ovs.poller.Poller()
+        idl.wait(poller)
+        poller.timer_wait(_left_ms(deadline, "a retried transaction"))
+        poller.block()
+
+
+def _read_db_version(env: OvsEnv, timeout: float) -> str | None:
+    idl = _open_idl(env, time.monotonic() + timeout, ["ovs_version"])
+    try:
+        return next(iter(_root_row(idl).ovs_version), None)
+    finally:
+        idl.close()
+
+
+async def get_flow_restore_wait(env: OvsEnv | None = None, timeout: float = DEFAULT_TIMEOUT) -> bool:
+    return await trio.to_thread.run_sync(_read_frw, env or current(), timeout)
+
+
+async def set_flow_restore_wait(value: bool, env: OvsEnv | None = None,
+                                timeout: float = DEFAULT_TIMEOUT) -> bool:
+    """True: set other_config:flow-restore-wait=true; False: remove the key (what ovs-ctl does).
+
+    Returns whether the database changed.  Raises OvsdbError (nothing changed) on any failure.
+    """
+    return await trio.to_thread.run_sync(_write_frw, env or current(), value, timeout)
+
+
+async def _first_line(argv: list[str], timeout: float, env: OvsEnv) -> str | None:
+    try:
+        with trio.move_on_after(timeout):
+            proc = await trio.run_process(argv, capture_stdout=True, capture_stderr=True, check=False,
+                                          env={**os.environ, **env.environ()})
+            if proc.returncode == 0 and proc.stdout.strip():
+                return str(proc.stdout.decode(errors="replace").splitlines()[0].strip())
+    except OSError:
+        pass  # not installed: the version is unknown, which the snapshot records as null
+    return None
+
+
+async def versions(env: OvsEnv | None = None, timeout: float = DEFAULT_TIMEOUT) -> Versions:
+    """Kernel release, installed and running ovs-vswitchd versions, and the DB's ovs_version.
+
+    Unknown facts (no daemon running, no database) are None rather than errors: a snapshot is still
+    worth taking when ovs-vswitchd is down.
+    """
+    env = env or current()
+    binary = await _first_line(["ovs-vswitchd", "--version"], timeout, env)
+    running = await _first_line(["ovs-appctl", f"--timeout={max(1, int(timeout))}", "-t", "ovs-vswitchd",
+                                 "version"], timeout, env)
+    try:
+        db_version = await trio.to_thread.run_sync(_read_db_version, env, timeout)
+    except OvsdbError:
+        db_version = None
+    return Versions(platform.release(), binary, running, db_version)

@@ -1,0 +1,204 @@
+"""Pin the datapath to its snapshot: whatever anyone deletes comes back, whatever appears is a suspect.
+
+Why two detectors: ovs-vswitchd deletes flows one by one (DEL notifications, terse: only the UFID, hence
+the UFID -> full flow map), but a flush (OVS_FLOW_CMD_DEL without key) sends no notification at all, so
+the datapath's flow count is polled as well.  Why suspects: a dying or half-started daemon can install
+wildcarded drop flows that black-hole new traffic (research/restart-measurements.md); while frozen those
+are reported and, when drop-only, removed.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import logging
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass, field
+
+import trio
+
+from dpfreeze.log import kv
+from dpif.model import Datapath, DatapathInfo, Event, EventCmd, EventKind, Flow, Resync, Vport, VportType
+from dpif.netlink.wire import WireError, iter_attrs, u32
+
+LOG = logging.getLogger(__name__)
+
+# Attribute numbers this module inspects (uAPI openvswitch.h; not yet exported by dpif.netlink).
+_KEY_RECIRC_ID = 20
+_ACTION_RECIRC = 7
+
+
+@dataclass(frozen=True)
+class PinSet:
+    """What a freeze guards: the snapshot's datapath, vports and flows."""
+
+    datapath: DatapathInfo
+    vports: tuple[Vport, ...]
+    flows: tuple[Flow, ...]
+
+
+@dataclass
+class PinStats:
+    reinstalled: int = 0
+    reinstall_failed: int = 0
+    vports_recreated: int = 0
+    vport_failures: int = 0
+    flushes_detected: int = 0
+    suspects_removed: int = 0
+    resyncs: int = 0
+    suspects: dict[str, str] = field(default_factory=dict)  # flow id -> why (kept while the flow lives)
+
+    def as_dict(self) -> dict[str, object]:
+        return dict(vars(self))
+
+
+def flow_id(flow: Flow) -> bytes:
+    """How a flow is identified by the kernel: its UFID, else its (unmasked) key."""
+    return flow.ufid if flow.ufid is not None else b"key:" + flow.key
+
+
+def flow_name(flow: Flow) -> str:
+    """A short printable id: the UFID in hex, else a digest of the key."""
+    if flow.ufid is not None:
+        return flow.ufid.hex()
+    return "key-sha1:" + hashlib.sha1(flow.key).hexdigest()[:16]
+
+
+def uses_recirculation(flow: Flow) -> bool:
+    """True if the new daemon will delete this flow on its first dump (recirc_id != 0 or a recirc action)."""
+    try:
+        for t, v in iter_attrs(flow.key):
+            if t == _KEY_RECIRC_ID and u32(v) != 0:
+                return True
+        return any(t == _ACTION_RECIRC for t, _ in iter_attrs(flow.actions or b""))
+    except WireError:
+        return False
+
+
+def is_drop_only(flow: Flow) -> bool:
+    return flow.actions is not None and len(flow.actions) == 0
+
+
+class Pinner:
+    """Re-installs deleted snapshot flows and vports until cancelled.
+
+    `frozen` selects the suspect policy (True: no one may legitimately add flows); `flush_seen` is set each
+    time a flow-count drop was repaired, which the hand-over uses to detect the new daemon's flush.
+    """
+
+    def __init__(self, dp: Datapath, pins: PinSet, *, poll_interval: float = 0.02,
+                 remove_drop_suspects: bool = True) -> None:
+        self.dp = dp
+        self.flows = {flow_id(f): f for f in pins.flows if f.actions is not None}
+        self.vports = {v.port_no: v for v in pins.vports if v.port_no != 0}
+        self.poll_interval = poll_interval
+        self.remove_drop_suspects = remove_drop_suspects
+        self.frozen = True
+        self.new_vport_pids: tuple[int, ...] = (0,)
+        self.broken: set[bytes] = set()
+        self.stats = PinStats()
+        self.flush_seen = trio.Event()
+        self._repair_lock = trio.Lock()
+
+    @property
+    def expected(self) -> int:
+        return len(self.flows) - len(self.broken)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Subscribe first, then reconcile (so nothing deleted in between is missed), then watch."""
+        async with self.dp.events() as events:
+            await self.reconcile()
+            task_status.started()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._watch, events)
+                nursery.start_soon(self._poll_count)
+
+    async def reconcile(self) -> int:
+        """Re-install every snapshot flow missing from the datapath; the number re-installed."""
+        async with self._repair_lock:
+            info = await self.dp.info()
+            if info.stats.flows == 0:
+                missing = [f for k, f in self.flows.items() if k not in self.broken]
+            else:
+                present = {flow_id(f) async for f in self.dp.flows()}
+                missing = [f for k, f in self.flows.items() if k not in present and k not in self.broken]
+            return await self._put(missing)
+
+    async def _put(self, flows: list[Flow]) -> int:
+        if not flows:
+            return 0
+        done = 0
+        for flow, result in zip(flows, await self.dp.flow_put_many(flows, create=True), strict=True):
+            if result is None or (isinstance(result, OSError) and result.errno == errno.EEXIST):
+                done += result is None
+                continue
+            self.broken.add(flow_id(flow))
+            self.stats.reinstall_failed += 1
+            LOG.warning(kv("pin.reinstall_failed", flow=flow_name(flow), error=str(result)))
+        self.stats.reinstalled += done
+        return done
+
+    async def _poll_count(self) -> None:
+        while True:
+            await trio.sleep(self.poll_interval)
+            info = await self.dp.info()
+            if info.stats.flows < self.expected and (n := await self.reconcile()):
+                self.stats.flushes_detected += 1
+                LOG.info(kv("pin.flush_repaired", seen=info.stats.flows, reinstalled=n))
+                self.flush_seen.set()
+
+    async def _watch(self, events: AsyncIterator[Event | Resync]) -> None:
+        async for ev in events:
+            if isinstance(ev, Resync):
+                self.stats.resyncs += 1
+                await self.reconcile()
+            elif ev.kind is EventKind.FLOW:
+                assert isinstance(ev.record, Flow)
+                await self._on_flow(ev.cmd, ev.record)
+            elif ev.kind is EventKind.VPORT and ev.cmd is EventCmd.DEL:
+                assert isinstance(ev.record, Vport)
+                await self._recreate_vport(ev.record.port_no)
+            elif ev.kind is EventKind.DATAPATH and ev.cmd is EventCmd.DEL:
+                LOG.error(kv("pin.datapath_deleted", name=self.dp.name))
+
+    async def _on_flow(self, cmd: EventCmd, record: Flow) -> None:
+        fid = flow_id(record)
+        name = flow_name(record)
+        if cmd is EventCmd.DEL:
+            self.stats.suspects.pop(name, None)  # e.g. a feature probe of a starting daemon: gone again
+            flow = self.flows.get(fid)
+            if flow is not None and fid not in self.broken:
+                await self._put([flow])
+            return
+        if fid in self.flows or not self.frozen:
+            return
+        drop = is_drop_only(record)
+        self.stats.suspects[name] = "drop" if drop else "forwarding"
+        LOG.warning(kv("pin.suspect_flow", flow=name, drop=drop))
+        if self.remove_drop_suspects and drop:
+            try:
+                await self.dp.flow_del(ufid=record.ufid, key=None if record.ufid else record.key)
+                self.stats.suspects_removed += 1
+                self.stats.suspects.pop(name, None)
+            except OSError as exc:
+                LOG.warning(kv("pin.suspect_remove_failed", flow=name, error=str(exc)))
+
+    async def _recreate_vport(self, port_no: int) -> None:
+        vport = self.vports.get(port_no)
+        if vport is None:
+            return
+        ifindex = vport.ifindex if vport.type is VportType.INTERNAL else None
+        try:
+            await self.dp.port_add(vport.name, vport.type, port_no=port_no, upcall_pids=self.new_vport_pids,
+                                   options=vport.options, ifindex=ifindex)
+        except OSError as exc:
+            if exc.errno != errno.EBUSY:  # EBUSY: someone (the daemon) already re-added it
+                self.stats.vport_failures += 1
+                LOG.warning(kv("pin.vport_failed", port=port_no, name=vport.name, error=str(exc)))
+            return
+        self.stats.vports_recreated += 1
+        LOG.info(kv("pin.vport_recreated", port=port_no, name=vport.name))
+
+
+def recirculating(flows: Iterable[Flow]) -> list[Flow]:
+    return [f for f in flows if uses_recirculation(f)]

@@ -1,0 +1,397 @@
+"""`dpfreeze serve`: one trio process that holds the freeze.
+
+One nursery owns the control listener, the lease watcher and, while a freeze is active, the session task
+(which owns the pinner and the hand-over).  Every state change goes through `machine.step` and is written
+to disk *before* it is acted on, so a service killed with -9 resumes the freeze in progress from the state
+file.  Every failure path ends with flow-restore-wait cleared.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import time
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import trio
+
+from dpfreeze import control, machine, ovsdb, ovsenv
+from dpfreeze.handover import Handover, MissBuffer, portid_owners, upcall_pids
+from dpfreeze.log import kv
+from dpfreeze.machine import ACTIVE, Event, State, StateStore, TransitionRefused
+from dpfreeze.ovsenv import OvsEnv
+from dpfreeze.pin import Pinner, PinSet, recirculating
+from dpfreeze.snapshot import Snapshot, take_snapshot
+from dpif.model import Datapath
+from dpif.netlink_datapath import open_datapath
+
+LOG = logging.getLogger(__name__)
+
+DEFAULT_STATE_DIR = Path(os.environ.get("DPFREEZE_STATE_DIR") or "/var/lib/dpfreeze")
+DEFAULT_SOCKET = Path(os.environ.get("DPFREEZE_SOCKET") or "/run/dpfreeze/control.sock")
+DEFAULT_DATAPATH = "ovs-system"
+
+
+class Backend(Protocol):
+    """What the service needs from the rest of dpfreeze (tests substitute fakes)."""
+
+    def open_datapath(self, name: str) -> AbstractAsyncContextManager[Datapath]: ...
+
+    async def snapshot(self, dp: Datapath, path: Path) -> PinSet:
+        """Take the full snapshot and write it atomically to `path`; what to pin."""
+        ...
+
+    def load_pins(self, path: Path, datapath: str) -> PinSet: ...
+
+    async def set_flow_restore_wait(self, on: bool) -> None: ...
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    state_dir: Path = DEFAULT_STATE_DIR
+    socket_path: Path = DEFAULT_SOCKET
+    handover_timeout: float = 10.0  # after the flow-restore-wait clear: wait for the new daemon's pids
+    flush_wait: float = 3.0  # then for its flush (it flushes right after programming its pids)
+    poll_interval: float = 0.02
+    max_buffer_packets: int = 10000
+    max_buffer_bytes: int = 16 << 20
+
+    @property
+    def state_file(self) -> Path:
+        return self.state_dir / "state.json"
+
+    @property
+    def snapshot_file(self) -> Path:
+        return self.state_dir / "freeze.snapshot"
+
+
+class FreezeService:
+    def __init__(self, config: ServiceConfig, backend: Backend, *,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.config = config
+        self.backend = backend
+        self.store = StateStore(config.state_file)
+        self.clock = clock
+        self.state = self.store.load()
+        self.pinner: Pinner | None = None
+        self.handover: Handover | None = None
+        self._dp: Datapath | None = None
+        self._nursery: trio.Nursery | None = None
+        self._thaw = trio.Event()
+        self._idle = trio.Event()  # set when no session runs
+        self._idle.set()
+        self._lock = trio.Lock()  # one command at a time
+
+    # --- state -----------------------------------------------------------------------------------
+
+    def _apply(self, event: Event, detail: str = "", **changes: Any) -> None:
+        nxt = machine.step(self.state, event, now=self.clock(), detail=detail, **changes)
+        self.store.save(nxt)
+        self.state = nxt
+        LOG.info(kv("state", state=nxt.state.value, reason=nxt.reason))
+        if nxt.state is State.HANDING_OVER:
+            self._thaw.set()
+
+    # --- commands --------------------------------------------------------------------------------
+
+    async def freeze(self, ttl: float, datapath: str = DEFAULT_DATAPATH) -> dict[str, Any]:
+        async with self._lock:
+            if self.state.state in ACTIVE:
+                raise TransitionRefused(f"cannot freeze while {self.state.state.value}")
+            machine.check_ttl(ttl)
+            path = self.config.snapshot_file
+            async with self.backend.open_datapath(datapath) as dp:
+                pins = await self.backend.snapshot(dp, path)
+            self._apply(Event.FREEZE, ttl=ttl, datapath=datapath, snapshot_path=str(path),
+                        counters={"flows": len(pins.flows), "vports": len(pins.vports)})
+            await self._start_session()
+            if self.state.state is not State.FROZEN:
+                raise control.ControlError(f"freeze failed and was undone: {self.state.error}")
+            return self.status_doc()
+
+    async def renew(self, ttl: float) -> dict[str, Any]:
+        async with self._lock:
+            self._apply(Event.RENEW, ttl=ttl)
+            return self.status_doc()
+
+    async def thaw(self, *, wait: bool = True) -> dict[str, Any]:
+        async with self._lock:
+            self._apply(Event.THAW)
+        if wait:
+            with trio.fail_after(self.config.handover_timeout + 30):
+                await self._idle.wait()
+        return self.status_doc()
+
+    async def status(self) -> dict[str, Any]:
+        doc = self.status_doc()
+        if self._dp is not None:
+            with trio.move_on_after(2):
+                info, vports = await self._dp.info(), await self._dp.ports()
+                doc["datapath_flows"] = info.stats.flows
+                doc["upcall_owners"] = portid_owners(upcall_pids(info, vports))
+        return doc
+
+    def status_doc(self) -> dict[str, Any]:
+        s = self.state
+        doc: dict[str, Any] = {k: v for k, v in s.to_json().items() if k != "dpfreeze_state"}
+        doc["lease_remaining"] = s.lease_remaining(self.clock())
+        if self.pinner is not None:
+            doc["pin"] = self.pinner.stats.as_dict()
+        if self.handover is not None:
+            doc["handover"] = self.handover.stats.as_dict(self.handover.buffer)
+        return doc
+
+    async def handle(self, req: control.Request) -> dict[str, Any]:
+        """The control-socket dispatcher: refusals become one-line ControlErrors."""
+        try:
+            if req.cmd == "freeze":
+                return await self.freeze(float(req.args.get("ttl", machine.DEFAULT_TTL)),
+                                         str(req.args.get("datapath", DEFAULT_DATAPATH)))
+            if req.cmd == "renew":
+                return await self.renew(float(req.args.get("ttl", machine.DEFAULT_TTL)))
+            if req.cmd == "thaw":
+                return await self.thaw(wait=bool(req.args.get("wait", True)))
+            return await self.status()
+        except (TransitionRefused, ValueError, OSError, trio.TooSlowError) as exc:
+            raise control.ControlError(str(exc) or type(exc).__name__) from exc
+
+    # --- tasks -----------------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve until cancelled or SIGTERM/SIGINT; the state on disk is left for the next start."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            nursery.start_soon(self._signals, nursery.cancel_scope)
+            await nursery.start(self._listen)
+            if self.state.state in ACTIVE:
+                LOG.warning(kv("service.resume", state=self.state.state.value, reason=self.state.reason))
+                await self._start_session()
+            nursery.start_soon(self._lease)
+            task_status.started()
+
+    async def _signals(self, scope: trio.CancelScope) -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for signum in signals:
+                LOG.warning(kv("service.stop", signal=signal.Signals(signum).name,
+                               state=self.state.state.value))
+                scope.cancel()
+
+    async def _listen(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        path = self.config.socket_path
+        await _claim_socket_path(path)
+        sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        tmp = path.with_name(path.name + ".new")
+        tmp.unlink(missing_ok=True)
+        old = os.umask(0o177)
+        try:
+            await sock.bind(str(tmp))
+        finally:
+            os.umask(old)
+        sock.listen(16)
+        tmp.rename(path)  # clients never find a socket that does not listen yet
+        try:
+            async with trio.open_nursery() as nursery:
+                task_status.started()
+                await trio.serve_listeners(self._serve_one, [trio.SocketListener(sock)],
+                                           handler_nursery=nursery)
+        finally:
+            with suppress(OSError):
+                path.unlink()
+
+    async def _serve_one(self, stream: trio.SocketStream) -> None:
+        try:
+            await control.serve_stream(stream, self.handle)
+        except (OSError, trio.BrokenResourceError) as exc:
+            LOG.info(kv("control.connection_error", error=str(exc)))
+
+    async def _lease(self) -> None:
+        while True:
+            remaining = self.state.lease_remaining(self.clock())
+            if remaining is not None and remaining <= 0 and self.state.state is State.FROZEN:
+                async with self._lock:
+                    if self.state.state is State.FROZEN and self.state.expired(self.clock()):
+                        LOG.warning(kv("lease.expired", ttl=self.state.ttl))
+                        self._apply(Event.EXPIRE)
+            await trio.sleep(min(remaining, 0.5) if remaining and remaining > 0 else 0.5)
+
+    async def _start_session(self) -> None:
+        assert self._nursery is not None
+        self._thaw = trio.Event()
+        if self.state.state is State.HANDING_OVER:
+            self._thaw.set()
+        self._idle = trio.Event()
+        await self._nursery.start(self._session)
+
+    async def _session(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        started = False
+        try:
+            async with self.backend.open_datapath(self.state.datapath) as dp:
+                self._dp = dp
+                pins = self.backend.load_pins(Path(self.state.snapshot_path), self.state.datapath)
+                self.pinner = Pinner(dp, pins, poll_interval=self.config.poll_interval)
+                self.handover = Handover(dp, pins, MissBuffer(self.config.max_buffer_packets,
+                                                              self.config.max_buffer_bytes),
+                                         poll_interval=self.config.poll_interval)
+                async with trio.open_nursery() as nursery:
+                    if self.state.state is State.FROZEN:
+                        await self.backend.set_flow_restore_wait(True)
+                    await nursery.start(self.pinner.run)
+                    if self.state.state is State.FROZEN:
+                        await nursery.start(self.handover.run)
+                        self.pinner.new_vport_pids = self.handover.ours  # re-created vports upcall to us
+                    task_status.started()
+                    started = True
+                    await self._thaw.wait()
+                    report = await self._hand_over(dp, pins, self.pinner, self.handover)
+                    nursery.cancel_scope.cancel()
+                self._apply(Event.DONE, report=report)
+                self._write_report()
+        except Exception as exc:
+            LOG.error(kv("session.failed", error=describe(exc)))
+            await self._fail(describe(exc))
+        finally:
+            self._dp = None
+            self._idle.set()
+            if not started:
+                task_status.started()
+
+    async def _hand_over(self, dp: Datapath, pins: PinSet, pinner: Pinner,
+                         handover: Handover) -> dict[str, Any]:
+        """Clear flow-restore-wait, wait for the new daemon's pids and flush, re-install, replay, release."""
+        pinner.frozen = False
+        pinner.flush_seen = trio.Event()
+        await self.backend.set_flow_restore_wait(False)
+        outcome = "no restart seen: nothing to hand over"
+        if handover.stats.taken_over:
+            outcome = "timed out waiting for the new daemon"
+            with trio.move_on_after(self.config.handover_timeout):
+                await handover.wait_new_owner()
+                outcome = "new daemon owns the upcalls; flush repaired"
+                with trio.move_on_after(self.config.flush_wait) as wait:
+                    await pinner.flush_seen.wait()
+                if wait.cancelled_caught:  # its handlers may have refilled the table before a poll saw it
+                    n = await pinner.reconcile()
+                    outcome = f"new daemon owns the upcalls; no flush seen, {n} re-installed"
+            await handover.replay()
+            await handover.give_back()
+        info, vports = await dp.info(), await dp.ports()
+        report: dict[str, Any] = {
+            "outcome": outcome,
+            "pin": pinner.stats.as_dict(),
+            "handover": handover.stats.as_dict(handover.buffer),
+            "recirculating_flows": len(recirculating(pins.flows)),  # the new daemon deletes these
+            "datapath_flows": info.stats.flows,
+            "upcall_owners": portid_owners(upcall_pids(info, vports)),
+        }
+        LOG.info(kv("handover.done", outcome=outcome))
+        return report
+
+    def _write_report(self) -> None:
+        """The thaw report beside the state file, JSON and text, each written atomically."""
+        doc = self.status_doc()
+        for name, data in (("report.json", json.dumps(doc, indent=1, sort_keys=True) + "\n"),
+                           ("report.txt", render_status(doc) + "\n")):
+            tmp = self.config.state_dir / (name + ".tmp")
+            tmp.write_text(data)
+            tmp.replace(self.config.state_dir / name)
+
+    async def _fail(self, detail: str) -> None:
+        """Any failure: persist it, clear flow-restore-wait (best effort, bounded), end THAWED."""
+        with trio.CancelScope(shield=True), trio.move_on_after(10):
+            try:
+                await self.backend.set_flow_restore_wait(False)
+            except Exception as exc:
+                detail += f"; clearing flow-restore-wait failed too: {exc}"
+            with suppress(TransitionRefused):
+                self._apply(Event.FAIL, detail=detail)
+            with suppress(TransitionRefused):
+                self._apply(Event.FAIL, detail=detail)
+
+
+class SystemBackend:
+    """The real thing: the kernel datapath over netlink, snapshot files, the OVSDB IDL."""
+
+    def __init__(self, env: OvsEnv | None = None) -> None:
+        self.env = env or ovsenv.current()
+
+    def open_datapath(self, name: str) -> AbstractAsyncContextManager[Datapath]:
+        return open_datapath(name)
+
+    async def snapshot(self, dp: Datapath, path: Path) -> PinSet:
+        snap = await take_snapshot(dp, env=self.env)
+        await trio.to_thread.run_sync(snap.save, path)
+        return pins_of(snap, dp.name)
+
+    def load_pins(self, path: Path, datapath: str) -> PinSet:
+        return pins_of(Snapshot.load(path), datapath)
+
+    async def set_flow_restore_wait(self, on: bool) -> None:
+        await ovsdb.set_flow_restore_wait(on, self.env)
+
+
+def pins_of(snap: Snapshot, datapath: str) -> PinSet:
+    d = snap.datapath(datapath)
+    return PinSet(d.info, d.vports, d.flows)
+
+
+def render_status(doc: dict[str, Any]) -> str:
+    """The operator's view of a status document or thaw report (the text half of the report)."""
+    lines = [f"state: {doc.get('state')}" + (f" ({doc['reason']})" if doc.get("reason") else "")]
+    if doc.get("datapath"):
+        lines.append(f"datapath: {doc['datapath']}  snapshot: {doc.get('snapshot_path')}")
+    remaining = doc.get("lease_remaining")
+    if remaining is not None:
+        lines.append(f"lease: {remaining:.1f} s left of {doc.get('ttl'):g} s")
+    if doc.get("error"):
+        lines.append(f"error: {doc['error']}")
+    report = doc.get("report") or {}
+    pin = doc.get("pin") or report.get("pin") or {}
+    if pin:
+        lines.append(f"flows: pinned {doc.get('counters', {}).get('flows', '?')}, re-installed "
+                     f"{pin.get('reinstalled', 0)} (failed {pin.get('reinstall_failed', 0)}), flushes seen "
+                     f"{pin.get('flushes_detected', 0)}, vports re-created {pin.get('vports_recreated', 0)}, "
+                     f"suspects {len(pin.get('suspects', []))} (removed {pin.get('suspects_removed', 0)})")
+    ho = doc.get("handover") or report.get("handover") or {}
+    if ho:
+        lines.append(f"upcalls: mode {ho.get('mode') or '-'}, taken over {ho.get('taken_over')}, misses "
+                     f"{ho.get('misses', 0)}, buffered {ho.get('buffered', 0)}, "
+                     f"replayed {ho.get('replayed', 0)}, "
+                     f"dropped {ho.get('overflow_packets', 0)} (overflow) + {ho.get('not_replayable', 0)} "
+                     f"(recirc_id != 0) + {ho.get('replay_failed', 0)} (failed)")
+    if report.get("outcome"):
+        lines.append(f"hand-over: {report['outcome']}; {report.get('recirculating_flows', 0)} recirculating "
+                     "flows will be deleted by the new daemon")
+    for o in doc.get("upcall_owners") or report.get("upcall_owners") or []:
+        who = f"{o['process']}[{o['pid']}]" if o.get("pid") else ("alive, owner unknown" if o.get("alive")
+                                                                  else "nobody (dead)")
+        lines.append(f"upcall portid {o['portid']}: {who}")
+    return "\n".join(lines)
+
+
+def describe(exc: BaseException) -> str:
+    """One line for an error, looking inside the exception groups that nurseries wrap errors in."""
+    if isinstance(exc, BaseExceptionGroup):
+        return "; ".join(describe(e) for e in exc.exceptions)
+    return f"{type(exc).__name__}: {exc}"
+
+
+async def _claim_socket_path(path: Path) -> None:
+    """Refuse to start beside a live service; remove the socket a dead one left behind."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if not path.exists():
+        return
+    try:
+        with trio.fail_after(2):
+            stream = await trio.open_unix_socket(str(path))
+        await stream.aclose()
+    except (OSError, trio.TooSlowError):
+        path.unlink(missing_ok=True)
+        return
+    raise TransitionRefused(f"another dpfreeze service is listening on {path}")

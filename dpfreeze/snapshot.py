@@ -1,0 +1,567 @@
+"""Snapshots of the kernel datapath: the file format, take, save/load, diff and restore.
+
+A snapshot is what must survive a userspace restart or a module reload to put the datapath back exactly:
+datapaths (features, per-CPU upcall pids), vports (numbers, types, options, upcall pids, ifindex), every
+flow as the raw key/mask/actions/UFID payloads the kernel dumped (re-installable verbatim), the meters those
+flows use, the Linux configuration of internal ports, the OpenFlow state ovs-save misses, and versions.
+
+File format (docs/snapshot-format.md): one ASCII header line
+`DPFREEZE-SNAPSHOT <version> sha256=<hex> length=<n>` then exactly n bytes of UTF-8 JSON whose SHA-256 is
+given.  The header is checked before the body is parsed, so a foreign, truncated, corrupt or newer file is
+refused with one line and nothing else happens.  Saving is atomic (temp file, fsync, rename, fsync dir).
+"""
+
+from __future__ import annotations
+
+import datetime
+import errno
+import hashlib
+import json
+import os
+import re
+import socket
+import struct
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from dpfreeze import netdevconf, openflow, ovsdb
+from dpfreeze.log import LOG, kv
+from dpfreeze.ovsenv import OvsEnv
+from dpif.model import Datapath, DatapathInfo, Flow, Vport, VportType
+from dpif.netlink import actions as act
+from dpif.netlink import flowkey as fk
+from dpif.netlink.wire import KernelError, WireError
+
+MAGIC = b"DPFREEZE-SNAPSHOT"
+FORMAT_VERSION = 1
+MAX_HEADER = 256
+_HEADER = re.compile(rb"^DPFREEZE-SNAPSHOT (\d+) sha256=([0-9a-f]{64}) length=(\d+)$")
+
+
+class SnapshotError(Exception):
+    """A snapshot file was refused (foreign, corrupt, truncated, newer) or could not be written."""
+
+
+# --------------------------------------------------------------------------------------------------------
+# Records
+
+
+@dataclass(frozen=True)
+class DatapathSnapshot:
+    info: DatapathInfo
+    vports: tuple[Vport, ...]
+    flows: tuple[Flow, ...]
+    meter_ids: tuple[int, ...] = ()  # kernel meters the flows use (see docs: their bands are not read yet)
+
+    @property
+    def name(self) -> str:
+        return self.info.name
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    created: str  # ISO 8601 UTC
+    host: str
+    versions: ovsdb.Versions | None
+    datapaths: tuple[DatapathSnapshot, ...]
+    netdevs: tuple[netdevconf.NetdevConfig, ...] = ()
+    openflow: tuple[openflow.BridgeOpenFlow, ...] = ()
+    gaps: tuple[str, ...] = field(default=())  # what could not be captured, said once, kept in the file
+
+    def datapath(self, name: str) -> DatapathSnapshot:
+        for dp in self.datapaths:
+            if dp.name == name:
+                return dp
+        known = ", ".join(d.name for d in self.datapaths) or "none"
+        raise SnapshotError(f"the snapshot has no datapath {name!r} (it has: {known})")
+
+    # -- file format ----------------------------------------------------------------------------------
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT_VERSION,
+            "created": self.created,
+            "host": self.host,
+            "versions": self.versions.to_json() if self.versions else None,
+            "datapaths": [_dp_to_json(d) for d in self.datapaths],
+            "netdevs": [n.to_json() for n in self.netdevs],
+            "openflow": [o.to_json() for o in self.openflow],
+            "gaps": list(self.gaps),
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Snapshot:
+        return cls(
+            created=str(d["created"]),
+            host=str(d["host"]),
+            versions=ovsdb.Versions.from_json(d["versions"]) if d["versions"] else None,
+            datapaths=tuple(_dp_from_json(x) for x in d["datapaths"]),
+            netdevs=tuple(netdevconf.NetdevConfig.from_json(x) for x in d["netdevs"]),
+            openflow=tuple(openflow.BridgeOpenFlow.from_json(x) for x in d["openflow"]),
+            gaps=tuple(map(str, d["gaps"])),
+        )
+
+    def encode(self) -> bytes:
+        body = json.dumps(self.to_json(), indent=1, sort_keys=True).encode() + b"\n"
+        header = b"%s %d sha256=%s length=%d\n" % (
+            MAGIC, FORMAT_VERSION, hashlib.sha256(body).hexdigest().encode(), len(body))
+        return header + body
+
+    @classmethod
+    def decode(cls, data: bytes, source: str = "snapshot") -> Snapshot:
+        return cls.from_json(decode_body(data, source))
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write atomically: a crash leaves either the old file or the new one, never a mix."""
+        write_atomic(Path(path), self.encode())
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Snapshot:
+        p = Path(path)
+        try:
+            data = p.read_bytes()
+        except OSError as exc:
+            raise SnapshotError(f"{p}: cannot read: {exc.strerror or exc}") from None
+        return cls.decode(data, str(p))
+
+
+def decode_body(data: bytes, source: str) -> dict[str, Any]:
+    """Check header, length and checksum; return the parsed body.  Every refusal is one line."""
+    if not data:
+        raise SnapshotError(f"{source}: empty file (truncated snapshot)")
+    if not data.startswith(MAGIC):
+        if MAGIC.startswith(data):
+            raise SnapshotError(f"{source}: truncated snapshot (only {len(data)} bytes)")
+        raise SnapshotError(f"{source}: not a dpfreeze snapshot (bad magic)")
+    newline = data.find(b"\n", 0, MAX_HEADER)
+    if newline < 0:
+        if len(data) < MAX_HEADER:
+            raise SnapshotError(f"{source}: truncated snapshot (header incomplete)")
+        raise SnapshotError(f"{source}: corrupt snapshot (header line too long)")
+    m = _HEADER.match(data[:newline])
+    if not m:
+        word = data[len(MAGIC) + 1 : newline].split(b" ", 1)[0]
+        if word.isdigit() and int(word) > FORMAT_VERSION:
+            raise SnapshotError(f"{source}: snapshot format version {int(word)} is newer than this "
+                                f"dpfreeze supports ({FORMAT_VERSION}); upgrade dpfreeze")
+        raise SnapshotError(f"{source}: corrupt snapshot (malformed header)")
+    version, digest, length = int(m.group(1)), m.group(2).decode(), int(m.group(3))
+    if version > FORMAT_VERSION:
+        raise SnapshotError(f"{source}: snapshot format version {version} is newer than this dpfreeze "
+                            f"supports ({FORMAT_VERSION}); upgrade dpfreeze")
+    if version < 1:
+        raise SnapshotError(f"{source}: corrupt snapshot (format version {version})")
+    body = data[newline + 1 :]
+    if len(body) < length:
+        raise SnapshotError(f"{source}: truncated snapshot ({len(body)} of {length} body bytes)")
+    if len(body) > length:
+        raise SnapshotError(f"{source}: corrupt snapshot ({len(body) - length} bytes after the body)")
+    if hashlib.sha256(body).hexdigest() != digest:
+        raise SnapshotError(f"{source}: corrupt snapshot (SHA-256 mismatch)")
+    try:
+        parsed = json.loads(body)
+        if not isinstance(parsed, dict) or parsed.get("format") != version:
+            raise ValueError("body does not match the header's version")
+        Snapshot.from_json(parsed)  # validate the whole structure now, not half-way through a restore
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise SnapshotError(f"{source}: corrupt snapshot body ({type(exc).__name__}: {exc})") from None
+    return parsed
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    directory = path.parent if str(path.parent) else Path(".")
+    tmp = directory / f".{path.name}.tmp-{os.getpid()}"
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+        dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise SnapshotError(f"{path}: cannot write: {exc.strerror or exc}") from None
+
+
+# -- JSON codecs of the dpif records (bytes as hex) ------------------------------------------------------
+
+
+def _hex(b: bytes | None) -> str | None:
+    return None if b is None else b.hex()
+
+
+def _unhex(s: str | None) -> bytes | None:
+    return None if s is None else bytes.fromhex(s)
+
+
+def _dp_to_json(d: DatapathSnapshot) -> dict[str, Any]:
+    i = d.info
+    return {
+        "name": i.name,
+        "ifindex": i.ifindex,
+        "features": i.features,
+        "per_cpu_pids": list(i.per_cpu_pids),
+        "masks_cache_size": i.masks_cache_size,
+        "vports": [
+            {"port_no": v.port_no, "type": v.type.name.lower(), "name": v.name,
+             "upcall_pids": list(v.upcall_pids), "ifindex": v.ifindex, "netnsid": v.netnsid,
+             "options": v.options.hex()}
+            for v in d.vports
+        ],
+        "flows": [
+            {"ufid": _hex(f.ufid), "key": f.key.hex(), "mask": _hex(f.mask), "actions": _hex(f.actions)}
+            for f in d.flows
+        ],
+        "meter_ids": list(d.meter_ids),
+    }
+
+
+def _dp_from_json(d: dict[str, Any]) -> DatapathSnapshot:
+    info = DatapathInfo(
+        name=str(d["name"]),
+        ifindex=int(d["ifindex"]),
+        features=int(d["features"]),
+        per_cpu_pids=tuple(int(p) for p in d["per_cpu_pids"]),
+        masks_cache_size=None if d["masks_cache_size"] is None else int(d["masks_cache_size"]),
+    )
+    vports = tuple(
+        Vport(
+            port_no=int(v["port_no"]),
+            type=VportType[str(v["type"]).upper()],
+            name=str(v["name"]),
+            dp_ifindex=info.ifindex,
+            upcall_pids=tuple(int(p) for p in v["upcall_pids"]),
+            ifindex=None if v["ifindex"] is None else int(v["ifindex"]),
+            netnsid=None if v["netnsid"] is None else int(v["netnsid"]),
+            options=bytes.fromhex(v["options"]),
+        )
+        for v in d["vports"]
+    )
+    flows = tuple(
+        Flow(key=bytes.fromhex(f["key"]), mask=_unhex(f["mask"]), actions=_unhex(f["actions"]),
+             ufid=_unhex(f["ufid"]))
+        for f in d["flows"]
+    )
+    return DatapathSnapshot(info, vports, flows, tuple(int(m) for m in d["meter_ids"]))
+
+
+# --------------------------------------------------------------------------------------------------------
+# Taking a snapshot
+
+
+def meter_ids(actions: bytes | memoryview | None) -> set[int]:
+    """Every meter id a flow's actions use, nested actions (clone, sample, check_pkt_len) included."""
+    found: set[int] = set()
+    pending = list(act.decode_actions(actions)) if actions else []
+    while pending:
+        a = pending.pop()
+        if a.type == act.METER:
+            found.add(struct.unpack("=I", a.raw)[0])
+        pending.extend(a.children or ())
+    return found
+
+
+def flow_identity(f: Flow) -> tuple[str, bytes, bytes | None]:
+    """How a flow is known: by UFID when it has one, else by its key and mask (as the kernel does)."""
+    return ("ufid", f.ufid, None) if f.ufid else ("match", f.key, f.mask)
+
+
+def _verbatim(f: Flow) -> Flow:
+    return Flow(key=f.key, mask=f.mask, actions=f.actions, ufid=f.ufid)
+
+
+async def snapshot_datapath(dp: Datapath) -> DatapathSnapshot:
+    """Datapath, vports and flows.  Dumps are not atomic: a flow seen twice is kept once (by identity)."""
+    info = await dp.info()
+    vports = sorted(await dp.ports(), key=lambda v: v.port_no)
+    flows: dict[tuple[str, bytes, bytes | None], Flow] = {}
+    async for f in dp.flows():
+        flows[flow_identity(f)] = _verbatim(f)
+    meters: set[int] = set()
+    for f in flows.values():
+        try:
+            meters |= meter_ids(f.actions)
+        except WireError as exc:  # the flow itself is kept verbatim; only its meter ids are unknown
+            LOG.warning(kv("snapshot_undecodable_actions", flow=flow_text(f), error=str(exc)))
+    info = DatapathInfo(name=info.name, ifindex=info.ifindex, features=info.features,
+                        per_cpu_pids=info.per_cpu_pids, masks_cache_size=info.masks_cache_size)
+    vports = [replace(v, stats=None, upcall_success=None, upcall_fail=None) for v in vports]
+    return DatapathSnapshot(info, tuple(vports), tuple(flows.values()), tuple(sorted(meters)))
+
+
+async def take_snapshot(*dps: Datapath, env: OvsEnv | None = None, with_openflow: bool = True,
+                        timeout: float = 10.0) -> Snapshot:
+    """Everything a restore needs.  Parts that cannot be read (no daemon) become `gaps`, not failures."""
+    gaps: list[str] = []
+    datapaths = [await snapshot_datapath(dp) for dp in dps]
+    internal = sorted({v.name for d in datapaths for v in d.vports if v.type == VportType.INTERNAL})
+    netdevs: list[netdevconf.NetdevConfig] = []
+    for name in internal:
+        try:
+            netdevs += await trio.to_thread.run_sync(netdevconf.save, [name])
+        except netdevconf.NetdevError as exc:
+            gaps.append(f"netdev: {exc}")
+    of_state: list[openflow.BridgeOpenFlow] = []
+    if with_openflow:
+        try:
+            of_state = await openflow.save_all(env, timeout)
+        except openflow.OpenFlowError as exc:
+            gaps.append(f"openflow: {exc}")
+    if any(d.meter_ids for d in datapaths):
+        gaps.append("meters: kernel meter bands are not read; ovs-vswitchd re-creates them from the "
+                    "OpenFlow meters saved here")
+    versions = await ovsdb.versions(env, timeout)
+    for gap in gaps:
+        LOG.warning(kv("snapshot_gap", detail=gap))
+    return Snapshot(
+        created=datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds"),
+        host=socket.gethostname(),
+        versions=versions,
+        datapaths=tuple(datapaths),
+        netdevs=tuple(netdevs),
+        openflow=tuple(of_state),
+        gaps=tuple(gaps),
+    )
+
+
+# --------------------------------------------------------------------------------------------------------
+# Diff
+
+
+@dataclass(frozen=True)
+class Difference:
+    sign: str  # "-" only in A, "+" only in B, "~" in both but different
+    kind: str  # datapath / vport / flow / netdev / openflow
+    where: str  # datapath or bridge name
+    text: str
+
+    def __str__(self) -> str:
+        return f"{self.sign} {self.kind} {self.where}: {self.text}"
+
+
+def flow_text(f: Flow) -> str:
+    """The flow as ovs-dpctl writes it (UFID first, no stats); raw hex if the codec cannot read it."""
+    ufid = f"{fk.ufid_text(f.ufid)}, " if f.ufid else ""
+    try:
+        return f"{ufid}{fk.format_key(f.key, f.mask)}, actions:{act.format_actions(f.actions)}"
+    except (WireError, ValueError, struct.error):
+        mask = f.mask.hex() if f.mask is not None else "exact"
+        actions = f.actions.hex() if f.actions is not None else "?"
+        return f"{ufid}key:{f.key.hex()} mask:{mask} actions:{actions} (undecodable)"
+
+
+def _vport_text(v: Vport) -> str:
+    extra = f" options:{v.options.hex()}" if v.options else ""
+    ifindex = f" ifindex:{v.ifindex}" if v.ifindex is not None else ""
+    return f"{v.port_no} {v.name} ({v.type.name.lower()}) pids:{list(v.upcall_pids)}{ifindex}{extra}"
+
+
+def diff_datapaths(a: DatapathSnapshot, b: DatapathSnapshot, *, with_pids: bool = True) -> list[Difference]:
+    out: list[Difference] = []
+    name = a.name
+    if a.info.features != b.info.features:
+        out.append(Difference("~", "datapath", name,
+                              f"features {a.info.features:#x} -> {b.info.features:#x}"))
+    if with_pids and a.info.per_cpu_pids != b.info.per_cpu_pids:
+        out.append(Difference("~", "datapath", name,
+                              f"per_cpu_pids {list(a.info.per_cpu_pids)} -> {list(b.info.per_cpu_pids)}"))
+    va_ports = {v.port_no: v for v in a.vports}
+    vb_ports = {v.port_no: v for v in b.vports}
+    for no in sorted(va_ports.keys() | vb_ports.keys()):
+        pa, pb = va_ports.get(no), vb_ports.get(no)
+        if pb is None and pa is not None:
+            out.append(Difference("-", "vport", name, _vport_text(pa)))
+        elif pa is None and pb is not None:
+            out.append(Difference("+", "vport", name, _vport_text(pb)))
+        elif pa is not None and pb is not None and _vport_cmp(pa, with_pids) != _vport_cmp(pb, with_pids):
+            out.append(Difference("~", "vport", name, f"{_vport_text(pa)} -> {_vport_text(pb)}"))
+    fa = {flow_identity(f): f for f in a.flows}
+    fb = {flow_identity(f): f for f in b.flows}
+    for ident, f in fa.items():
+        g = fb.get(ident)
+        if g is None:
+            out.append(Difference("-", "flow", name, flow_text(f)))
+        elif (f.key, f.mask, f.actions) != (g.key, g.mask, g.actions):
+            out.append(Difference("~", "flow", name, f"{flow_text(f)} -> {flow_text(g)}"))
+    out += [Difference("+", "flow", name, flow_text(g)) for ident, g in fb.items() if ident not in fa]
+    return out
+
+
+def _vport_cmp(v: Vport, with_pids: bool) -> tuple[object, ...]:
+    return (v.name, v.type, v.options, v.upcall_pids if with_pids else ())
+
+
+def _keyed_diff(kind: str, a: Iterable[Any], b: Iterable[Any], key: str) -> list[Difference]:
+    ma = {getattr(x, key): x for x in a}
+    mb = {getattr(x, key): x for x in b}
+    out = []
+    for k in sorted(ma.keys() | mb.keys()):
+        if k not in mb:
+            out.append(Difference("-", kind, k, ma[k].describe()))
+        elif k not in ma:
+            out.append(Difference("+", kind, k, mb[k].describe()))
+        elif (xa := ma[k]) != (xb := mb[k]):
+            out.append(Difference("~", kind, k, f"{xa.describe()} -> {xb.describe()}"))
+    return out
+
+
+def diff(a: Snapshot, b: Snapshot, *, with_pids: bool = True) -> list[Difference]:
+    """What changed from A to B: datapaths, vports (by number), flows (by UFID, else key+mask), netdevs,
+    OpenFlow state.  Empty when B would need nothing restored from A."""
+    out: list[Difference] = []
+    names_a = {d.name: d for d in a.datapaths}
+    names_b = {d.name: d for d in b.datapaths}
+    for name in sorted(names_a.keys() | names_b.keys()):
+        da, db = names_a.get(name), names_b.get(name)
+        if db is None and da is not None:
+            out.append(Difference("-", "datapath", name, f"{len(da.vports)} vports, {len(da.flows)} flows"))
+        elif da is None and db is not None:
+            out.append(Difference("+", "datapath", name, f"{len(db.vports)} vports, {len(db.flows)} flows"))
+        elif da is not None and db is not None:
+            out += diff_datapaths(da, db, with_pids=with_pids)
+    out += _keyed_diff("netdev", a.netdevs, b.netdevs, "name")
+    out += _keyed_diff("openflow", a.openflow, b.openflow, "bridge")
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------
+# Restore
+
+
+@dataclass
+class RestoreReport:
+    """What restore did, and what it refused to touch (conflicts are reported, never overwritten)."""
+
+    datapath: str
+    features_set: bool = False
+    vports_added: list[str] = field(default_factory=list)
+    vports_present: int = 0
+    flows_added: int = 0
+    flows_present: int = 0
+    netdev_changes: list[str] = field(default_factory=list)
+    conflicts: list[str] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+    def lines(self) -> list[str]:
+        out = [f"datapath {self.datapath}: features {'set' if self.features_set else 'unchanged'}",
+               f"vports: {len(self.vports_added)} added, {self.vports_present} already present",
+               f"flows: {self.flows_added} added, {self.flows_present} already present"]
+        out += [f"added vport {v}" for v in self.vports_added]
+        out += [f"netdev {c}" for c in self.netdev_changes]
+        out += [f"conflict: {c}" for c in self.conflicts]
+        out += [f"failed: {f}" for f in self.failures]
+        return out
+
+
+async def restore(dp: Datapath, snap: Snapshot | DatapathSnapshot, *, netdevs: bool = True) -> RestoreReport:
+    """Re-create on a running datapath what the snapshot has and it lacks: features, vports with the same
+    numbers, flows.  Identical flows are left alone; a vport or flow that exists but differs is reported as
+    a conflict and not touched.  (Creating a missing datapath is the provider's job: open it first.)"""
+    dsnap = snap.datapath(dp.name) if isinstance(snap, Snapshot) else snap
+    report = RestoreReport(dsnap.name)
+    info = await dp.info()
+    want = dsnap.info
+    # Per-CPU pids are put back only where none are set (a fresh datapath): live pids belong to whoever
+    # handles upcalls now (a new daemon, or dpfreeze's hand-over) and must not be replaced by dead ones.
+    no_pids = want.per_cpu_dispatch and not info.per_cpu_pids and bool(want.per_cpu_pids)
+    if info.features != want.features or no_pids:
+        await dp.set_features(want.features, want.per_cpu_pids if want.per_cpu_dispatch else None)
+        report.features_set = True
+    created = await _restore_vports(dp, dsnap, report)
+    if netdevs and isinstance(snap, Snapshot):
+        configs = [n for n in snap.netdevs if n.name in created]
+        if configs:
+            try:
+                report.netdev_changes = await trio.to_thread.run_sync(netdevconf.apply, configs)
+            except netdevconf.NetdevError as exc:
+                report.failures.append(str(exc))
+    await _restore_flows(dp, dsnap, report)
+    LOG.info(kv("snapshot_restored", datapath=dsnap.name, vports=len(report.vports_added),
+                flows=report.flows_added, conflicts=len(report.conflicts), failures=len(report.failures)))
+    return report
+
+
+async def _restore_vports(dp: Datapath, dsnap: DatapathSnapshot, report: RestoreReport) -> set[str]:
+    live = await dp.ports()
+    by_no = {v.port_no: v for v in live}
+    by_name = {v.name: v for v in live}
+    created: set[str] = set()
+    for v in dsnap.vports:
+        here = by_no.get(v.port_no)
+        if here is not None and here.name == v.name:
+            report.vports_present += 1
+            if here.type != v.type:
+                report.conflicts.append(f"vport {v.port_no} {v.name} is {here.type.name.lower()}, "
+                                        f"snapshot says {v.type.name.lower()}")
+        elif here is not None:
+            report.conflicts.append(f"port {v.port_no} is {here.name}, snapshot says {v.name}")
+        elif v.name in by_name:
+            report.conflicts.append(f"vport {v.name} is port {by_name[v.name].port_no}, "
+                                    f"snapshot says {v.port_no}")
+        else:
+            try:
+                await _port_add(dp, v, report)
+            except (KernelError, WireError) as exc:
+                report.failures.append(f"vport {v.port_no} {v.name}: {exc}")
+                continue
+            report.vports_added.append(_vport_text(v))
+            created.add(v.name)
+    return created
+
+
+async def _port_add(dp: Datapath, v: Vport, report: RestoreReport) -> None:
+    """Re-create a vport with its number; an internal port also gets its old ifindex back when free."""
+    ifindex = v.ifindex if v.type == VportType.INTERNAL else None
+    pids = v.upcall_pids or (0,)
+    try:
+        await dp.port_add(v.name, v.type, port_no=v.port_no, upcall_pids=pids, options=v.options,
+                          ifindex=ifindex)
+    except KernelError as exc:
+        if ifindex is None or exc.code not in (errno.EBUSY, errno.EEXIST):
+            raise
+        report.conflicts.append(f"vport {v.name}: ifindex {ifindex} is taken, the kernel chose another")
+        await dp.port_add(v.name, v.type, port_no=v.port_no, upcall_pids=pids, options=v.options)
+
+
+async def _restore_flows(dp: Datapath, dsnap: DatapathSnapshot, report: RestoreReport) -> None:
+    live: dict[tuple[str, bytes, bytes | None], Flow] = {}
+    async for f in dp.flows():
+        live[flow_identity(f)] = f
+    todo: list[Flow] = []
+    for f in dsnap.flows:
+        if f.actions is None:
+            report.failures.append(f"flow without actions in the snapshot: {flow_text(f)}")
+            continue
+        have = live.get(flow_identity(f))
+        if have is None:
+            todo.append(f)
+        elif (have.key, have.mask, have.actions) == (f.key, f.mask, f.actions):
+            report.flows_present += 1
+        else:
+            report.conflicts.append(f"flow differs: {flow_text(have)} (snapshot: {flow_text(f)})")
+    if not todo:
+        return
+    results = await dp.flow_put_many(todo, create=True)
+    for f, err in zip(todo, results, strict=True):
+        if err is None:
+            report.flows_added += 1
+        elif isinstance(err, KernelError) and err.code == errno.EEXIST:  # someone put it meanwhile
+            report.flows_present += 1
+        else:
+            report.failures.append(f"flow {flow_text(f)}: {err}")

@@ -1,0 +1,203 @@
+"""`dpfreeze upgrade`: a hitless `ovs-ctl restart`, around any restart command.
+
+freeze (the snapshot holds the OpenFlow state) -> restart (default: stop and start ovs-vswitchd as ovs-ctl
+does) -> wait for the new daemon -> restore the OpenFlow state it lacks -> thaw -> verify -> report.  Any
+failure after the freeze thaws (which clears flow-restore-wait) before the error is reported: a stale
+flow-restore-wait is a total outage for new flows.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import trio
+
+from dpfreeze import openflow
+from dpfreeze.log import kv
+from dpfreeze.ovsenv import DaemonNotRunning, OvsEnv
+from dpfreeze.snapshot import Snapshot
+
+LOG = logging.getLogger(__name__)
+VSWITCHD = "ovs-vswitchd"
+
+
+class UpgradeError(Exception):
+    """The upgrade could not be done; flow-restore-wait was cleared, the new daemon may be running."""
+
+
+class FreezeApi(Protocol):
+    """The service, in-process or over the control socket."""
+
+    async def freeze(self, ttl: float, datapath: str) -> dict[str, Any]: ...
+
+    async def thaw(self, *, wait: bool = True) -> dict[str, Any]: ...
+
+    async def status(self) -> dict[str, Any]: ...
+
+
+@dataclass
+class UpgradeReport:
+    ok: bool = False
+    old_pid: int | None = None
+    new_pid: int | None = None
+    steps: list[dict[str, Any]] = field(default_factory=list)
+    openflow_changes: list[str] = field(default_factory=list)
+    verify: list[str] = field(default_factory=list)  # problems found by the verification; empty = good
+    status: dict[str, Any] = field(default_factory=dict)
+    error: str = ""
+
+    def step(self, name: str, started: float, **extra: Any) -> None:
+        self.steps.append({"step": name, "seconds": round(time.monotonic() - started, 3), **extra})
+        LOG.info(kv("upgrade.step", step=name, **extra))
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(vars(self))
+
+
+def daemon_argv(pid: int, proc: Path = Path("/proc")) -> list[str]:
+    """The running daemon's own command line, to start the new binary exactly as the old one ran."""
+    raw = (proc / str(pid) / "cmdline").read_bytes()
+    return [a.decode() for a in raw.split(b"\0") if a]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+async def _wait_gone(pid: int, timeout: float) -> bool:
+    with trio.move_on_after(timeout):
+        while _alive(pid):
+            await trio.sleep(0.05)
+        return True
+    return False
+
+
+async def _run(argv: list[str], env: OvsEnv, timeout: float) -> int:
+    with trio.fail_after(timeout):
+        proc = await trio.run_process(argv, check=False, env={**os.environ, **env.environ()},
+                                      stdin=b"", capture_stdout=True, capture_stderr=True)
+    if proc.returncode:
+        LOG.warning(kv("upgrade.command_failed", argv=" ".join(argv), rc=proc.returncode,
+                       stderr=proc.stderr.decode(errors="replace").strip()[-300:]))
+    return proc.returncode
+
+
+async def stop_vswitchd(env: OvsEnv, pid: int) -> str:
+    """As ovs-ctl's stop_daemon: `ovs-appctl exit` (keeps kernel flows on OVS >= 2.14), TERM, KILL."""
+    await _run(["ovs-appctl", "-T", "1", "-t", VSWITCHD, "exit"], env, 5)
+    if await _wait_gone(pid, 2.0):
+        return "exit"
+    os.kill(pid, signal.SIGTERM)
+    if await _wait_gone(pid, 5.0):
+        return "SIGTERM"
+    os.kill(pid, signal.SIGKILL)
+    if await _wait_gone(pid, 10.0):
+        return "SIGKILL"
+    raise UpgradeError(f"{VSWITCHD} pid {pid} survived SIGKILL")
+
+
+async def start_vswitchd(env: OvsEnv, argv: list[str]) -> None:
+    """Re-run the old command line (the binary at that path is the new one); it must --detach."""
+    if "--detach" not in argv:
+        argv = [*argv, "--detach"]
+    if await _run(argv, env, 60):
+        raise UpgradeError(f"starting {VSWITCHD} failed: {shlex.join(argv)}")
+
+
+async def wait_new_daemon(env: OvsEnv, old_pid: int, timeout: float) -> int:
+    """Until a new daemon's pidfile names a live process that answers `ovs-appctl version`."""
+    with trio.move_on_after(timeout):
+        while True:
+            try:
+                pid = env.pid(VSWITCHD)
+            except DaemonNotRunning:
+                pid = 0
+            if pid and pid != old_pid and _alive(pid) and \
+                    await _run(["ovs-appctl", "-T", "2", "-t", VSWITCHD, "version"], env, 5) == 0:
+                return pid
+            await trio.sleep(0.1)
+    raise UpgradeError(f"no new {VSWITCHD} answered within {timeout:g} s")
+
+
+def verify(status: dict[str, Any], new_pid: int) -> list[str]:
+    """What is wrong after the thaw: not thawed, upcalls not owned by the new daemon, losses."""
+    problems = []
+    if status.get("state") != "thawed":
+        problems.append(f"service state is {status.get('state')}, not thawed")
+    report = status.get("report") or {}
+    owners = report.get("upcall_owners") or []
+    foreign = [o for o in owners if o.get("portid") and o.get("pid") != new_pid]
+    if foreign:
+        problems.append("upcall portids not owned by the new daemon: "
+                        + ", ".join(f"{o['portid']}({o.get('process') or 'dead'})" for o in foreign))
+    handover = report.get("handover") or {}
+    if handover.get("overflow_packets"):
+        problems.append(f"{handover['overflow_packets']} upcalls dropped (miss buffer overflow)")
+    pin = report.get("pin") or {}
+    if pin.get("reinstall_failed"):
+        problems.append(f"{pin['reinstall_failed']} snapshot flows could not be re-installed")
+    return problems
+
+
+async def upgrade(api: FreezeApi, env: OvsEnv, *, ttl: float, datapath: str,
+                  restart_command: str | None = None, daemon_timeout: float = 60.0) -> UpgradeReport:
+    rep = UpgradeReport()
+    t = time.monotonic()
+    try:
+        rep.old_pid = env.pid(VSWITCHD)
+    except DaemonNotRunning as exc:
+        if restart_command is None:
+            raise UpgradeError(f"{exc}: nothing to restart") from exc
+    argv = daemon_argv(rep.old_pid) if rep.old_pid else []
+    frozen = await api.freeze(ttl, datapath)
+    saved = Snapshot.load(frozen["snapshot_path"]).openflow  # ovs-save's job, done by the snapshot
+    rep.step("freeze", t, bridges=len(saved))
+    try:
+        t = time.monotonic()
+        if restart_command:
+            if await _run(["sh", "-c", restart_command], env, daemon_timeout):
+                raise UpgradeError(f"restart command failed: {restart_command}")
+            rep.step("restart-command", t)
+        else:
+            assert rep.old_pid is not None
+            how = await stop_vswitchd(env, rep.old_pid)
+            rep.step("stop", t, how=how)
+            t = time.monotonic()
+            await start_vswitchd(env, argv)
+            rep.step("start", t)
+        t = time.monotonic()
+        rep.new_pid = await wait_new_daemon(env, rep.old_pid or 0, daemon_timeout)
+        rep.step("new-daemon", t, pid=rep.new_pid)
+        t = time.monotonic()
+        for bridge in saved:
+            rep.openflow_changes += await openflow.restore_bridge(bridge)
+        rep.step("restore-openflow", t, changes=len(rep.openflow_changes))
+    except Exception as exc:
+        rep.error = f"{type(exc).__name__}: {exc}"
+        LOG.error(kv("upgrade.failed", error=rep.error))
+        with trio.CancelScope(shield=True), trio.move_on_after(60):
+            rep.status = await api.thaw()
+        return rep
+    except BaseException:
+        with trio.CancelScope(shield=True), trio.move_on_after(60):
+            await api.thaw()
+        raise
+    t = time.monotonic()
+    rep.status = await api.thaw()
+    rep.step("thaw", t, outcome=(rep.status.get("report") or {}).get("outcome"))
+    rep.verify = verify(rep.status, rep.new_pid)
+    rep.ok = not rep.verify
+    return rep

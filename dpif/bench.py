@@ -1,0 +1,159 @@
+"""`dpfreeze bench dpif`: our netlink path against ovs-dpctl, measured in the same run, as ratios.
+
+Needs root and the openvswitch module (run it in the test VM: absolute times under TCG mean little, the
+ratios do).  Each side runs as a fresh process, so start-up, parsing/formatting and netlink are all in:
+  dump     `dpfreeze dpctl dump-flows DP` vs `ovs-dpctl dump-flows DP`   (goal <= 1.0x)
+  install  `dpfreeze dpctl add-flows DP F` vs `ovs-dpctl add-flows DP F` (goal <= 0.5x)
+  peak RSS of our processes (goal <= 150 MB)
+plus, in-process, the snapshot path (dump to records, flush, verbatim batched re-install) and the codec
+alone against pyroute2's marshaller on the same messages (`--codec-only` runs just that, anywhere).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from dpif.dpctl import CommandError
+from dpif.model import Flow
+from dpif.netlink import families as fam
+from dpif.netlink import messages as m
+from dpif.netlink.wire import GENL_HDR, OVS_HDR, attr, pack_message
+
+MB = 1024 * 1024
+
+
+def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = subparsers.add_parser("bench", help="benchmarks")
+    sub = p.add_subparsers(dest="bench_command", metavar="WHAT", required=True)
+    d = sub.add_parser("dpif", help="netlink dump/install against ovs-dpctl (root, openvswitch module)")
+    d.add_argument("--flows", type=int, default=100_000, help="number of flows (default 100000)")
+    d.add_argument("--dp", default="dpbench0", help="scratch datapath name (created and deleted)")
+    d.add_argument("--json", type=Path, help="also write the results as JSON here")
+    d.add_argument("--codec-only", action="store_true", help="only our codec vs pyroute2 (no kernel needed)")
+    d.set_defaults(handler=cmd_bench_dpif)
+
+
+@dataclass
+class Timed:
+    seconds: float
+    max_rss_mb: float
+
+
+def run_timed(argv: Sequence[str]) -> Timed:
+    """Run a process with stdout to /dev/null; wall time and its own peak RSS (wait4)."""
+    start = time.perf_counter()
+    with open(os.devnull, "wb") as null:
+        proc = subprocess.Popen(argv, stdout=null, stderr=subprocess.PIPE)
+        assert proc.stderr is not None
+        err = proc.stderr.read()
+        _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    elapsed = time.perf_counter() - start
+    if proc.returncode != 0 or b"Failed" in err or b"error" in err:
+        raise CommandError(f"{' '.join(argv[:3])}... failed: {err.decode(errors='replace').strip()[:200]}")
+    return Timed(elapsed, usage.ru_maxrss / 1024)
+
+
+def flow_lines(n: int) -> list[str]:
+    """n distinct megaflows sharing one mask (what a busy datapath holds), each with two outputs."""
+    return [
+        f"in_port(1),eth(),eth_type(0x0800),ipv4(src=10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255},frag=no) 2,3"
+        for i in range(n)
+    ]
+
+
+def codec_bench(n: int) -> dict[str, float]:
+    """Encode n OVS_FLOW_CMD_NEW requests and decode n flow replies: ours vs pyroute2's marshal."""
+    from pyroute2.netlink import genlmsg
+
+    key = attr(3, b"\1\0\0\0") + attr(6, b"\x08\x00") + attr(7, b"\0" * 12)
+    flow = Flow(key, key, attr(1, b"\2\0\0\0"), b"u" * 16)
+
+    class OvsFlowMsg(genlmsg):
+        fields = (*genlmsg.fields, ("dpifindex", "i"))
+        nla_map = tuple((num, f"A{num}", "cdata") for num in fam.FLOW_ATTRS.by_num)
+
+    out: dict[str, float] = {}
+    t = time.perf_counter()
+    bodies = [m.flow_put(5, flow).body for _ in range(n)]
+    out["ours_encode_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    for _ in range(n):
+        msg = OvsFlowMsg()
+        msg["cmd"], msg["version"], msg["dpifindex"] = 1, 1, 5
+        msg["attrs"] = [("A1", flow.key), ("A7", flow.mask), ("A2", flow.actions), ("A9", flow.ufid)]
+        msg.encode()
+    out["pyroute2_encode_s"] = time.perf_counter() - t
+    wire = [pack_message(0x20, 2, i, b) for i, b in enumerate(bodies)]
+    t = time.perf_counter()
+    for w in wire:
+        m.decode_flow(memoryview(w)[16:])
+    out["ours_decode_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    for w in wire:
+        p = OvsFlowMsg(w)
+        p.decode()
+    out["pyroute2_decode_s"] = time.perf_counter() - t
+    assert len(bodies[0]) > GENL_HDR.size + OVS_HDR.size
+    return out
+
+
+async def kernel_bench(dp_name: str, n: int) -> dict[str, float]:
+    from dpif.netlink_datapath import create_datapath, delete_datapath, open_datapath
+
+    me = [sys.executable, "-m", "dpfreeze.cli", "dpctl"]
+    res: dict[str, float] = {"flows": n}
+    with tempfile.TemporaryDirectory(prefix="dpbench") as tmp:
+        path = Path(tmp) / "flows.txt"
+        path.write_text("\n".join(flow_lines(n)) + "\n")
+        await create_datapath(dp_name)
+        try:
+            theirs = run_timed(["ovs-dpctl", "add-flows", dp_name, str(path)])
+            res["ovs_dpctl_add_s"] = theirs.seconds
+            res["ovs_dpctl_dump_s"] = run_timed(["ovs-dpctl", "dump-flows", dp_name]).seconds
+            dump = run_timed([*me, "dump-flows", dp_name])
+            res["ours_dump_s"], res["ours_dump_rss_mb"] = dump.seconds, dump.max_rss_mb
+            async with open_datapath(dp_name) as dp:
+                t = time.perf_counter()
+                records = [f async for f in dp.flows()]
+                res["ours_dump_records_s"] = time.perf_counter() - t
+                if len(records) != n:
+                    raise CommandError(f"dumped {len(records)} flows, expected {n}")
+                await dp.flow_flush()
+                t = time.perf_counter()
+                failed = [r for r in await dp.flow_put_many(records) if r is not None]
+                res["ours_reinstall_records_s"] = time.perf_counter() - t
+                if failed:
+                    raise CommandError(f"{len(failed)} re-installs failed: {failed[0]}")
+                await dp.flow_flush()
+            add = run_timed([*me, "add-flows", dp_name, str(path)])
+            res["ours_add_s"], res["ours_add_rss_mb"] = add.seconds, add.max_rss_mb
+        finally:
+            await delete_datapath(dp_name)
+    res["dump_ratio"] = res["ours_dump_s"] / res["ovs_dpctl_dump_s"]
+    res["add_ratio"] = res["ours_add_s"] / res["ovs_dpctl_add_s"]
+    res["peak_rss_mb"] = max(res["ours_dump_rss_mb"], res["ours_add_rss_mb"])
+    return res
+
+
+async def cmd_bench_dpif(args: argparse.Namespace) -> int:
+    if args.flows <= 0 or args.flows > 1 << 24:
+        raise CommandError("--flows must be between 1 and 16777216")
+    results: dict[str, float] = {}
+    if not args.codec_only:
+        results |= await kernel_bench(args.dp, args.flows)
+    results |= {f"codec_{k}": v for k, v in codec_bench(min(args.flows, 20_000)).items()}
+    for k, v in results.items():
+        print(f"{k:32} {v:12.3f}" if isinstance(v, float) else f"{k:32} {v:12}")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    return 0

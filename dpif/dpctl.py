@@ -1,0 +1,379 @@
+"""`dpfreeze dpctl ...`: ovs-dpctl's commands, arguments and output, over the netlink provider.
+
+Argument handling follows OVS 3.1 lib/dpctl.c: the datapath argument is optional and recognised only when
+it names an existing datapath ("system@dp" or "dp"); without it the only datapath is used.  Flow text is
+formatted and parsed by `dpif.netlink.flowtext` (one place knows the syntax); this module only wires
+commands to the `Datapath` and prints what ovs-dpctl prints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from typing import TextIO
+
+from dpif.model import DatapathInfo, Flow, Vport, VportType
+from dpif.netlink import actions as act
+from dpif.netlink import flowkey, flowtext
+from dpif.netlink.wire import KernelError
+from dpif.netlink_datapath import NetlinkDatapath, list_datapaths, open_datapath
+from dpif.transport import GenlClient, open_client
+
+
+class CommandError(OSError):
+    """A refused command, printed by the CLI as one line (an OSError: dpif does not import dpfreeze)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+
+
+VPORT_TYPE_NAMES = {
+    VportType.NETDEV: "system",
+    VportType.INTERNAL: "internal",
+    VportType.GRE: "gre",
+    VportType.VXLAN: "vxlan",
+    VportType.GENEVE: "geneve",
+}
+
+
+def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = subparsers.add_parser("dpctl", help="ovs-dpctl's commands over netlink (same syntax and output)")
+    p.add_argument("-s", "--statistics", action="store_true", help="print statistics")
+    p.add_argument("-m", "--more", action="count", default=0, help="increase verbosity of output")
+    names = p.add_mutually_exclusive_group()
+    names.add_argument(
+        "--names", dest="names", action="store_true", default=None, help="port names in output"
+    )
+    names.add_argument("--no-names", dest="names", action="store_false", help="port numbers in output")
+    sub = p.add_subparsers(dest="dpctl_command", metavar="COMMAND", required=True)
+    for name, fn, help_text in (
+        ("show", cmd_show, "show basic info on datapaths: show [DP...]"),
+        ("dump-dps", cmd_dump_dps, "display names of all datapaths"),
+        ("dump-flows", cmd_dump_flows, "display flows: dump-flows [DP]"),
+        ("add-flow", cmd_add_flow, "add a flow: add-flow [DP] FLOW ACTIONS"),
+        ("add-flows", cmd_add_flows, "add flows from a file: add-flows [DP] FILE"),
+        ("del-flow", cmd_del_flow, "delete a flow: del-flow [DP] FLOW"),
+        ("del-flows", cmd_del_flows, "delete all flows, or those in FILE: del-flows [DP] [FILE]"),
+        ("get-flow", cmd_get_flow, "fetch a flow by UFID: get-flow [DP] ufid:UFID"),
+    ):
+        c = sub.add_parser(name, help=help_text)
+        c.add_argument("args", nargs="*")
+        # Options may also follow the command, as ovs-dpctl's getopt allows.
+        c.add_argument("-s", "--statistics", dest="sub_statistics", action="store_true")
+        c.add_argument("-m", "--more", dest="sub_more", action="count", default=0)
+        c.set_defaults(handler=fn)
+
+
+# --- common ---------------------------------------------------------------------------------------------
+
+
+def _opts(args: argparse.Namespace) -> tuple[int, bool, bool]:
+    """(verbosity, names, statistics) as ovs-dpctl derives them (names default on with -m)."""
+    verbosity = args.more + args.sub_more
+    names = args.names if args.names is not None else verbosity > 0
+    return verbosity, names, args.statistics or args.sub_statistics
+
+
+def _dp_name(arg: str) -> str:
+    dp_type, sep, name = arg.partition("@")
+    if not sep:
+        return arg
+    if dp_type != "system":
+        raise CommandError(f"datapath type {dp_type!r} is not supported (only system@)")
+    return name
+
+
+async def _dp_arg_exists(client: GenlClient, argv: Sequence[str]) -> bool:
+    if not argv or ("@" in argv[0] and not argv[0].startswith("system@")):
+        return False
+    return _dp_name(argv[0]) in {d.name for d in await list_datapaths(client)}
+
+
+async def _opt_dp(client: GenlClient, argv: Sequence[str], max_args: int) -> tuple[str, list[str]]:
+    """lib/dpctl.c opt_dpif_open: (datapath name, remaining args).  max_args counts ovs-dpctl's argv[0]."""
+    if await _dp_arg_exists(client, argv):
+        return _dp_name(argv[0]), list(argv[1:])
+    if len(argv) + 1 == max_args:
+        raise CommandError("datapath not found")
+    dps = await list_datapaths(client)
+    if not dps:
+        raise CommandError("no datapaths exist")
+    if len(dps) > 1:
+        raise CommandError("multiple datapaths, specify one")
+    return dps[0].name, list(argv)
+
+
+def _need(argv: Sequence[str], lo: int, hi: int, command: str) -> None:
+    if not lo <= len(argv) <= hi:
+        raise CommandError(f"'{command}' command takes at least {lo} and at most {hi} arguments")
+
+
+async def _port_maps(dp: NetlinkDatapath) -> tuple[dict[int, str], dict[str, int]]:
+    ports = await dp.ports()
+    return {p.port_no: p.name for p in ports}, {p.name: p.port_no for p in ports}
+
+
+def _now_ms() -> int:
+    """The kernel's `used` clock: CLOCK_MONOTONIC in milliseconds (OVS time_msec())."""
+    return time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1_000_000
+
+
+def format_flow_line(flow: Flow, ports: dict[int, str] | None, verbosity: int, now_ms: int) -> str:
+    return flowtext.format_flow(
+        flow.key,
+        flow.mask,
+        flow.actions,
+        flow.ufid,
+        flow.stats,
+        now_ms=now_ms,
+        verbose=verbosity > 0,
+        port_names=ports,
+    )
+
+
+_UFID_RE = re.compile(r"ufid:([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})")
+
+
+def parse_ufid(text: str) -> tuple[bytes | None, str]:
+    """odp_ufid_from_string: a leading "ufid:UUID" (and its separator) -> (ufid, rest of the text)."""
+    if not text.startswith("ufid:"):
+        return None, text
+    found = _UFID_RE.match(text)
+    if found is None:
+        raise CommandError("parsing flow ufid")
+    return flowkey.ufid_from_text(found.group(1)), text[found.end() :].lstrip(", ")
+
+
+def parse_flow_args(key_text: str, actions_text: str | None, port_names: dict[str, int]) -> Flow:
+    """FLOW [ACTIONS] as ovs-dpctl reads them ("ufid:...," prefix allowed) -> a Flow of raw attributes."""
+    ufid, key_text = parse_ufid(key_text)
+    try:
+        key, mask = flowkey.parse_key(key_text, port_names=port_names)
+    except ValueError as exc:
+        raise CommandError(f"parsing flow key ({exc})") from None
+    actions = None
+    if actions_text is not None:
+        try:
+            actions = act.parse_actions(actions_text, port_names=port_names)
+        except ValueError as exc:
+            raise CommandError(f"parsing actions ({exc})") from None
+    return Flow(key, mask or None, actions, ufid)
+
+
+# --- show / dump-dps ------------------------------------------------------------------------------------
+
+
+def show_text(info: DatapathInfo, ports: Sequence[Vport]) -> str:
+    """lib/dpctl.c show_dpif, for the kernel datapath (port configuration of tunnel vports not shown)."""
+    s = info.stats
+    out = [
+        f"system@{info.name}:",
+        f"  lookups: hit:{s.hit} missed:{s.missed} lost:{s.lost}",
+        f"  flows: {s.flows}",
+    ]
+    mf = info.megaflow_stats
+    if mf is not None:
+        n_pkts = s.hit + s.missed
+        per_pkt = mf.mask_hit / n_pkts if n_pkts else 0.0
+        out.append(f"  masks: hit:{mf.mask_hit} total:{mf.masks} hit/pkt:{per_pkt:.2f}")
+        rate = mf.cache_hit / n_pkts * 100 if n_pkts else 0.0
+        out.append(f"  cache: hit:{mf.cache_hit} hit-rate:{rate:.2f}%")
+    if info.masks_cache_size is not None:
+        out += ["  caches:", f"    masks-cache: size:{info.masks_cache_size}"]
+    for p in sorted(ports, key=lambda p: p.port_no):
+        line = f"  port {p.port_no}: {p.name}"
+        tname = VPORT_TYPE_NAMES.get(p.type, "unknown")
+        if tname != "system":
+            line += f" ({tname})"
+        out.append(line)
+    return "\n".join(out) + "\n"
+
+
+async def cmd_show(args: argparse.Namespace) -> int:
+    if _opts(args)[2]:
+        raise CommandError("show -s (netdev statistics) is not supported")
+    async with open_client() as client:
+        names = [_dp_name(a) for a in args.args] or [d.name for d in await list_datapaths(client)]
+        status = 0
+        for name in names:
+            try:
+                async with open_datapath(name, client=client) as dp:
+                    text = show_text(await dp.info(), await dp.ports())
+            except OSError as exc:
+                print(f"dpfreeze: opening datapath {name} failed ({exc.strerror or exc})", file=sys.stderr)
+                status = 1
+                continue
+            sys.stdout.write(text)
+        return status
+
+
+async def cmd_dump_dps(args: argparse.Namespace) -> int:
+    async with open_client() as client:
+        for d in await list_datapaths(client):
+            print(f"system@{d.name}")
+    return 0
+
+
+# --- flows ----------------------------------------------------------------------------------------------
+
+
+async def cmd_dump_flows(args: argparse.Namespace) -> int:
+    verbosity, names, _ = _opts(args)
+    argv = list(args.args)
+    if any(a.startswith(("filter=", "type=", "pmd=")) for a in argv):
+        raise CommandError("dump-flows filters (filter=, type=, pmd=) are not supported")
+    async with open_client() as client:
+        name, rest = await _opt_dp(client, argv, 2)
+        if rest:
+            raise CommandError("datapath not found")
+        async with open_datapath(name, client=client) as dp:
+            ports = (await _port_maps(dp))[0] if names else None
+            now = _now_ms()
+            out = sys.stdout
+            async for flow in dp.flows():
+                out.write(format_flow_line(flow, ports, verbosity, now) + "\n")
+    return 0
+
+
+async def cmd_add_flow(args: argparse.Namespace) -> int:
+    async with open_client() as client:
+        name, rest = await _opt_dp(client, args.args, 4)
+        _need(rest, 2, 2, "add-flow")
+        async with open_datapath(name, client=client) as dp:
+            flow = parse_flow_args(rest[0], rest[1], (await _port_maps(dp))[1])
+            try:
+                await dp.flow_put(flow, create=True)
+            except KernelError as exc:
+                raise CommandError(f"updating flow table ({exc.strerror})") from None
+    return 0
+
+
+async def cmd_get_flow(args: argparse.Namespace) -> int:
+    verbosity, names, _ = _opts(args)
+    async with open_client() as client:
+        name, rest = await _opt_dp(client, args.args, 3)
+        _need(rest, 1, 1, "get-flow")
+        async with open_datapath(name, client=client) as dp:
+            ufid, _ = parse_ufid(rest[0])
+            if ufid is None:
+                raise CommandError("parsing flow ufid")
+            try:
+                got = await dp.flow_get(ufid=ufid)
+            except KernelError as exc:
+                raise CommandError(f"getting flow ({exc.strerror})") from None
+            ports = (await _port_maps(dp))[0] if names else None
+            print(format_flow_line(got, ports, verbosity, _now_ms()))
+    return 0
+
+
+async def cmd_del_flow(args: argparse.Namespace) -> int:
+    async with open_client() as client:
+        name, rest = await _opt_dp(client, args.args, 3)
+        _need(rest, 1, 1, "del-flow")
+        async with open_datapath(name, client=client) as dp:
+            await _del_one(dp, rest[0], (await _port_maps(dp))[1], sys.stdout)
+    return 0
+
+
+async def _del_one(dp: NetlinkDatapath, text: str, port_names: dict[str, int], out: TextIO) -> None:
+    flow = parse_flow_args(text, None, port_names)
+    try:
+        await dp.flow_del(ufid=flow.ufid, key=None if flow.ufid else flow.key)
+    except KernelError as exc:
+        if exc.code == 2 and flow.ufid is None:
+            out.write("Perhaps you need to specify a UFID?\n")
+        raise CommandError(f"deleting flow ({exc.strerror})") from None
+
+
+async def cmd_del_flows(args: argparse.Namespace) -> int:
+    async with open_client() as client:
+        argv = list(args.args)
+        if (not await _dp_arg_exists(client, argv) and len(argv) == 1) or len(argv) > 1:
+            return await _process_flows(client, argv, "del")
+        name, _ = await _opt_dp(client, argv, 2)
+        async with open_datapath(name, client=client) as dp:
+            try:
+                await dp.flow_flush()
+            except KernelError as exc:
+                raise CommandError(f"deleting all flows ({exc.strerror})") from None
+    return 0
+
+
+async def cmd_add_flows(args: argparse.Namespace) -> int:
+    async with open_client() as client:
+        return await _process_flows(client, list(args.args), "add")
+
+
+def flow_file_lines(stream: TextIO) -> Iterator[tuple[int, str, str, str | None]]:
+    """lib/dpctl.c dpctl_parse_flow_line over ds_get_preprocessed_line: (line number, command, flow,
+    actions); comments (#) and blank lines skipped, an optional leading add/delete/modify word."""
+    for number, raw in enumerate(stream, 1):
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        word, _, rest = line.partition(" ")
+        command = {"add": "add", "delete": "del", "modify": "mod"}.get(word.split(",")[0])
+        if command is None or word != word.split(",")[0]:
+            command, rest = "", line
+        flow, _, actions = rest.strip().partition(" ")
+        yield number, command, flow, actions.strip() or None
+
+
+async def _process_flows(client: GenlClient, argv: Sequence[str], default: str) -> int:
+    """add-flows / del-flows FILE: bad lines are reported and skipped; adds go to the kernel in batches."""
+    name, rest = await _opt_dp(client, argv, 3)
+    _need(rest, 1, 1, f"{default}-flows")
+    path = rest[0]
+    try:
+        stream = sys.stdin if path == "-" else open(path)  # noqa: SIM115 - closed below
+    except OSError as exc:
+        raise CommandError(f'Opening file "{path}" failed ({exc.strerror})') from None
+    status = 0
+    async with open_datapath(name, client=client) as dp:
+        port_names = (await _port_maps(dp))[1]
+        batch: list[Flow] = []
+
+        async def flush() -> int:
+            results = await dp.flow_put_many(batch, create=True)
+            batch.clear()
+            failed = 0
+            for r in results:
+                if r is not None:
+                    failed = 1
+                    print(f"dpfreeze: updating flow table ({getattr(r, 'strerror', r)})", file=sys.stderr)
+            return failed
+
+        try:
+            for number, command, flow_text, actions in flow_file_lines(stream):
+                cmd = command or default
+                if (cmd in ("add", "mod") and actions is None) or (cmd == "del" and actions is not None):
+                    print(f"dpfreeze: Failed parsing line number {number}, skipped!", file=sys.stderr)
+                    continue
+                try:
+                    flow = parse_flow_args(flow_text, actions, port_names)
+                except CommandError as exc:
+                    print(f"dpfreeze: {exc}", file=sys.stderr)
+                    status = 1
+                    continue
+                if cmd == "add":
+                    batch.append(flow)
+                    if len(batch) >= 4096:
+                        status |= await flush()
+                    continue
+                status |= await flush()
+                if cmd == "mod":
+                    await dp.flow_put(flow, create=False)
+                else:
+                    try:
+                        await dp.flow_del(ufid=flow.ufid, key=None if flow.ufid else flow.key)
+                    except KernelError as exc:
+                        print(f"dpfreeze: deleting flow ({exc.strerror})", file=sys.stderr)
+                        status = 1
+            status |= await flush()
+        finally:
+            if stream is not sys.stdin:
+                stream.close()
+    return status

@@ -1,0 +1,496 @@
+"""Generic-netlink sockets on trio: requests with (extended) acks, dumps, batches, multicast and upcalls.
+
+Three kinds of socket, never mixed (notifications carry the *sender's* sequence numbers and would be
+mistaken for our replies): one request socket (plus pooled dump sockets), listener sockets joined to
+multicast groups, and upcall sockets whose portids the datapath sends packets to.
+
+The sockets are plain non-blocking stdlib sockets woken by `trio.lowlevel.wait_readable`: the bytes are
+decoded by the sans-IO codecs in `dpif.netlink`.  Family ids are resolved through nlctrl and cached; the
+cache is dropped when nlctrl announces that a family went away (module unloaded) and a request refused
+with ENOENT is retried once after re-resolving, so a reloaded module is picked up transparently.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import socket
+import time
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+import trio
+
+from dpif.netlink import families as fam
+from dpif.netlink import messages as m
+from dpif.netlink.wire import (
+    NLMSG_DONE,
+    NLMSG_ERROR,
+    NLMSG_NOOP,
+    NLMSG_OVERRUN,
+    KernelError,
+    Message,
+    WireError,
+    iter_messages,
+    pack_message,
+    parse_error,
+)
+
+log = logging.getLogger(__name__)
+
+NETLINK_GENERIC = 16
+SO_RCVBUFFORCE = 33  # Linux; not exported by the socket module
+SOL_NETLINK = 270
+NETLINK_ADD_MEMBERSHIP = 1
+NETLINK_DROP_MEMBERSHIP = 2
+NETLINK_NO_ENOBUFS = 5
+NETLINK_CAP_ACK = 10
+NETLINK_EXT_ACK = 11
+
+RECV_SIZE = 256 * 1024  # >= 32 KiB: the kernel sizes later dump chunks from our largest recv
+RCVBUF = 4 * 1024 * 1024  # what ovs-vswitchd uses
+SEND_CHUNK = 64 * 1024  # bytes of requests per sendmsg
+DEFAULT_TIMEOUT = 10.0
+NLMSG_MIN_TYPE = 16  # below: netlink control messages (NOOP, ERROR, DONE, OVERRUN)
+
+
+class _OneLine(OSError):
+    """An OSError that prints as its message alone (the CLI shows it as the one error line)."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+class FamilyNotFound(_OneLine):
+    """The generic-netlink family is not registered (openvswitch module not loaded)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(errno.ENOENT, f"generic netlink family {name!r} not found (is openvswitch loaded?)")
+        self.name = name
+
+
+class RepliesLost(_OneLine):
+    """Our receive buffer overflowed and the kernel dropped replies: the outcome of a batch is unknown."""
+
+
+class Overrun(Exception):
+    """A listener or upcall socket lost messages; carries how many, if known."""
+
+    def __init__(self, dropped: int | None) -> None:
+        super().__init__(f"netlink socket overrun ({dropped if dropped is not None else 'unknown'} dropped)")
+        self.dropped = dropped
+
+
+class NetlinkSocket:
+    """One NETLINK_GENERIC socket.  `portid` is what the kernel actually bound (from getsockname)."""
+
+    def __init__(self, *, portid: int = 0, listener: bool = False, rcvbuf: int = RCVBUF) -> None:
+        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_NONBLOCK, NETLINK_GENERIC)
+        try:
+            _set_rcvbuf(self.sock, rcvbuf)
+            self.sock.setsockopt(SOL_NETLINK, NETLINK_EXT_ACK, 1)
+            self.sock.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)
+            if listener:
+                # Losses are counted (sk_drops) and reported as Overrun instead of poisoning the socket.
+                self.sock.setsockopt(SOL_NETLINK, NETLINK_NO_ENOBUFS, 1)
+            self.sock.bind((portid, 0))
+        except BaseException:
+            self.sock.close()
+            raise
+        self.portid: int = self.sock.getsockname()[0]
+        self.inode = os.fstat(self.sock.fileno()).st_ino
+        self.rcvbuf = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+        self._drops = 0
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def add_membership(self, group: int) -> None:
+        self.sock.setsockopt(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, group)
+
+    def drop_membership(self, group: int) -> None:
+        self.sock.setsockopt(SOL_NETLINK, NETLINK_DROP_MEMBERSHIP, group)
+
+    async def send(self, data: bytes) -> None:
+        while True:
+            try:
+                self.sock.send(data)
+                return
+            except BlockingIOError:
+                await trio.lowlevel.wait_writable(self.sock)
+
+    def recv_nowait(self) -> bytes | None:
+        """One datagram, or None when the queue is empty.  ENOBUFS (listener overrun) raises Overrun."""
+        try:
+            return self.sock.recv(RECV_SIZE)
+        except BlockingIOError:
+            return None
+        except OSError as exc:
+            if exc.errno == errno.ENOBUFS:
+                raise Overrun(None) from exc
+            raise
+
+    async def recv(self) -> bytes:
+        while True:
+            data = self.recv_nowait()
+            if data is not None:
+                return data
+            await trio.lowlevel.wait_readable(self.sock)
+
+    def new_drops(self) -> int:
+        """Messages the kernel dropped on this socket since the last call (sk_drops, /proc/net/netlink)."""
+        total = _proc_drops(self.inode)
+        if total is None:
+            return 0
+        delta, self._drops = total - self._drops, total
+        return max(delta, 0)
+
+
+def _set_rcvbuf(sock: socket.socket, size: int) -> None:
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, size)
+    except PermissionError:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+
+
+def _proc_drops(inode: int) -> int | None:
+    """sk_drops of our socket: counted even with NETLINK_NO_ENOBUFS, so losses are never silent."""
+    try:
+        with open("/proc/net/netlink", "rb") as f:
+            lines = f.read().splitlines()[1:]
+    except OSError:
+        return None
+    suffix = b" %d" % inode
+    for line in lines:
+        if line.endswith(suffix):
+            cols = line.split()
+            return int(cols[8])
+    return None
+
+
+@dataclass
+class _Pending:
+    replies: list[Message] = field(default_factory=list)
+    error: KernelError | None = None
+    done: bool = False
+
+
+class GenlClient:
+    """Requests and dumps over one request socket; family ids resolved and cached by name."""
+
+    def __init__(self, timeout: float = DEFAULT_TIMEOUT) -> None:
+        self.timeout = timeout
+        self.sock = NetlinkSocket()
+        self._families: dict[str, m.FamilyInfo] = {}
+        self._seq = int(time.time()) & 0x7FFFFFFF
+        self._lock = trio.Lock()
+        self._dump_socks: list[NetlinkSocket] = []
+        # Family (un)registrations reach the request socket too: the cache is dropped as they are read.
+        self.sock.add_membership(_NLCTRL_NOTIFY)
+        # Acks need room: a batch never sends more messages than the receive buffer can hold replies for.
+        self.max_batch = max(16, min(1024, self.sock.rcvbuf // 4096))
+
+    def close(self) -> None:
+        self.sock.close()
+        for s in self._dump_socks:
+            s.close()
+        self._dump_socks.clear()
+
+    def _next_seq(self) -> int:
+        self._seq = (self._seq + 1) & 0xFFFFFFFF or 1
+        return self._seq
+
+    # --- families ---------------------------------------------------------------------------------------
+
+    async def family(self, name: str) -> m.FamilyInfo:
+        info = self._families.get(name)
+        if info is None:
+            async with self._lock:
+                info = await self._resolve_locked(name)
+        return info
+
+    async def _resolve_locked(self, name: str) -> m.FamilyInfo:
+        self._drain()
+        info = self._families.get(name)
+        if info is None:
+            try:
+                replies = await self._exchange_one(self.sock, m.get_family(name), fam.GENL_ID_CTRL)
+            except KernelError as exc:
+                if exc.code == errno.ENOENT:
+                    raise FamilyNotFound(name) from None
+                raise
+            if not replies:
+                raise FamilyNotFound(name)
+            info = m.decode_family(replies[0].payload)
+            self._families[name] = info
+        return info
+
+    def _drain(self) -> None:
+        """Read what queued up between requests (nlctrl notifications, stale replies): a family that went
+        away is forgotten before its old id is used again."""
+        while (data := self.sock.recv_nowait()) is not None:
+            for msg in iter_messages(data):
+                self._dispatch(msg, {})
+
+    def forget_families(self) -> None:
+        self._families.clear()
+
+    def _note_ctrl(self, msg: Message) -> None:
+        """An nlctrl notification: a family went away or came back; forget it either way."""
+        try:
+            body = m.decode_body(fam.NLCTRL, msg.payload)
+        except WireError:
+            return
+        name = body.attrs.get("family-name")
+        if name in self._families and body.cmd in (fam.CTRL_CMD_DELFAMILY, fam.CTRL_CMD_NEWFAMILY):
+            log.info("generic netlink family %s %s", name, "removed" if body.cmd == 2 else "re-registered")
+            del self._families[name]
+
+    # --- requests ---------------------------------------------------------------------------------------
+
+    async def call(self, req: m.Request) -> list[Message]:
+        """One request; its reply messages (empty for a bare ack).  Refusals raise KernelError."""
+        result = (await self.batch([req]))[0]
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    async def batch(self, reqs: Sequence[m.Request]) -> list[list[Message] | KernelError]:
+        """Many requests, many per sendmsg, replies matched by sequence number; one result per request.
+
+        A request refused with ENOENT is retried once if its family id changed meanwhile (module reload).
+        """
+        if not reqs:
+            return []
+        results = await self._batch_once(reqs)
+        retry = [i for i, r in enumerate(results) if isinstance(r, KernelError) and r.code == errno.ENOENT]
+        if retry and await self._families_changed({reqs[i].family for i in retry}):
+            again = await self._batch_once([reqs[i] for i in retry])
+            for i, r in zip(retry, again, strict=True):
+                results[i] = r
+        return results
+
+    async def _families_changed(self, names: Iterable[str]) -> bool:
+        changed = False
+        for name in names:
+            old = self._families.pop(name, None)
+            new = await self.family(name)
+            changed |= old is None or old.id != new.id
+        return changed
+
+    async def _batch_once(self, reqs: Sequence[m.Request]) -> list[list[Message] | KernelError]:
+        results: list[list[Message] | KernelError] = []
+        async with self._lock:
+            self._drain()
+            ids = {name: (await self._resolve_locked(name)).id for name in {r.family for r in reqs}}
+            for start in range(0, len(reqs), self.max_batch):
+                chunk = reqs[start : start + self.max_batch]
+                pending = await self._send_chunk(self.sock, chunk, ids)
+                await self._collect(self.sock, pending)
+                for p in pending.values():
+                    results.append(p.error if p.error is not None else p.replies)
+        return results
+
+    async def _exchange_one(self, sock: NetlinkSocket, req: m.Request, family_id: int) -> list[Message]:
+        """One request on `sock`; the caller holds the lock if `sock` is the shared request socket."""
+        pending = await self._send_chunk(sock, [req], {req.family: family_id})
+        await self._collect(sock, pending)
+        (p,) = pending.values()
+        if p.error is not None:
+            raise p.error
+        return p.replies
+
+    async def _send_chunk(
+        self, sock: NetlinkSocket, reqs: Sequence[m.Request], ids: dict[str, int]
+    ) -> dict[int, _Pending]:
+        pending: dict[int, _Pending] = {}
+        buf: list[bytes] = []
+        size = 0
+        for r in reqs:
+            seq = self._next_seq()
+            pending[seq] = _Pending()
+            msg = pack_message(ids[r.family], r.flags, seq, r.body)
+            if size + len(msg) > SEND_CHUNK and buf:
+                await sock.send(b"".join(buf))
+                buf, size = [], 0
+            buf.append(msg)
+            size += len(msg) + (-len(msg) % 4)
+        await sock.send(b"".join(buf))
+        return pending
+
+    async def _collect(self, sock: NetlinkSocket, pending: dict[int, _Pending]) -> None:
+        left = len(pending)
+        try:
+            with trio.fail_after(self.timeout):
+                while left:
+                    try:
+                        data = await sock.recv()
+                    except Overrun as exc:
+                        raise RepliesLost(
+                            errno.ENOBUFS, "netlink replies lost (receive buffer overrun)"
+                        ) from exc
+                    for msg in iter_messages(data):
+                        left -= self._dispatch(msg, pending)
+        except trio.TooSlowError:
+            raise TimeoutError(errno.ETIMEDOUT, f"no netlink reply within {self.timeout:g} s") from None
+
+    def _dispatch(self, msg: Message, pending: dict[int, _Pending]) -> int:
+        """File one message under its request; 1 when that completed the request."""
+        p = pending.get(msg.seq)
+        if p is None or p.done:
+            if msg.type == fam.GENL_ID_CTRL and msg.seq == 0:
+                self._note_ctrl(msg)
+            return 0  # a stale reply of a cancelled request, or a notification
+        if msg.type == NLMSG_ERROR:
+            p.error, p.done = parse_error(msg), True
+            return 1
+        if msg.type == NLMSG_DONE:
+            if len(msg.payload) >= 4:
+                err = int.from_bytes(msg.payload[:4], "little", signed=True)
+                if err < 0:
+                    p.error = KernelError(-err)
+            p.done = True
+            return 1
+        if msg.type in (NLMSG_NOOP, NLMSG_OVERRUN):
+            return 0
+        p.replies.append(msg)
+        return 0
+
+    # --- dumps ------------------------------------------------------------------------------------------
+
+    async def dump(self, req: m.Request) -> AsyncIterator[Message]:
+        """Stream a dump's messages, chunk by chunk, on a pooled socket of its own (callers may interleave
+        other requests while iterating).  Every chunk must arrive within the timeout."""
+        family_id = (await self.family(req.family)).id
+        sock = self._dump_socks.pop() if self._dump_socks else await self._primed_socket()
+        seq = self._next_seq()
+        clean = False
+        try:
+            await sock.send(pack_message(family_id, req.flags, seq, req.body))
+            while True:
+                with trio.move_on_after(self.timeout) as scope:
+                    data = await sock.recv()
+                if scope.cancelled_caught:
+                    raise TimeoutError(errno.ETIMEDOUT, f"dump stalled for {self.timeout:g} s")
+                for msg in iter_messages(data):
+                    if msg.seq != seq:
+                        continue
+                    if msg.type == NLMSG_ERROR:
+                        err = parse_error(msg)
+                        if err is not None:
+                            raise err
+                        clean = True
+                        return
+                    if msg.type == NLMSG_DONE:
+                        if len(msg.payload) >= 4:
+                            code = int.from_bytes(msg.payload[:4], "little", signed=True)
+                            if code < 0:
+                                raise KernelError(-code)
+                        clean = True
+                        return
+                    if msg.type >= NLMSG_MIN_TYPE:
+                        yield msg
+        finally:
+            if clean:
+                self._dump_socks.append(sock)
+            else:
+                sock.close()  # an abandoned dump leaves its rest queued: never reuse that socket
+
+    async def _primed_socket(self) -> NetlinkSocket:
+        """A dump socket that has already received with a large buffer, so that the kernel's first
+        chunk is a 32 KiB one (an action list that doesn't fit a chunk is left out of the dump)."""
+        sock = NetlinkSocket()
+        try:
+            await self._exchange_one(sock, m.get_family("nlctrl"), fam.GENL_ID_CTRL)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+
+_NLCTRL_NOTIFY = 0x10  # nlctrl's "notify" group id is fixed (GENL_ID_CTRL)
+
+
+@asynccontextmanager
+async def open_client(timeout: float = DEFAULT_TIMEOUT) -> AsyncIterator[GenlClient]:
+    client = GenlClient(timeout)
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+class Listener:
+    """A socket joined to multicast groups.  `messages()` yields (family name, message) or raises Overrun."""
+
+    def __init__(self, client: GenlClient) -> None:
+        self.client = client
+        self.sock = NetlinkSocket(listener=True)
+        self._groups: dict[int, str] = {}  # family id -> family name
+        self.sock.add_membership(_NLCTRL_NOTIFY)
+
+    async def join(self, family_name: str) -> None:
+        info = await self.client.family(family_name)
+        group = fam.FAMILIES[family_name].mcast_group
+        if group is None or group not in info.groups:
+            raise FamilyNotFound(f"{family_name}/{group}")
+        self.sock.add_membership(info.groups[group])
+        self._groups[info.id] = family_name
+
+    def close(self) -> None:
+        self.sock.close()
+
+    async def batches(self) -> AsyncIterator[list[tuple[str, Message]]]:
+        """Everything readable at one wake-up; raises Overrun (after what was read) when the kernel dropped
+        messages, and FamilyGone when a joined family was unregistered (its groups are gone with it)."""
+        self.sock.new_drops()
+        while True:
+            await trio.lowlevel.wait_readable(self.sock.sock)
+            out: list[tuple[str, Message]] = []
+            gone: list[str] = []
+            lost = False
+            while True:
+                try:
+                    data = self.sock.recv_nowait()
+                except Overrun:
+                    lost = True
+                    continue
+                if data is None:
+                    break
+                for msg in iter_messages(data):
+                    name = self._groups.get(msg.type)
+                    if name is not None:
+                        out.append((name, msg))
+                    elif msg.type == fam.GENL_ID_CTRL:
+                        gone.extend(self._ctrl(msg))
+            dropped = self.sock.new_drops()
+            if out:
+                yield out
+            if lost or dropped:
+                raise Overrun(dropped or None)
+            if gone:
+                raise FamilyGone(gone)
+
+    def _ctrl(self, msg: Message) -> list[str]:
+        self.client._note_ctrl(msg)
+        body = m.decode_body(fam.NLCTRL, msg.payload)
+        if body.cmd != fam.CTRL_CMD_DELFAMILY:
+            return []
+        fid = body.attrs.get("family-id")
+        name = self._groups.pop(fid, None) if fid is not None else None
+        return [name] if name else []
+
+
+class FamilyGone(Exception):
+    def __init__(self, names: list[str]) -> None:
+        super().__init__(f"generic netlink families unregistered: {', '.join(names)}")
+        self.names = names
+
+
+class UpcallSocket(NetlinkSocket):
+    """A socket to program as an upcall pid.  `portid` may be chosen (e.g. to squat a dead daemon's)."""
+
+    def __init__(self, portid: int = 0) -> None:
+        super().__init__(portid=portid, listener=True)

@@ -1,0 +1,424 @@
+"""The service driving the state machine, pin and hand-over against an in-memory datapath (pure).
+
+The fake datapath behaves like the kernel where it matters here: a flush sends no notification, single
+deletes do, puts of present flows fail with EEXIST, and upcall pids are plain numbers anyone may set.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import struct
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from dpfreeze import handover as ho
+from dpfreeze.control import ControlError, Request
+from dpfreeze.handover import Handover, MissBuffer, parse_proc_net_netlink, recirc_id
+from dpfreeze.machine import State, StateStore
+from dpfreeze.pin import PinSet, uses_recirculation
+from dpfreeze.service import FreezeService, ServiceConfig
+from dpif.model import (
+    Datapath,
+    DatapathInfo,
+    DpFeature,
+    DpStats,
+    Event,
+    EventCmd,
+    EventKind,
+    ExecuteRequest,
+    Flow,
+    Resync,
+    Upcall,
+    UpcallKind,
+    Vport,
+    VportType,
+)
+from dpif.netlink.wire import attr
+
+OLD_DAEMON, NEW_DAEMON, OURS = 1001, 2002, 3003
+
+
+def key(port: int, recirc: int = 0) -> bytes:
+    return attr(3, struct.pack("=I", port)) + attr(20, struct.pack("=I", recirc))
+
+
+def flow(n: int, actions: bytes = attr(1, struct.pack("=I", 2))) -> Flow:
+    return Flow(key=key(n), mask=None, actions=actions, ufid=bytes([n]) * 16)
+
+
+class FakeDatapath:
+    name = "ovs-system"
+
+    def __init__(self, per_cpu: bool = True) -> None:
+        self.features = DpFeature.UNALIGNED | (DpFeature.DISPATCH_UPCALL_PER_CPU if per_cpu else 0)
+        self.per_cpu_pids: tuple[int, ...] = (OLD_DAEMON, OLD_DAEMON) if per_cpu else ()
+        self.vports = {n: Vport(n, VportType.INTERNAL if n == 0 else VportType.NETDEV, f"p{n}",
+                                upcall_pids=(0,) if per_cpu else (OLD_DAEMON,)) for n in range(3)}
+        self.table: dict[bytes, Flow] = {}
+        self.executed: list[ExecuteRequest] = []
+        self.features_set: list[int] = []
+        self._listeners: list[trio.MemorySendChannel[Event | Resync]] = []
+        self._upcalls = trio.open_memory_channel[Upcall | Resync](100)
+
+    def notify(self, kind: EventKind, cmd: EventCmd, record: Any, sender: int = 0) -> None:
+        for ch in self._listeners:
+            ch.send_nowait(Event(kind, cmd, 5, record, sender))
+
+    async def info(self) -> DatapathInfo:
+        return DatapathInfo(self.name, 5, int(self.features), DpStats(flows=len(self.table)),
+                            per_cpu_pids=self.per_cpu_pids)
+
+    async def set_features(self, features: int, per_cpu_pids: Sequence[int] | None = None) -> DatapathInfo:
+        self.features_set.append(features)
+        self.features = DpFeature(features)
+        if per_cpu_pids is not None:
+            self.per_cpu_pids = tuple(per_cpu_pids)
+        return await self.info()
+
+    async def ports(self) -> list[Vport]:
+        return list(self.vports.values())
+
+    async def port_add(self, name: str, type: VportType, port_no: int | None = None,
+                       upcall_pids: Sequence[int] = (0,), options: bytes = b"",
+                       ifindex: int | None = None) -> Vport:
+        assert port_no is not None
+        if port_no in self.vports:
+            raise OSError(errno.EBUSY, "busy")
+        self.vports[port_no] = Vport(port_no, type, name, upcall_pids=tuple(upcall_pids))
+        return self.vports[port_no]
+
+    async def port_set_upcall_pids(self, port_no: int, upcall_pids: Sequence[int]) -> Vport:
+        self.vports[port_no] = replace(self.vports[port_no], upcall_pids=tuple(upcall_pids))
+        return self.vports[port_no]
+
+    async def port_del(self, port_no: int) -> None:
+        vport = self.vports.pop(port_no)
+        self.notify(EventKind.VPORT, EventCmd.DEL, vport)
+
+    async def flows(self) -> AsyncIterator[Flow]:
+        for f in list(self.table.values()):
+            yield f
+
+    async def flow_get(self, *, ufid: bytes | None = None, key: bytes | None = None) -> Flow:
+        return self.table[ufid or b""]
+
+    async def flow_put(self, flow: Flow, *, create: bool = True) -> None:
+        (err,) = await self.flow_put_many([flow], create=create)
+        if err is not None:
+            raise err
+
+    async def flow_put_many(self, flows: Sequence[Flow], *,
+                            create: bool = True) -> list[BaseException | None]:
+        out: list[BaseException | None] = []
+        for f in flows:
+            if f.ufid in self.table:
+                out.append(OSError(errno.EEXIST, "exists"))
+                continue
+            assert f.ufid is not None
+            self.table[f.ufid] = f
+            self.notify(EventKind.FLOW, EventCmd.NEW, f, OURS)
+            out.append(None)
+        return out
+
+    async def flow_del(self, *, ufid: bytes | None = None, key: bytes | None = None) -> Flow | None:
+        assert ufid is not None
+        f = self.table.pop(ufid)
+        self.notify(EventKind.FLOW, EventCmd.DEL, Flow(b"", None, None, ufid=ufid))  # terse, like vswitchd
+        return f
+
+    async def flow_flush(self) -> None:
+        self.table.clear()  # silently, as the kernel does
+
+    async def execute(self, request: ExecuteRequest) -> None:
+        self.executed.append(request)
+
+    @asynccontextmanager
+    async def events(self) -> AsyncIterator[AsyncIterator[Event | Resync]]:
+        send, recv = trio.open_memory_channel[Event | Resync](1000)
+        self._listeners.append(send)
+        try:
+            yield recv
+        finally:
+            self._listeners.remove(send)
+
+    @asynccontextmanager
+    async def upcalls(self, n_sockets: int = 1) -> AsyncIterator[Any]:
+        recv = self._upcalls[1]
+
+        class Receiver:
+            portids = (OURS,)
+
+            def __aiter__(self) -> AsyncIterator[Upcall | Resync]:
+                return recv.__aiter__()
+
+        yield Receiver()
+
+    def upcall(self, port: int, recirc: int = 0) -> None:
+        self._upcalls[0].send_nowait(Upcall(UpcallKind.MISS, 5, b"\0" * 60, key(port, recirc), hash=7))
+
+    async def aclose(self) -> None:
+        pass
+
+
+class FakeBackend:
+    def __init__(self, dp: FakeDatapath) -> None:
+        self.dp = dp
+        self.frw: list[bool] = []
+        self.pins: PinSet | None = None
+
+    @asynccontextmanager
+    async def open_datapath(self, name: str) -> AsyncIterator[Datapath]:
+        yield self.dp
+
+    async def snapshot(self, dp: Any, path: Path) -> PinSet:
+        self.pins = PinSet(await dp.info(), tuple(await dp.ports()), tuple([*dp.table.values()]))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("snapshot")
+        return self.pins
+
+    def load_pins(self, path: Path, datapath: str) -> PinSet:
+        assert self.pins is not None and path.read_text() == "snapshot"
+        return self.pins
+
+    async def set_flow_restore_wait(self, on: bool) -> None:
+        self.frw.append(on)
+
+
+class FakeProc:
+    """A /proc with just net/netlink: which generic-netlink portids have a live socket."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        (root / "net").mkdir(parents=True)
+        self.set_live()
+
+    def set_live(self, *portids: int) -> None:
+        rows = [f"0000000000000000 16 {p} 00000000 0 0 0 2 0 {9000 + i}" for i, p in enumerate(portids)]
+        (self.root / "net" / "netlink").write_text(
+            "sk Eth Pid Groups Rmem Wmem Dump Locks Drops Inode\n" + "\n".join(rows) + "\n")
+
+
+@pytest.fixture
+def fake_proc(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeProc:
+    proc = FakeProc(tmp_path / "proc")
+    proc.set_live(OLD_DAEMON)
+    real_live = ho.live_portids
+    monkeypatch.setattr(ho, "live_portids", lambda _proc=proc.root: real_live(proc.root))
+    monkeypatch.setattr(ho, "inode_processes", lambda inodes, _proc=None: {})
+    return proc
+
+
+def make_service(tmp_path: Path, dp: FakeDatapath, backend: FakeBackend | None = None,
+                 **config: Any) -> FreezeService:
+    cfg = ServiceConfig(state_dir=tmp_path / "state", socket_path=tmp_path / "run" / "c.sock",
+                        poll_interval=0.005, **{"handover_timeout": 2.0, **config})
+    return FreezeService(cfg, backend or FakeBackend(dp))
+
+
+async def until(predicate: Any, timeout: float = 3.0) -> None:
+    with trio.fail_after(timeout):
+        while not predicate():
+            await trio.sleep(0.005)
+
+
+async def test_freeze_pins_flows_and_takes_upcalls_only_when_the_daemon_is_gone(tmp_path, fake_proc) -> None:
+    dp = FakeDatapath()
+    for n in (1, 2, 3):
+        dp.table[flow(n).ufid or b""] = flow(n)
+    backend = FakeBackend(dp)
+    svc = make_service(tmp_path, dp, backend)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(svc.run)
+        doc = await svc.freeze(60, "ovs-system")
+        assert doc["state"] == "frozen" and backend.frw == [True]
+        assert svc.store.load().state is State.FROZEN
+        # the old daemon still owns the upcalls: not taken
+        await trio.sleep(0.05)
+        assert dp.per_cpu_pids == (OLD_DAEMON, OLD_DAEMON)
+        # a terse DEL from the old daemon and a silent flush: both repaired
+        await dp.flow_del(ufid=flow(2).ufid)
+        await until(lambda: len(dp.table) == 3)
+        await dp.flow_flush()
+        await until(lambda: len(dp.table) == 3)
+        # a drop flow appearing while frozen is a suspect and is removed
+        drop = flow(9, actions=b"")
+        dp.table[drop.ufid or b""] = drop
+        dp.notify(EventKind.FLOW, EventCmd.NEW, drop, sender=OLD_DAEMON)
+        await until(lambda: drop.ufid not in dp.table)
+        # a forwarding flow appearing is reported (not removed) while it lives
+        fwd = flow(8)
+        dp.table[fwd.ufid or b""] = fwd
+        dp.notify(EventKind.FLOW, EventCmd.NEW, fwd, sender=OLD_DAEMON)
+        await until(lambda: svc.pinner is not None and bool(svc.pinner.stats.suspects))
+        assert svc.pinner is not None and svc.pinner.stats.suspects == {(fwd.ufid or b"").hex(): "forwarding"}
+        await dp.flow_del(ufid=fwd.ufid)
+        await until(lambda: svc.pinner is not None and not svc.pinner.stats.suspects)
+        # the daemon exits: its portid dies, we take over, keeping every feature
+        fake_proc.set_live()
+        await until(lambda: dp.per_cpu_pids and set(dp.per_cpu_pids) == {OURS})
+        assert dp.features_set[-1] & DpFeature.DISPATCH_UPCALL_PER_CPU
+        dp.upcall(1)
+        dp.upcall(1, recirc=5)
+        await until(lambda: svc.handover is not None and svc.handover.stats.misses == 2)
+        status = await svc.status()
+        assert status["pin"]["reinstalled"] >= 2 and status["pin"]["suspects_removed"] == 1
+        assert status["handover"]["buffered"] == 2
+
+        # thaw: the new daemon programs its pids, then flushes; we re-install and replay
+        async def new_daemon() -> None:
+            await until(lambda: backend.frw == [True, False])
+            dp.per_cpu_pids = (NEW_DAEMON, NEW_DAEMON)
+            await trio.sleep(0.02)
+            await dp.flow_flush()
+
+        nursery.start_soon(new_daemon)
+        doc = await svc.thaw()
+        assert doc["state"] == "thawed", doc
+        report = doc["report"]
+        assert report["outcome"] == "new daemon owns the upcalls; flush repaired"
+        assert len(dp.table) == 3
+        assert report["handover"]["replayed"] == 1 and report["handover"]["not_replayable"] == 1
+        assert [recirc_id(e.key) for e in dp.executed] == [0]
+        assert dp.executed[0].actions == ho.RECIRC0_ACTIONS and dp.executed[0].hash == 7
+        assert dp.per_cpu_pids == (NEW_DAEMON, NEW_DAEMON)  # not given back: the new daemon owns them
+        text = (svc.config.state_dir / "report.txt").read_text()
+        assert "hand-over: new daemon owns the upcalls; flush repaired" in text
+        assert "replayed 1" in text and "dropped 0 (overflow) + 1 (recirc_id != 0)" in text
+        assert json.loads((svc.config.state_dir / "report.json").read_text())["state"] == "thawed"
+        nursery.cancel_scope.cancel()
+    assert svc.store.load().state is State.THAWED
+
+
+async def test_per_vport_takeover_and_give_back_without_restart(tmp_path, fake_proc) -> None:
+    dp = FakeDatapath(per_cpu=False)
+    backend = FakeBackend(dp)
+    svc = make_service(tmp_path, dp, backend)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(svc.run)
+        await svc.freeze(60, "ovs-system")
+        fake_proc.set_live()  # e.g. killed with -9: the pids stay, nobody holds them
+        await until(lambda: all(v.upcall_pids == (OURS,) for v in dp.vports.values()))
+        await dp.port_del(2)  # a vport deleted during the freeze comes back with its number
+        await until(lambda: 2 in dp.vports)
+        assert dp.vports[2].upcall_pids == (OURS,)
+        doc = await svc.thaw()  # no new daemon ever comes: time out, give the pids back
+        assert doc["state"] == "thawed"
+        assert doc["report"]["outcome"] == "timed out waiting for the new daemon"
+        assert doc["report"]["handover"]["gave_back"] is True
+        assert all(v.upcall_pids == (OLD_DAEMON,) for v in dp.vports.values())
+        assert backend.frw == [True, False]
+        nursery.cancel_scope.cancel()
+
+
+async def test_lease_expiry_thaws_and_clears_flow_restore_wait(tmp_path, fake_proc) -> None:
+    dp = FakeDatapath()
+    backend = FakeBackend(dp)
+    svc = make_service(tmp_path, dp, backend)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(svc.run)
+        await svc.freeze(0.2, "ovs-system")
+        await until(lambda: svc.state.state is State.THAWED)
+        assert svc.state.reason.startswith("done") and backend.frw == [True, False]
+        assert svc.store.load().state is State.THAWED
+        nursery.cancel_scope.cancel()
+
+
+async def test_killed_service_resumes_the_freeze(tmp_path, fake_proc) -> None:
+    dp = FakeDatapath()
+    dp.table[flow(1).ufid or b""] = flow(1)
+    backend = FakeBackend(dp)
+    first = make_service(tmp_path, dp, backend)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(first.run)
+        await first.freeze(60, "ovs-system")
+        nursery.cancel_scope.cancel()  # what kill -9 leaves: the state file, nothing else
+    assert StateStore(first.config.state_file).load().state is State.FROZEN
+    await dp.flow_flush()
+    second = make_service(tmp_path, dp, backend)
+    assert second.state.state is State.FROZEN
+    async with trio.open_nursery() as nursery:
+        await nursery.start(second.run)
+        await until(lambda: len(dp.table) == 1)  # the resumed pin repaired what happened meanwhile
+        assert backend.frw == [True, True]  # re-asserted on resume
+        assert (await second.thaw())["state"] == "thawed"
+        nursery.cancel_scope.cancel()
+
+
+async def test_refused_commands_change_nothing(tmp_path, fake_proc) -> None:
+    dp = FakeDatapath()
+    backend = FakeBackend(dp)
+    svc = make_service(tmp_path, dp, backend)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(svc.run)
+        for req in (Request(1, "thaw"), Request(2, "renew", {"ttl": 5}), Request(3, "freeze", {"ttl": -1})):
+            with pytest.raises(ControlError):
+                await svc.handle(req)
+        assert not svc.config.state_file.exists() and backend.frw == []
+        await svc.handle(Request(4, "freeze", {"ttl": 30}))
+        before = svc.config.state_file.read_bytes()
+        with pytest.raises(ControlError, match="cannot freeze while frozen"):
+            await svc.handle(Request(5, "freeze", {"ttl": 30}))
+        assert svc.config.state_file.read_bytes() == before and backend.frw == [True]
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_failing_session_clears_flow_restore_wait(tmp_path, fake_proc) -> None:
+    dp = FakeDatapath()
+    backend = FakeBackend(dp)
+
+    @asynccontextmanager
+    async def broken_events() -> AsyncIterator[AsyncIterator[Event | Resync]]:
+        raise OSError(errno.EPERM, "no netlink for you")
+        yield  # an async generator, like the real one
+
+    dp.events = broken_events  # type: ignore[method-assign]
+    svc = make_service(tmp_path, dp, backend)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(svc.run)
+        with pytest.raises(ControlError, match="freeze failed and was undone"):
+            await svc.handle(Request(1, "freeze", {"ttl": 30}))
+        assert svc.state.state is State.THAWED and "no netlink" in svc.state.error
+        assert backend.frw == [True, False]
+        nursery.cancel_scope.cancel()
+
+
+def test_miss_buffer_counts_overflow_in_packets_and_bytes() -> None:
+    buf = MissBuffer(max_packets=2, max_bytes=100)
+    up = Upcall(UpcallKind.MISS, 5, b"x" * 60, key(1))
+    assert buf.add(up) and not buf.add(up)  # bytes limit
+    assert (buf.overflow_packets, buf.overflow_bytes) == (1, 60)
+    small = replace(up, packet=b"y" * 14)
+    assert buf.add(small) and not buf.add(small)  # packets limit
+    assert buf.overflow_packets == 2 and len(buf.drain()) == 2 and buf.bytes == 0
+
+
+def test_proc_net_netlink_parsing() -> None:
+    text = ("sk               Eth Pid        Groups   Rmem     Wmem     Dump  Locks    Drops    Inode\n"
+            "ffff8a0c4c9b6800 16  2147483649 00000000 0        0        0     2        0        31337\n"
+            "ffff8a0c4c9b7000 0   1          00000000 0        0        0     2        0        42\n")
+    assert parse_proc_net_netlink(text) == {2147483649: 31337}
+
+
+def test_recirculation_is_recognised() -> None:
+    assert not uses_recirculation(flow(1))
+    assert uses_recirculation(Flow(key(1, recirc=3), None, attr(1, b"\0" * 4)))
+    assert uses_recirculation(Flow(key(1), None, attr(7, b"\0" * 4)))
+
+
+async def test_handover_waits_for_the_old_owner(tmp_path, fake_proc) -> None:
+    dp = FakeDatapath()
+    pins = PinSet(await dp.info(), tuple(await dp.ports()), ())
+    h = Handover(dp, pins, poll_interval=0.005, proc=fake_proc.root)
+    with trio.move_on_after(0.05) as scope:
+        await h.wait_owner_gone()
+    assert scope.cancelled_caught
+    fake_proc.set_live(NEW_DAEMON)
+    with trio.fail_after(1):
+        await h.wait_owner_gone()

@@ -1,0 +1,232 @@
+"""Family messages <-> records, from bytes alone; and the request engine's reply matching."""
+
+from __future__ import annotations
+
+import io
+import struct
+
+import pytest
+
+from dpif.dpctl import flow_file_lines, show_text
+from dpif.model import (
+    DatapathInfo,
+    DpStats,
+    EventCmd,
+    EventKind,
+    ExecuteRequest,
+    Flow,
+    MegaflowStats,
+    UpcallKind,
+    Vport,
+    VportType,
+)
+from dpif.netlink import families as fam
+from dpif.netlink import messages as m
+from dpif.netlink.wire import (
+    GENL_HDR,
+    NLM_F_ACK,
+    NLM_F_ACK_TLVS,
+    NLM_F_CAPPED,
+    NLM_F_CREATE,
+    NLMSG_DONE,
+    NLMSG_ERROR,
+    OVS_HDR,
+    KernelError,
+    Message,
+    attr,
+    attr_map,
+    iter_messages,
+    pack_message,
+)
+from dpif.transport import GenlClient, _Pending
+
+
+def attrs_of(req: m.Request) -> dict[int, bytes]:
+    return {t: bytes(v) for t, v in attr_map(req.body[GENL_HDR.size + OVS_HDR.size :]).items()}
+
+
+def test_dp_set_always_carries_user_features() -> None:
+    """The kernel clears every feature a SET leaves out: even 0 must be sent explicitly."""
+    req = m.dp_set(5, 0)
+    assert attrs_of(req)[5] == struct.pack("=I", 0)
+    assert 8 not in attrs_of(req)
+    req = m.dp_set(5, 0b1011, [7, 8])
+    assert attrs_of(req)[5] == struct.pack("=I", 0b1011)
+    assert attrs_of(req)[8] == struct.pack("=2I", 7, 8)
+    assert struct.unpack_from("=i", req.body, GENL_HDR.size)[0] == 5
+
+
+def test_dp_new_uses_features_version_and_requires_upcall_pid() -> None:
+    req = m.dp_new("dp0")
+    cmd, version, _ = GENL_HDR.unpack_from(req.body)
+    assert (cmd, version) == (fam.CMD_NEW, fam.OVS_DP_VER_FEATURES)
+    assert attrs_of(req)[2] == struct.pack("=I", 0)
+
+
+def test_dump_requests() -> None:
+    assert m.dp_get().is_dump and not m.dp_get("x").is_dump
+    assert m.vport_get(3).is_dump and not m.vport_get(3, 1).is_dump
+    dump = m.flow_dump(3)
+    assert dump.is_dump and attrs_of(dump) == {}  # never terse: no UFID_FLAGS
+
+
+def test_flow_put_flags_and_attrs() -> None:
+    f = Flow(key=b"K" * 8, mask=b"M" * 8, actions=b"", ufid=b"U" * 16)
+    create = m.flow_put(9, f)
+    assert create.flags & NLM_F_CREATE and create.flags & NLM_F_ACK
+    assert attrs_of(create) == {1: b"K" * 8, 7: b"M" * 8, 2: b"", 9: b"U" * 16}
+    assert not m.flow_put(9, f, create=False).flags & NLM_F_CREATE
+    with pytest.raises(ValueError):
+        m.flow_put(9, Flow(b"K", None, None))
+    with pytest.raises(ValueError):
+        m.flow_del(9)
+    assert attrs_of(m.flow_flush(9)) == {}
+
+
+def test_vport_new_always_has_upcall_pid() -> None:
+    req = m.vport_new(4, "p1", VportType.INTERNAL, port_no=7, upcall_pids=())
+    a = attrs_of(req)
+    assert a[5] == struct.pack("=I", 0) and a[1] == struct.pack("=I", 7) and a[3] == b"p1\0"
+
+
+def body(cmd: int, dp_ifindex: int, payload: bytes, version: int = 1) -> bytes:
+    return GENL_HDR.pack(cmd, version, 0) + OVS_HDR.pack(dp_ifindex) + payload
+
+
+def test_decode_datapath() -> None:
+    payload = (
+        attr(1, b"ovs-system\0")
+        + attr(3, struct.pack("=4Q", 1, 2, 3, 4))
+        + attr(4, struct.pack("=QIIQQ", 5, 6, 0, 7, 0))
+        + attr(5, struct.pack("=I", 9))
+        + attr(7, struct.pack("=I", 256))
+        + attr(8, struct.pack("=2I", 11, 12))
+    )
+    info = m.decode_datapath(body(fam.CMD_GET, 33, payload, 2))
+    assert info == DatapathInfo(
+        "ovs-system", 33, 9, DpStats(1, 2, 3, 4), MegaflowStats(5, 6, 7), 256, (11, 12)
+    )
+    assert info.per_cpu_dispatch
+
+
+def test_decode_vport() -> None:
+    payload = attr(1, struct.pack("=I", 2)) + attr(2, struct.pack("=I", 1)) + attr(3, b"veth0\0")
+    payload += attr(5, struct.pack("=I", 77)) + attr(8, struct.pack("=I", 12))
+    v = m.decode_vport(body(fam.CMD_GET, 33, payload))
+    assert v == Vport(2, VportType.NETDEV, "veth0", 33, (77,), 12)
+
+
+def test_decode_flow_keeps_raw_attributes() -> None:
+    key = attr(3, struct.pack("=I", 1))
+    payload = attr(1, key) + attr(7, key) + attr(2, b"") + attr(9, b"u" * 16)
+    payload += attr(3, struct.pack("=QQ", 10, 1000)) + attr(5, struct.pack("=Q", 1234)) + attr(4, b"\x12")
+    dp_ifindex, flow = m.decode_flow(body(fam.CMD_NEW, 5, payload))
+    assert dp_ifindex == 5
+    assert (flow.key, flow.mask, flow.actions, flow.ufid) == (key, key, b"", b"u" * 16)
+    assert (flow.stats.packets, flow.stats.bytes, flow.stats.used_ms, flow.stats.tcp_flags) == (
+        10,
+        1000,
+        1234,
+        0x12,
+    )
+    # Actions left out by the kernel stay distinguishable from "drop" (empty actions).
+    assert m.decode_flow(body(fam.CMD_NEW, 5, attr(1, key)))[1].actions is None
+
+
+def test_decode_upcall_and_execute() -> None:
+    payload = (
+        attr(1, b"\xaa" * 60)
+        + attr(2, b"KEY!")
+        + attr(11, struct.pack("=Q", 1 << 32 | 5))
+        + attr(9, struct.pack("=H", 1500))
+    )
+    up = m.decode_upcall(body(fam.PACKET_CMD_MISS, 8, payload), received_ns=42)
+    assert (up.kind, up.dp_ifindex, up.key, up.hash, up.mru, up.received_ns) == (
+        UpcallKind.MISS,
+        8,
+        b"KEY!",
+        1 << 32 | 5,
+        1500,
+        42,
+    )
+    req = m.execute(8, ExecuteRequest(up.packet, up.key, b"", mru=up.mru, hash=up.hash, upcall_pid=99))
+    a = attrs_of(req)
+    assert a[1] == up.packet and a[2] == b"KEY!" and a[3] == b"" and a[12] == struct.pack("=I", 99)
+    with pytest.raises(Exception, match="not an upcall"):
+        m.decode_upcall(body(fam.PACKET_CMD_EXECUTE, 8, payload))
+
+
+def test_decode_event_carries_sender() -> None:
+    payload = body(fam.CMD_DEL, 5, attr(9, b"u" * 16))
+    msg = Message(0x20, 0, 17, 4242, memoryview(payload))
+    ev = m.decode_event("ovs_flow", msg)
+    assert (ev.kind, ev.cmd, ev.dp_ifindex, ev.sender_portid, ev.seq) == (
+        EventKind.FLOW,
+        EventCmd.DEL,
+        5,
+        4242,
+        17,
+    )
+    assert isinstance(ev.record, Flow) and ev.record.ufid == b"u" * 16 and ev.record.key == b""
+
+
+def test_decode_family() -> None:
+    groups = attr(7, attr(1, attr(1, b"ovs_flow\0") + attr(2, struct.pack("=I", 30))))
+    payload = GENL_HDR.pack(1, 2, 0) + attr(1, struct.pack("=H", 29)) + attr(2, b"ovs_flow\0") + groups
+    info = m.decode_family(payload)
+    assert (info.name, info.id, dict(info.groups)) == ("ovs_flow", 29, {"ovs_flow": 30})
+
+
+def ack(seq: int, err: int = 0, ext_msg: bytes = b"") -> bytes:
+    inner = pack_message(0x20, 5, seq, b"")[:16]
+    flags = NLM_F_CAPPED | (NLM_F_ACK_TLVS if ext_msg else 0)
+    return pack_message(
+        NLMSG_ERROR, flags, seq, struct.pack("=i", err) + inner + (attr(1, ext_msg) if ext_msg else b"")
+    )
+
+
+def test_replies_matched_by_sequence_number() -> None:
+    """Acks arrive in any order, stale replies and notifications are ignored, errors carry extack text."""
+    client = GenlClient.__new__(GenlClient)
+    client._families = {}
+    pending = {10: _Pending(), 11: _Pending(), 12: _Pending()}
+    reply = pack_message(0x20, 0, 12, body(3, 1, b""))
+    stream = ack(11, -22, b"Flow key attr not present\0") + reply + ack(99) + ack(12) + ack(10)
+    done = sum(client._dispatch(msg, pending) for msg in iter_messages(stream))
+    assert done == 3
+    err = pending[11].error
+    assert isinstance(err, KernelError) and err.code == 22 and err.message == "Flow key attr not present"
+    assert pending[10].error is None and pending[10].replies == []
+    assert len(pending[12].replies) == 1 and pending[12].error is None
+    dump = {13: _Pending()}
+    done_msg = pack_message(NLMSG_DONE, 2, 13, struct.pack("=i", 0))
+    assert client._dispatch(next(iter_messages(done_msg)), dump) == 1 and dump[13].error is None
+
+
+def test_show_text_like_ovs_dpctl() -> None:
+    info = DatapathInfo("dp0", 5, 0, DpStats(3, 1, 0, 2), MegaflowStats(4, 1, 0), 256)
+    ports = [Vport(1, VportType.NETDEV, "veth0"), Vport(0, VportType.INTERNAL, "dp0")]
+    assert show_text(info, ports) == (
+        "system@dp0:\n"
+        "  lookups: hit:3 missed:1 lost:0\n"
+        "  flows: 2\n"
+        "  masks: hit:4 total:1 hit/pkt:1.00\n"
+        "  cache: hit:0 hit-rate:0.00%\n"
+        "  caches:\n"
+        "    masks-cache: size:256\n"
+        "  port 0: dp0 (internal)\n"
+        "  port 1: veth0\n"
+    )
+
+
+def test_flow_file_lines() -> None:
+    text = (
+        "# comment\n\nin_port(1),eth() 2\nadd in_port(2) drop\ndelete in_port(3)\n"
+        "modify ufid:1,in_port(4)  1,2 \n"
+    )
+    assert list(flow_file_lines(io.StringIO(text))) == [
+        (3, "", "in_port(1),eth()", "2"),
+        (4, "add", "in_port(2)", "drop"),
+        (5, "del", "in_port(3)", None),
+        (6, "mod", "ufid:1,in_port(4)", "1,2"),
+    ]

@@ -1,0 +1,61 @@
+"""OVS directory resolution must match lib/dirs.c and ovs-appctl's target lookup."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from dpfreeze.ovsenv import DaemonNotRunning, OvsEnv
+
+
+def test_defaults_are_debians() -> None:
+    env = OvsEnv.from_environ({})
+    assert env.rundir == Path("/var/run/openvswitch")
+    assert env.dbdir == Path("/etc/openvswitch")
+    assert env.logdir == Path("/var/log/openvswitch")
+    assert env.sysconfdir == Path("/etc")
+    assert env.pkgdatadir == Path("/usr/share/openvswitch")
+    assert env.bindir == Path("/usr/bin")
+    assert env.db_remote == "unix:/var/run/openvswitch/db.sock"
+    assert env.schema == Path("/usr/share/openvswitch/vswitch.ovsschema")
+
+
+def test_empty_variables_mean_default() -> None:
+    assert OvsEnv.from_environ({"OVS_RUNDIR": "", "OVS_LOGDIR": ""}).rundir == Path("/var/run/openvswitch")
+
+
+def test_dbdir_follows_sysconfdir_unless_set() -> None:
+    assert OvsEnv.from_environ({"OVS_SYSCONFDIR": "/x"}).dbdir == Path("/x/openvswitch")
+    assert OvsEnv.from_environ({"OVS_SYSCONFDIR": "/x", "OVS_DBDIR": "/d"}).dbdir == Path("/d")
+    assert OvsEnv.from_environ({"OVS_SYSCONFDIR": "/x", "OVS_DBDIR": ""}).dbdir == Path("/x/openvswitch")
+
+
+def test_environ_round_trips() -> None:
+    env = OvsEnv.from_environ({"OVS_RUNDIR": "/r", "OVS_DBDIR": "/d", "OVS_LOGDIR": "/l"})
+    assert OvsEnv.from_environ(env.environ()) == env
+
+
+def test_unixctl_path_from_pidfile(tmp_path: Path) -> None:
+    env = OvsEnv.from_environ({"OVS_RUNDIR": str(tmp_path)})
+    (tmp_path / "ovs-vswitchd.pid").write_text("4242\n")
+    assert env.unixctl("ovs-vswitchd") == tmp_path / "ovs-vswitchd.4242.ctl"
+    assert env.unixctl("/abs/sock.ctl") == Path("/abs/sock.ctl")
+    with pytest.raises(DaemonNotRunning):
+        env.unixctl("ovsdb-server")
+
+
+def test_current_reads_the_process_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from dpfreeze import ovsenv
+
+    monkeypatch.setenv("OVS_RUNDIR", "/somewhere")
+    assert ovsenv.current().db_sock == Path("/somewhere/db.sock")
+
+
+@pytest.mark.netdev
+async def test_matches_ovs_appctl_for_a_running_daemon(ovs) -> None:  # type: ignore[no-untyped-def]
+    """ovs-appctl, run with the sandbox's OVS_* variables, talks to the socket ovsenv names."""
+    sock = ovs.env.unixctl("ovs-vswitchd")
+    assert sock.is_socket()
+    assert (await ovs.run("ovs-appctl", "-t", str(sock), "version")).startswith("ovs-vswitchd")
+    assert ovs.env.db_sock.is_socket()

@@ -1,0 +1,311 @@
+"""Snapshot file format, refusals, diff and restore logic (pure: an in-memory datapath stands in)."""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import os
+import struct
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import cast
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dpfreeze import snapshot_cli
+from dpfreeze.cli import UserError
+from dpfreeze.netdevconf import Address, NetdevConfig, Route
+from dpfreeze.openflow import BridgeOpenFlow
+from dpfreeze.ovsdb import Versions
+from dpfreeze.snapshot import (
+    DatapathSnapshot,
+    Snapshot,
+    SnapshotError,
+    diff,
+    flow_identity,
+    meter_ids,
+    restore,
+)
+from dpif.model import Datapath, DatapathInfo, DpFeature, Flow, Vport, VportType
+from dpif.netlink.wire import KernelError, attr, nest
+
+
+def _flow(n: int, *, ufid: bool = True, actions: bytes | None = None) -> Flow:
+    key = attr(3, struct.pack("=I", n)) + attr(20, struct.pack("=I", 0))  # in_port(n), recirc_id(0)
+    mask = attr(3, b"\xff" * 4) + attr(20, b"\xff" * 4)
+    output = attr(1, struct.pack("=I", n + 1))
+    return Flow(key=key, mask=mask, actions=output if actions is None else actions,
+                ufid=bytes([n]) * 16 if ufid else None)
+
+
+def _snap(flows: Sequence[Flow] = (), vports: Sequence[Vport] | None = None, features: int = 0) -> Snapshot:
+    info = DatapathInfo("ovs-system", 5, features=features,
+                        per_cpu_pids=(11, 12) if features & DpFeature.DISPATCH_UPCALL_PER_CPU else ())
+    if vports is None:
+        vports = (Vport(0, VportType.INTERNAL, "ovs-system", 5, (0,), 5),
+                  Vport(1, VportType.INTERNAL, "br0", 5, (7,), 6),
+                  Vport(2, VportType.NETDEV, "veth1", 5, (7,), 9))
+    netdev = NetdevConfig("br0", "02:00:00:00:00:01", 1500, True, (Address(2, "10.0.0.1", 24),),
+                          (Route(2, "10.1.0.0", 16, "10.0.0.2"),))
+    of = BridgeOpenFlow("br0", "OpenFlow15", ("priority=0 actions=NORMAL",), (),
+                        ("meter=1 kbps bands=type=drop rate=5",), (), {"veth1": ("NO_FLOOD",)})
+    return Snapshot("2026-11-22T00:00:00.000+00:00", "host", Versions("6.1", "3.1.0", "3.1.0", None),
+                    (DatapathSnapshot(info, tuple(vports), tuple(flows), ()),), (netdev,), (of,), ())
+
+
+# -- file format ---------------------------------------------------------------------------------------
+
+
+def test_round_trip_and_atomic_save(tmp_path: Path) -> None:
+    snap = _snap([_flow(1), _flow(2, ufid=False), replace(_flow(3), mask=None)])
+    path = tmp_path / "s.snap"
+    snap.save(path)
+    assert Snapshot.load(path) == snap
+    assert os.listdir(tmp_path) == ["s.snap"]  # no temp file left behind
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert path.read_bytes().startswith(b"DPFREEZE-SNAPSHOT 1 sha256=")
+    snap2 = replace(snap, host="other")
+    snap2.save(path)  # replacing an existing file
+    assert Snapshot.load(path).host == "other"
+
+
+def test_save_into_missing_directory_is_one_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(SnapshotError, match="cannot write"):
+        _snap().save(tmp_path / "nope" / "s.snap")
+
+
+@pytest.mark.parametrize(
+    ("data", "match"),
+    [
+        (b"", "empty file"),
+        (b"DPFREEZE-SNAP", "truncated snapshot"),
+        (b"DPFREEZE-SNAPSHOT 1 sha256=ab", "truncated snapshot \\(header incomplete\\)"),
+        (b"#!/bin/sh\necho hi\n", "not a dpfreeze snapshot \\(bad magic\\)"),
+        (b'{"format": 1}', "bad magic"),
+        (b"DPFREEZE-SNAPSHOT 9 sha256=" + b"0" * 64 + b" length=2\n{}", "version 9 is newer"),
+        (b"DPFREEZE-SNAPSHOT 7 future-header-fields\n", "version 7 is newer"),
+        (b"DPFREEZE-SNAPSHOT one two\n", "malformed header"),
+        (b"DPFREEZE-SNAPSHOT 1 sha256=" + b"x" * 600, "header line too long"),
+    ],
+)
+def test_refusals(data: bytes, match: str) -> None:
+    with pytest.raises(SnapshotError, match=match):
+        Snapshot.decode(data, "f")
+
+
+def test_truncated_corrupt_and_trailing_body() -> None:
+    good = _snap([_flow(1)]).encode()
+    with pytest.raises(SnapshotError, match=r"truncated snapshot \(\d+ of \d+ body bytes\)"):
+        Snapshot.decode(good[:-10], "f")
+    with pytest.raises(SnapshotError, match="bytes after the body"):
+        Snapshot.decode(good + b"x", "f")
+    i = good.index(b'"host"')
+    with pytest.raises(SnapshotError, match="SHA-256 mismatch"):
+        Snapshot.decode(good[:i] + b'"HOST"' + good[i + 6 :], "f")
+
+
+def test_checksummed_but_malformed_body_is_refused() -> None:
+    import hashlib
+
+    for body in (b"[1, 2]\n", b'{"format": 1}\n', b"not json\n", b'{"format": 2}\n'):
+        data = b"DPFREEZE-SNAPSHOT 1 sha256=%s length=%d\n" % (hashlib.sha256(body).hexdigest().encode(),
+                                                                len(body)) + body
+        with pytest.raises(SnapshotError, match="corrupt snapshot body"):
+            Snapshot.decode(data, "f")
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.data())
+def test_any_truncation_or_byte_flip_is_refused(data: st.DataObject) -> None:
+    good = _snap([_flow(1), _flow(2)]).encode()
+    cut = data.draw(st.integers(0, len(good) - 1))
+    with pytest.raises(SnapshotError):
+        Snapshot.decode(good[:cut], "f")
+    pos = data.draw(st.integers(0, len(good) - 1))
+    flip = data.draw(st.integers(1, 255))
+    bad = good[:pos] + bytes([good[pos] ^ flip]) + good[pos + 1 :]
+    with pytest.raises(SnapshotError):
+        Snapshot.decode(bad, "f")
+
+
+# -- contents ------------------------------------------------------------------------------------------
+
+
+def test_meter_ids_found_in_nested_actions() -> None:
+    meter = lambda n: attr(19, struct.pack("=I", n))  # noqa: E731
+    actions = (meter(1) + nest(20, meter(2), attr(1, b"\0\0\0\1"))  # clone(meter(2), 1)
+               + nest(6, attr(1, b"\0" * 4), nest(2, meter(3)))  # sample(actions(meter(3)))
+               + nest(21, attr(1, b"\0\0"), nest(2, meter(4)), nest(3, meter(5)))  # check_pkt_len
+               + nest(23, nest(1, meter(6))))  # dec_ttl(le_1(meter(6)))
+    assert meter_ids(actions) == {1, 2, 3, 4, 5, 6}
+    assert meter_ids(None) == set()
+    assert meter_ids(attr(1, b"\0\0\0\2")) == set()
+
+
+def test_flow_identity_prefers_ufid() -> None:
+    a = _flow(1)
+    assert flow_identity(a) == flow_identity(replace(a, key=b"other"))
+    b = _flow(1, ufid=False)
+    assert flow_identity(b) != flow_identity(replace(b, mask=b""))
+
+
+# -- diff ----------------------------------------------------------------------------------------------
+
+
+def test_diff_empty_for_equal_and_lists_every_change() -> None:
+    a = _snap([_flow(1), _flow(2), _flow(3, ufid=False)])
+    assert diff(a, a) == []
+    vports_b = [*a.datapaths[0].vports[:2], Vport(3, VportType.NETDEV, "veth2", 5, (7,), 10)]
+    flows_b = [_flow(1), replace(_flow(2), actions=attr(1, b"\0\0\0\x09")), _flow(4)]
+    b = replace(_snap(flows_b, vports_b, features=DpFeature.DISPATCH_UPCALL_PER_CPU),
+                netdevs=(), openflow=(replace(a.openflow[0], flows=()),))
+    lines = [str(d) for d in diff(a, b)]
+    signs = sorted((d.sign, d.kind) for d in diff(a, b))
+    assert signs == sorted([("~", "datapath"), ("~", "datapath"), ("-", "vport"), ("+", "vport"),
+                            ("~", "flow"), ("-", "flow"), ("+", "flow"), ("-", "netdev"), ("~", "openflow")])
+    assert any("veth1" in line and line.startswith("- vport") for line in lines)
+    assert any(line.startswith("- netdev br0") for line in lines)
+
+
+def test_diff_ignoring_pids() -> None:
+    a = _snap()
+    vports = [replace(v, upcall_pids=(99,)) for v in a.datapaths[0].vports]
+    b = _snap(vports=vports)
+    assert [d.kind for d in diff(a, b)] == ["vport"] * 3
+    assert diff(a, b, with_pids=False) == []
+
+
+# -- restore against an in-memory datapath -------------------------------------------------------------
+
+
+class FakeDatapath:
+    """Just the Datapath protocol calls restore makes, with the kernel's answers."""
+
+    def __init__(self, name: str = "ovs-system") -> None:
+        self.name = name
+        self.features = 0
+        self.per_cpu_pids: tuple[int, ...] = ()
+        self.vports = {0: Vport(0, VportType.INTERNAL, name, 5, (0,), 5)}
+        self.flow_table: dict[object, Flow] = {}
+        self.calls: list[str] = []
+        self.refuse_ports: set[str] = set()
+        self.taken_ifindexes: set[int] = set()
+
+    async def info(self) -> DatapathInfo:
+        return DatapathInfo(self.name, 5, self.features, per_cpu_pids=self.per_cpu_pids)
+
+    async def set_features(self, features: int, per_cpu_pids: Sequence[int] | None = None) -> DatapathInfo:
+        self.calls.append("set_features")
+        self.features, self.per_cpu_pids = features, tuple(per_cpu_pids or ())
+        return await self.info()
+
+    async def ports(self) -> list[Vport]:
+        return list(self.vports.values())
+
+    async def port_add(self, name: str, type: VportType, port_no: int | None = None,
+                       upcall_pids: Sequence[int] = (0,), options: bytes = b"",
+                       ifindex: int | None = None) -> Vport:
+        self.calls.append(f"port_add {name}")
+        if name in self.refuse_ports:
+            raise KernelError(errno.ENODEV)
+        if ifindex in self.taken_ifindexes:
+            raise KernelError(errno.EBUSY)
+        assert port_no is not None and port_no not in self.vports
+        v = Vport(port_no, type, name, 5, tuple(upcall_pids), ifindex, options=options)
+        self.vports[port_no] = v
+        return v
+
+    async def flows(self) -> AsyncIterator[Flow]:
+        for f in list(self.flow_table.values()):
+            yield f
+
+    async def flow_put_many(self, flows: Sequence[Flow], *,
+                            create: bool = True) -> list[BaseException | None]:
+        out: list[BaseException | None] = []
+        for f in flows:
+            self.calls.append("flow_put")
+            if flow_identity(f) in self.flow_table:
+                out.append(KernelError(errno.EEXIST))
+            else:
+                self.flow_table[flow_identity(f)] = f
+                out.append(None)
+        return out
+
+
+async def test_restore_recreates_missing_and_skips_present() -> None:
+    snap = _snap([_flow(1), _flow(2), _flow(3, ufid=False)], features=DpFeature.DISPATCH_UPCALL_PER_CPU)
+    dp = FakeDatapath()
+    dp.flow_table[flow_identity(_flow(2))] = _flow(2)
+    report = await restore(cast(Datapath, dp), snap, netdevs=False)
+    assert report.ok and report.conflicts == []
+    assert report.features_set and dp.per_cpu_pids == (11, 12)
+    assert sorted(dp.vports) == [0, 1, 2] and dp.vports[2].name == "veth1"
+    assert dp.vports[1].upcall_pids == (7,)
+    assert (report.flows_added, report.flows_present) == (2, 1)
+    assert len(report.vports_added) == 2 and report.vports_present == 1
+    # A second restore finds everything in place and changes nothing.
+    dp.calls.clear()
+    again = await restore(cast(Datapath, dp), snap, netdevs=False)
+    assert dp.calls == [] and (again.flows_added, again.flows_present, again.vports_present) == (0, 3, 3)
+
+
+async def test_restore_reports_conflicts_and_failures_without_touching_them() -> None:
+    snap = _snap([_flow(1), _flow(2)])
+    dp = FakeDatapath()
+    dp.vports[1] = Vport(1, VportType.INTERNAL, "intruder", 5)
+    dp.vports[4] = Vport(4, VportType.NETDEV, "veth1", 5)
+    dp.flow_table[flow_identity(_flow(2))] = replace(_flow(2), actions=b"")
+    report = await restore(cast(Datapath, dp), snap, netdevs=False)
+    assert report.ok  # conflicts are not failures: nothing was attempted on them
+    assert any("port 1 is intruder" in c for c in report.conflicts)
+    assert any("veth1 is port 4" in c for c in report.conflicts)
+    assert any(c.startswith("flow differs") for c in report.conflicts)
+    assert dp.vports[1].name == "intruder" and dp.flow_table[flow_identity(_flow(2))].actions == b""
+    assert report.flows_added == 1
+
+    failing = FakeDatapath()
+    failing.refuse_ports = {"veth1"}
+    report = await restore(cast(Datapath, failing), snap, netdevs=False)
+    assert not report.ok and report.failures == ["vport 2 veth1: ENODEV: No such device"]
+
+
+async def test_restore_keeps_live_per_cpu_pids() -> None:
+    snap = _snap(features=DpFeature.DISPATCH_UPCALL_PER_CPU)
+    dp = FakeDatapath()
+    dp.features, dp.per_cpu_pids = int(DpFeature.DISPATCH_UPCALL_PER_CPU), (77, 78)
+    report = await restore(cast(Datapath, dp), snap, netdevs=False)
+    assert not report.features_set and dp.per_cpu_pids == (77, 78)
+
+
+# -- CLI handlers ----------------------------------------------------------------------------------------
+
+
+def test_cli_show_diff_and_refusal(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    _snap([_flow(1)]).save(a)
+    _snap([_flow(1), _flow(2)]).save(b)
+    assert snapshot_cli.cmd_show(argparse.Namespace(file=str(a), json=False, flows=True)) == 0
+    out = capsys.readouterr().out
+    assert "datapath ovs-system" in out and "port 2: veth1 (netdev)" in out and "openflow br0" in out
+    assert snapshot_cli.cmd_show(argparse.Namespace(file=str(a), json=True, flows=False)) == 0
+    assert '"format": 1' in capsys.readouterr().out
+    assert snapshot_cli.cmd_diff(argparse.Namespace(a=str(a), b=str(a), ignore_pids=False)) == 0
+    assert snapshot_cli.cmd_diff(argparse.Namespace(a=str(a), b=str(b), ignore_pids=False)) == 1
+    assert capsys.readouterr().out == (
+        "+ flow ovs-system: ufid:02020202-0202-0202-0202-020202020202, in_port(2),recirc_id(0), actions:3\n")
+    bad = tmp_path / "bad"
+    bad.write_bytes(a.read_bytes()[:-3])
+    with pytest.raises(UserError, match="truncated snapshot"):
+        snapshot_cli.cmd_show(argparse.Namespace(file=str(bad), json=False, flows=False))
+
+
+async def test_restore_falls_back_when_the_old_ifindex_is_taken() -> None:
+    dp = FakeDatapath()
+    dp.taken_ifindexes = {6}  # br0's old ifindex
+    report = await restore(cast(Datapath, dp), _snap(), netdevs=False)
+    assert report.ok and dp.vports[1].name == "br0" and dp.vports[1].ifindex is None
+    assert report.conflicts == ["vport br0: ifindex 6 is taken, the kernel chose another"]
+    assert dp.calls.count("port_add br0") == 2

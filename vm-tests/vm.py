@@ -1,0 +1,75 @@
+#!/usr/bin/env python3
+"""Command line for the test VM: `vm.py run [--timeout S] [--keep DIR] -- 'shell command'`.
+
+Prints the guest command's output as it arrives and exits with its status; a guest that never reports a
+status (panic, hang, timeout) prints the console log and exits 125.  `vm.py prepare` fetches the kernel,
+builds the initrd and probes KVM, so a later run only boots.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import vmharness
+
+
+def _echo(text: str) -> None:
+    sys.stdout.write(text)
+    sys.stdout.flush()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="vm.py", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    run = sub.add_parser("run", help="run a bash command in a fresh VM")
+    run.add_argument("--timeout", type=float, default=600.0, help="seconds before the VM is killed")
+    run.add_argument("--keep", type=Path, help="results directory (/results in the guest); kept afterwards")
+    run.add_argument("--env", action="append", default=[], metavar="K=V", help="extra guest environment")
+    run.add_argument("--smp", type=int, default=2)
+    run.add_argument("--mem", default="1G")
+    run.add_argument("-q", "--quiet", action="store_true", help="no boot summary on stderr")
+    run.add_argument("command", nargs="+", help="the command (joined with spaces, run by bash)")
+    sub.add_parser("prepare", help="fetch the kernel, build the initrd, probe KVM; print what was chosen")
+    args = parser.parse_args(argv)
+
+    if args.cmd == "prepare":
+        kernel = vmharness.resolve_kernel()
+        initrd = vmharness.build_initrd(kernel)
+        print(f"kernel {kernel.version} ({kernel.root})\ninitrd {initrd}")
+        print(f"accel {vmharness.choose_accel(kernel, initrd)}")
+        return 0
+
+    env = dict(item.split("=", 1) for item in args.env)
+    results = args.keep
+    try:
+        res = vmharness.run_in_vm(
+            " ".join(args.command),
+            timeout=args.timeout,
+            env=env,
+            results=results,
+            smp=args.smp,
+            mem=args.mem,
+            on_output=_echo,
+        )
+    except (vmharness.VMError, OSError, subprocess.SubprocessError) as exc:
+        print(f"vm.py: {exc}", file=sys.stderr)
+        return 125
+    if not args.quiet:
+        print(
+            f"vm.py: kernel {res.kernel}, {res.accel}, command started at guest uptime {res.boot} s, "
+            f"rc={res.rc}, wall {res.wall:.1f} s",
+            file=sys.stderr,
+        )
+    if results is None:
+        shutil.rmtree(res.results, ignore_errors=True)
+    return res.rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())
