@@ -25,6 +25,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "dpfreeze.snapshot_cli",
     "dpfreeze.probe.cli",
     "dpfreeze.lab",
+    "dpfreeze.bench_upgrade",
 )
 
 

@@ -111,6 +111,8 @@ async def lab_up(name: str = "lab", *, datapath: str = "netdev", namespaces: int
         raise UserError("a tunnel lab needs at least 2 namespaces (one each side)")
     if state_path(name).exists():
         raise UserError(f"lab {name!r} already exists ({state_path(name)}): run `dpfreeze lab down` first")
+    if datapath == "system" and not await _kernel_datapath():
+        raise UserError("no openvswitch kernel module here: use --datapath netdev (or run in the test VM)")
 
     prefix = "lb" + secrets.token_hex(2)
     base = Path(tempfile.mkdtemp(prefix=f"{prefix}-", dir="/tmp"))
@@ -152,6 +154,11 @@ async def lab_up(name: str = "lab", *, datapath: str = "netdev", namespaces: int
         with trio.CancelScope(shield=True):
             await lab_down(name)
         raise
+
+
+async def _kernel_datapath() -> bool:
+    await run(["modprobe", "openvswitch"], check=False)
+    return Path("/sys/module/openvswitch").exists()
 
 
 async def _tunnel(st: LabState, sb: Sandbox, kind: str) -> None:

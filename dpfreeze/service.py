@@ -37,6 +37,7 @@ LOG = logging.getLogger(__name__)
 DEFAULT_STATE_DIR = Path(os.environ.get("DPFREEZE_STATE_DIR") or "/var/lib/dpfreeze")
 DEFAULT_SOCKET = Path(os.environ.get("DPFREEZE_SOCKET") or "/run/dpfreeze/control.sock")
 DEFAULT_DATAPATH = "ovs-system"
+FRW_ATTEMPTS, FRW_TIMEOUT = 3, 20.0  # a loaded host (or TCG) can keep ovsdb-server busy for seconds
 
 
 class Backend(Protocol):
@@ -159,8 +160,10 @@ class FreezeService:
             if req.cmd == "thaw":
                 return await self.thaw(wait=bool(req.args.get("wait", True)))
             return await self.status()
-        except (TransitionRefused, ValueError, OSError, trio.TooSlowError) as exc:
-            raise control.ControlError(str(exc) or type(exc).__name__) from exc
+        except TransitionRefused as exc:
+            raise control.ControlError(str(exc)) from exc
+        except Exception as exc:  # a failed command must never take the service (and its pin) down
+            raise control.ControlError(describe(exc)) from exc
 
     # --- tasks -----------------------------------------------------------------------------------
 
@@ -208,8 +211,8 @@ class FreezeService:
     async def _serve_one(self, stream: trio.SocketStream) -> None:
         try:
             await control.serve_stream(stream, self.handle)
-        except (OSError, trio.BrokenResourceError) as exc:
-            LOG.info(kv("control.connection_error", error=str(exc)))
+        except Exception as exc:  # one client's broken connection is not the service's problem
+            LOG.info(kv("control.connection_error", error=describe(exc)))
 
     async def _lease(self) -> None:
         while True:
@@ -240,12 +243,11 @@ class FreezeService:
                                                               self.config.max_buffer_bytes),
                                          poll_interval=self.config.poll_interval)
                 async with trio.open_nursery() as nursery:
-                    if self.state.state is State.FROZEN:
-                        await self.backend.set_flow_restore_wait(True)
-                    await nursery.start(self.pinner.run)
+                    await nursery.start(self.pinner.run)  # first: on resume, repairs are the most urgent
                     if self.state.state is State.FROZEN:
                         await nursery.start(self.handover.run)
                         self.pinner.new_vport_pids = self.handover.ours  # re-created vports upcall to us
+                        await self.backend.set_flow_restore_wait(True)  # before freeze() returns
                     task_status.started()
                     started = True
                     await self._thaw.wait()
@@ -304,7 +306,7 @@ class FreezeService:
 
     async def _fail(self, detail: str) -> None:
         """Any failure: persist it, clear flow-restore-wait (best effort, bounded), end THAWED."""
-        with trio.CancelScope(shield=True), trio.move_on_after(10):
+        with trio.CancelScope(shield=True), trio.move_on_after(FRW_ATTEMPTS * FRW_TIMEOUT + 5):
             try:
                 await self.backend.set_flow_restore_wait(False)
             except Exception as exc:
@@ -333,7 +335,15 @@ class SystemBackend:
         return pins_of(Snapshot.load(path), datapath)
 
     async def set_flow_restore_wait(self, on: bool) -> None:
-        await ovsdb.set_flow_restore_wait(on, self.env)
+        """Retried: a flow-restore-wait left set by a failed write stops all new flows."""
+        for attempt in range(1, FRW_ATTEMPTS + 1):
+            try:
+                await ovsdb.set_flow_restore_wait(on, self.env, timeout=FRW_TIMEOUT)
+                return
+            except ovsdb.OvsdbError as exc:
+                if attempt == FRW_ATTEMPTS:
+                    raise
+                LOG.warning(kv("frw.retry", value=on, attempt=attempt, error=str(exc)))
 
 
 def pins_of(snap: Snapshot, datapath: str) -> PinSet:

@@ -137,7 +137,11 @@ def verify(status: dict[str, Any], new_pid: int) -> list[str]:
     problems = []
     if status.get("state") != "thawed":
         problems.append(f"service state is {status.get('state')}, not thawed")
+    if status.get("error"):
+        problems.append(f"the freeze failed: {status['error']}")
     report = status.get("report") or {}
+    if not report:
+        problems.append("no hand-over report")
     owners = report.get("upcall_owners") or []
     foreign = [o for o in owners if o.get("portid") and o.get("pid") != new_pid]
     if foreign:

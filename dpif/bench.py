@@ -117,6 +117,7 @@ async def kernel_bench(dp_name: str, n: int) -> dict[str, float]:
         path.write_text("\n".join(flow_lines(n)) + "\n")
         await create_datapath(dp_name)
         try:
+            res["ours_startup_s"] = run_timed([*me, "--help"]).seconds
             theirs = run_timed(["ovs-dpctl", "add-flows", dp_name, str(path)])
             res["ovs_dpctl_add_s"] = theirs.seconds
             res["ovs_dpctl_dump_s"] = run_timed(["ovs-dpctl", "dump-flows", dp_name]).seconds

@@ -179,8 +179,9 @@ def show_text(info: DatapathInfo, ports: Sequence[Vport]) -> str:
         n_pkts = s.hit + s.missed
         per_pkt = mf.mask_hit / n_pkts if n_pkts else 0.0
         out.append(f"  masks: hit:{mf.mask_hit} total:{mf.masks} hit/pkt:{per_pkt:.2f}")
-        rate = mf.cache_hit / n_pkts * 100 if n_pkts else 0.0
-        out.append(f"  cache: hit:{mf.cache_hit} hit-rate:{rate:.2f}%")
+        if mf.cache_hit:  # dpif-netlink: zero means "old kernel", and the line is left out
+            rate = mf.cache_hit / n_pkts * 100 if n_pkts else 0.0
+            out.append(f"  cache: hit:{mf.cache_hit} hit-rate:{rate:.2f}%")
     if info.masks_cache_size is not None:
         out += ["  caches:", f"    masks-cache: size:{info.masks_cache_size}"]
     for p in sorted(ports, key=lambda p: p.port_no):

@@ -53,7 +53,7 @@ class NoSuchDatapath(OSError):
 
 async def list_datapaths(client: GenlClient | None = None) -> list[DatapathInfo]:
     async with _client(client) as c:
-        return [m.decode_datapath(msg.payload) async for msg in c.dump(m.dp_get())]
+        return [m.decode_datapath(payload) async for payload in c.dump(m.dp_get())]
 
 
 async def get_datapath(name: str, client: GenlClient | None = None) -> DatapathInfo:
@@ -108,7 +108,7 @@ async def open_datapath(
     c = client if client is not None else GenlClient(timeout)
     try:
         info = await get_datapath(name, c)
-        dp = NetlinkDatapath(name, info.ifindex, c)
+        dp = NetlinkDatapath(name, info.ifindex, c, owns_client=owned)
         yield dp
     finally:
         if owned:
@@ -118,10 +118,11 @@ async def open_datapath(
 class NetlinkDatapath:
     """One kernel datapath, addressed by its ifindex (re-looked-up by name after a module reload)."""
 
-    def __init__(self, name: str, ifindex: int, client: GenlClient) -> None:
+    def __init__(self, name: str, ifindex: int, client: GenlClient, *, owns_client: bool = False) -> None:
         self.name = name
         self.ifindex = ifindex
         self.client = client
+        self.owns_client = owns_client
 
     async def _call(self, req: m.Request) -> list[Message]:
         return await self.client.call(req)
@@ -136,7 +137,7 @@ class NetlinkDatapath:
         return m.decode_datapath(replies[0].payload)
 
     async def ports(self) -> list[Vport]:
-        return [m.decode_vport(msg.payload) async for msg in self.client.dump(m.vport_get(self.ifindex))]
+        return [m.decode_vport(payload) async for payload in self.client.dump(m.vport_get(self.ifindex))]
 
     async def port_get(self, port_no: int | None = None, *, name: str | None = None) -> Vport:
         replies = await self._call(m.vport_get(self.ifindex, port_no, name=name))
@@ -173,8 +174,8 @@ class NetlinkDatapath:
         """Full dump.  Flows whose actions did not fit their dump chunk are re-fetched by UFID afterwards
         (a flow without a UFID is re-fetched by key)."""
         incomplete: list[Flow] = []
-        async for msg in self.client.dump(m.flow_dump(self.ifindex)):
-            _, flow = m.decode_flow(msg.payload)
+        async for payload in self.client.dump(m.flow_dump(self.ifindex)):
+            _, flow = m.decode_flow(payload)
             if flow.actions is None:
                 incomplete.append(flow)
             else:
@@ -271,7 +272,9 @@ class NetlinkDatapath:
                 s.close()
 
     async def aclose(self) -> None:
-        self.client.close()
+        """Close the client if it is ours (open_datapath does this on exit anyway)."""
+        if self.owns_client:
+            self.client.close()
 
 
 @dataclass

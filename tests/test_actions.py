@@ -87,6 +87,7 @@ def test_canonical_round_trip(text: str) -> None:
         ("recirc(5)", "recirc(0x5)"),
         ("userspace(pid=1)", "userspace(pid=1,userdata(" + "00" * 48 + "))"),  # OVS sends a zero cookie
         ("userspace(pid=3,slow_path(lacp|stp))", "userspace(pid=3,slow_path(lacp,stp))"),
+        ("userspace(pid=3,slow_path(lacp,stp))", "userspace(pid=3,slow_path(lacp,stp))"),
         ("set(eth(dst=00:00:00:00:00:bb))", "set(eth(dst=00:00:00:00:00:bb))"),
         ("push_vlan(vid=1,pcp=0,cfi=0)", "push_vlan(vid=1,pcp=0,cfi=0)"),
         ("sample(sample=33.33%,actions(1))", "sample(sample=33.3%,actions(1))"),

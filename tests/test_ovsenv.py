@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from dpfreeze.ovsenv import DaemonNotRunning, OvsEnv
+from dpfreeze.sandbox import Sandbox
 
 
 def test_defaults_are_debians() -> None:
@@ -53,7 +54,7 @@ def test_current_reads_the_process_environment(monkeypatch: pytest.MonkeyPatch) 
 
 
 @pytest.mark.netdev
-async def test_matches_ovs_appctl_for_a_running_daemon(ovs) -> None:  # type: ignore[no-untyped-def]
+async def test_matches_ovs_appctl_for_a_running_daemon(ovs: Sandbox) -> None:
     """ovs-appctl, run with the sandbox's OVS_* variables, talks to the socket ovsenv names."""
     sock = ovs.env.unixctl("ovs-vswitchd")
     assert sock.is_socket()

@@ -118,3 +118,29 @@ async def test_duplicated_packets_are_reported(ovs: Sandbox) -> None:
     assert est.lost == 0
     assert est.duplicated >= 200  # about 300 at 1000 pps
     assert est.duplicated <= est.sent
+
+
+async def test_tcp_survives_an_outage_with_retransmissions(ovs: Sandbox) -> None:
+    """TCP dropped for 500 ms: the connection survives, nothing is lost, the stall and retransmits show."""
+    a, b = ovs.ports
+    for p in (a, b):
+        await tx_checksum_off(p.netns, p.ifname)
+    match = f"priority=1000,tcp,dl_src={a.mac}"
+    await ovs.ping(a, b, count=1)
+
+    async def outage(tl: Timeline) -> None:
+        await ovs.run("ovs-ofctl", "add-flow", a.bridge, f"{match},actions=drop")
+        tl.mark("tcp-drop")
+        await trio.sleep(0.5)
+        await ovs.run("ovs-ofctl", "del-flows", "--strict", a.bridge, match)
+        tl.mark("tcp-restored")
+
+    rep = await run_probes(spec(a, b, rate=0, newflow_ms=0, arp_ms=0, nd_ms=0, tail_s=1.5), outage)
+    assert [c.name for c in rep.classes] == ["tcp"]
+    tcp = rep.cls("tcp")
+    print(tcp)
+    assert tcp.tcp is not None and tcp.tcp.survived
+    assert tcp.tcp.retransmissions is not None and tcp.tcp.retransmissions >= 1
+    assert tcp.lost == 0 and tcp.sent > 100
+    assert tcp.largest_gap_ms >= 400
+    assert tcp.latency is not None and tcp.latency.max_ms >= 400

@@ -230,6 +230,9 @@ def build_initrd(kernel: Kernel, cache: Path | None = None) -> Path:
                 subprocess.run(["gzip", "-1"], input=cpio, capture_output=True, check=True).stdout
             )
             partial.rename(out)
+            for stale in cache.glob("initrd-*.cpio.gz"):  # qemu reads its initrd at start: safe to drop
+                if stale != out:
+                    stale.unlink(missing_ok=True)
     return out
 
 

@@ -31,6 +31,10 @@ ETH_P_ARP = 0x0806
 ETH_P_IPV6 = 0x86DD
 PACKET_OUTGOING = 4
 SO_TIMESTAMPNS = 35  # Linux asm-generic; SCM_TIMESTAMPNS has the same value
+SO_RCVBUFFORCE = 33
+SOL_PACKET = 263
+PACKET_STATISTICS = 6  # struct tpacket_stats: packets, drops (reading resets them)
+RX_BUFFER = 16 << 20
 TIMESPEC = struct.Struct("qq")
 TCP_RECORD = struct.Struct("!Qq")  # seq, send time
 TCP_INFO_TOTAL_RETRANS = 100  # offset of tcpi_total_retrans in struct tcp_info
@@ -79,11 +83,13 @@ def config_to_json(cfg: SenderConfig | ReceiverConfig) -> str:
     return json.dumps(asdict(cfg))
 
 
-async def _packet_socket(iface: str, proto: int, *, timestamps: bool) -> trio.socket.SocketType:
-    sock = trio.socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(proto))
-    if timestamps:
-        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
-    await sock.bind((iface, 0))
+def _rx_socket(iface: str, proto: int) -> socket.socket:
+    """A capture socket with kernel receive times and a buffer deep enough to ride out a stalled agent."""
+    sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(proto))
+    sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+    with contextlib.suppress(OSError):  # needs CAP_NET_ADMIN; the default buffer then
+        sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RX_BUFFER)
+    sock.bind((iface, 0))
     return sock
 
 
@@ -114,7 +120,6 @@ class Sender:
         self.tcp: dict[str, Any] = {"sent": [], "connected": False, "error": None, "retransmissions": None}
         self.arp: dict[str, list[int]] = {"requests": [], "replies": []}
         self.nd: dict[str, list[int]] = {"requests": [], "replies": []}
-        self._tcp_sock: trio.socket.SocketType | None = None
         self.tx = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)  # protocol 0: send only, no RX load
         self.tx.bind((cfg.iface, 0))
         self.tx.setblocking(False)
@@ -186,25 +191,21 @@ class Sender:
             self.tcp["error"] = f"connect: {exc or 'timeout'}"
             return
         self.tcp["connected"] = True
-        self._tcp_sock = stream.socket
         start, k = trio.current_time(), 0
-        try:
-            async with stream:
+        async with stream:
+            try:
                 while True:
                     await trio.sleep_until(start + k * interval)
                     sent = time.time_ns()
                     await stream.send_all(TCP_RECORD.pack(k, sent))
                     self.tcp["sent"].append((k, sent))
                     k += 1
-        except (OSError, trio.BrokenResourceError) as exc:
-            self.tcp["error"] = str(exc) or type(exc).__name__
-        finally:
-            self._read_retrans()
+            except (OSError, trio.BrokenResourceError) as exc:
+                self.tcp["error"] = str(exc) or type(exc).__name__
+            finally:  # also when cancelled at the end of the window: read it before the socket closes
+                self._read_retrans(stream.socket)
 
-    def _read_retrans(self) -> None:
-        sock = self._tcp_sock
-        if sock is None or self.tcp["retransmissions"] is not None:
-            return
+    def _read_retrans(self, sock: trio.socket.SocketType) -> None:
         try:
             info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, TCP_INFO_TOTAL_RETRANS + 4)
             self.tcp["retransmissions"] = struct.unpack_from("I", info, TCP_INFO_TOTAL_RETRANS)[0]
@@ -214,7 +215,7 @@ class Sender:
     async def resolver(self, log: dict[str, list[int]], proto: int, request: bytes, interval_ms: float,
                        is_reply: Callable[[bytes], bool]) -> None:
         """ARP or ND attempts every `interval_ms`; replies are matched to requests by time in the report."""
-        sock = await _packet_socket(self.cfg.iface, proto, timestamps=True)
+        sock = trio.socket.from_stdlib_socket(_rx_socket(self.cfg.iface, proto))
 
         async def listen() -> None:
             async for data, when in _recv_frames(sock):
@@ -257,7 +258,6 @@ class Sender:
             ready.set()
 
     def result(self) -> dict[str, Any]:
-        self._read_retrans()
         return {"role": "sender", "rate": self.cfg.rate, "flows": self.cfg.flows,
                 "newflow_ms": self.cfg.newflow_ms, "tcp_ms": self.cfg.tcp_ms,
                 "arp_ms": self.cfg.arp_ms, "nd_ms": self.cfg.nd_ms,
@@ -278,14 +278,29 @@ class Receiver:
         self.sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sink.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         self.sink.bind(("0.0.0.0", cfg.udp_port))
+        self.rx = _rx_socket(cfg.iface, ETH_P_IP)
+        self.drops = 0
 
-    async def capture(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        rx = await _packet_socket(self.cfg.iface, ETH_P_IP, timestamps=True)
-        task_status.started()
-        async for data, when in _recv_frames(rx):
-            p = frames.parse(data)
-            if p is not None:
-                self.probes.extend((p.cls, p.flow, p.seq, p.sent_ns, when))
+    def _record(self, data: bytes, when: int) -> None:
+        p = frames.parse(data)
+        if p is not None:
+            self.probes.extend((p.cls, p.flow, p.seq, p.sent_ns, when))
+
+    async def capture(self) -> None:
+        async for data, when in _recv_frames(trio.socket.from_stdlib_socket(self.rx)):
+            self._record(data, when)
+
+    def finish(self) -> None:
+        """Take what is still queued (a slow agent lags its socket), then the kernel's drop count."""
+        self.rx.setblocking(False)
+        while True:
+            try:
+                data, anc, _flags, addr = self.rx.recvmsg(2048, socket.CMSG_SPACE(TIMESPEC.size))
+            except BlockingIOError:
+                break
+            if addr[2] != PACKET_OUTGOING:
+                self._record(data, _rx_time(anc))
+        self.drops = struct.unpack("II", self.rx.getsockopt(SOL_PACKET, PACKET_STATISTICS, 8))[1]
 
     async def tcp_server(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         listeners = await trio.open_tcp_listeners(self.cfg.tcp_port, host="0.0.0.0")
@@ -308,18 +323,18 @@ class Receiver:
 
     async def run(self, ready: trio.Event) -> None:
         async with trio.open_nursery() as nursery:
-            await nursery.start(self.capture)
+            nursery.start_soon(self.capture)
             if self.cfg.tcp_port:
                 await nursery.start(self.tcp_server)
             ready.set()
 
     def result(self) -> dict[str, Any]:
-        return {"role": "receiver", "probes": list(self.probes), "tcp": self.tcp}
+        return {"role": "receiver", "probes": list(self.probes), "tcp": self.tcp, "drops": self.drops}
 
 
 def _realtime() -> None:
     """Lowest real-time priority when allowed: a busy host (qemu, a restarting vswitchd) must not stall the
-    schedule.  Safe because an agent sleeps between packets and uses ~10% of a core at 1000 pps."""
+    schedule.  Safe because an agent sleeps between packets (well under half a core at 1000 pps)."""
     with contextlib.suppress(OSError):
         os.sched_setscheduler(0, os.SCHED_RR, os.sched_param(1))
 
@@ -336,6 +351,8 @@ async def run_agent(cfg: SenderConfig | ReceiverConfig) -> None:
             async for _ in signals:
                 nursery.cancel_scope.cancel()
                 break
+    if isinstance(agent, Receiver):
+        agent.finish()
     with open(cfg.out, "w") as f:
         json.dump(agent.result(), f)
 

@@ -79,6 +79,10 @@ def _emit(report: Report, json_path: Path | None, svg_path: Path | None) -> None
     console.print(table(report))
     for line in timeline(report):
         console.print(line, highlight=False, markup=False)
+    for key, what in (("receiver_drops", "frames dropped by the receiver's own socket (not the network)"),
+                      ("send_errors", "frames the sender failed to send")):
+        if report.params.get(key):
+            console.print(f"[yellow]warning: {report.params[key]} {what}[/]")
     if json_path:
         json_path.write_text(report.to_json())
         console.print(f"report: {json_path}")

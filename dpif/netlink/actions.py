@@ -119,8 +119,8 @@ def decode_actions(buf: bytes | memoryview) -> tuple[Action, ...]:
             inner = list(fk.iter_nla(v))
             if len(inner) != 1:
                 raise WireError(f"{spec.name if spec else t}: expected one key attribute, got {len(inner)}")
-        elif t in (USERSPACE, CT, PUSH_NSH, PSAMPLE):
-            for _ in fk.iter_nla(v):
+        elif spec is not None and spec.nested:
+            for _ in fk.iter_nla(v):  # well-formed sub-attributes, or WireError
                 pass
         out.append(Action(t, bytes(v), children))
     return tuple(out)
@@ -128,7 +128,7 @@ def decode_actions(buf: bytes | memoryview) -> tuple[Action, ...]:
 
 def encode_actions(actions: Iterable[Action]) -> bytes:
     """Re-encode from raw payloads (verbatim; like OVS and the kernel, nests carry no NLA_F_NESTED)."""
-    return b"".join(fk._nla(a.type, a.raw) for a in actions)
+    return b"".join(fk.nla(a.type, a.raw) for a in actions)
 
 
 # --- formatting ----------------------------------------------------------------------------------------
@@ -138,10 +138,23 @@ def format_actions(buf: bytes | memoryview | None, port_names: Mapping[int, str]
     """The text ovs-dpctl prints after "actions:" (format_odp_actions)."""
     if buf is None or not len(buf):
         return "drop"
-    mv = memoryview(buf)
-    items, left = fk._walk(mv)
-    out = [_format_action(t, v, port_names) for t, v in items]
-    s = ",".join(out)
+    if port_names:
+        return _format_actions(memoryview(buf), port_names)
+    data = bytes(buf)  # without port names the text depends on the bytes alone: memoize (dumps repeat them)
+    text = _ACTIONS_CACHE.get(data)
+    if text is None:
+        if len(_ACTIONS_CACHE) >= 1 << 14:
+            _ACTIONS_CACHE.clear()
+        text = _ACTIONS_CACHE[data] = _format_actions(memoryview(data), None)
+    return text
+
+
+_ACTIONS_CACHE: dict[bytes, str] = {}
+
+
+def _format_actions(mv: memoryview, port_names: Mapping[int, str] | None) -> str:
+    items, left = fk.walk_attrs(mv)
+    s = ",".join(_format_action(t, v, port_names) for t, v in items)
     if left:
         if left == len(mv):
             s += "<empty>"
@@ -249,7 +262,7 @@ def _cookie_text(c: bytes, ports: Mapping[int, str] | None) -> str | None:
 
 
 def _fmt_set(v: memoryview, ports: Mapping[int, str] | None) -> str:
-    items, _ = fk._walk(v)
+    items, _ = fk.walk_attrs(v)
     if not items:
         return "set()"
     t, a = items[0]
@@ -258,7 +271,7 @@ def _fmt_set(v: memoryview, ports: Mapping[int, str] | None) -> str:
 
 
 def _fmt_set_masked(v: memoryview, ports: Mapping[int, str] | None) -> str:
-    items, _ = fk._walk(v)
+    items, _ = fk.walk_attrs(v)
     if not items:
         return "set()"
     t, a = items[0]
@@ -278,7 +291,7 @@ def _fmt_set_masked(v: memoryview, ports: Mapping[int, str] | None) -> str:
 def _fmt_set_nsh(a: memoryview) -> str:
     base, ctx = bytes(8), bytes(16)
     mbase, mctx = b"\xff" * 8, b"\xff" * 16
-    for t, v in fk._walk(a)[0]:
+    for t, v in fk.walk_attrs(a)[0]:
         if t >= fk.NSH_ATTR_MAX:
             return ""
         exp = fk.attr_len(fk.NSH_ATTRS, fk.NSH_ATTR_MAX, t)
@@ -401,9 +414,9 @@ def _fmt_ct(v: memoryview, ports: Mapping[int, str] | None) -> str:
         parts.append(f"mark={fk.hx(m)}/{fk.hx(mm)}")
     if CT_LABELS in a:
         lab = bytes(a[CT_LABELS])
-        text = fk._u128_hex(lab[:16])
+        text = fk.u128_hex(lab[:16])
         if lab[16:32] != b"\xff" * 16:
-            text += "/" + fk._u128_hex(lab[16:32])
+            text += "/" + fk.u128_hex(lab[16:32])
         parts.append("label=" + text)
     if CT_HELPER in a:
         parts.append("helper=" + _cstr(a[CT_HELPER]))
@@ -423,8 +436,8 @@ def _cstr(v: memoryview) -> str:
 def _fmt_push_nsh(v: memoryview, ports: Mapping[int, str] | None) -> str:
     flags, ttl, mdtype, np_, path = 0, 63, 0, 0, 0
     md = b""
-    outer = fk._walk(v)[0]
-    for t, a in fk._walk(outer[0][1])[0] if outer else ():
+    outer = fk.walk_attrs(v)[0]
+    for t, a in fk.walk_attrs(outer[0][1])[0] if outer else ():
         if t == fk.NSH_BASE and len(a) == 8:
             flags, ttl, mdtype, np_, path = struct.unpack("!BBBBI", a)
         elif t in (fk.NSH_MD1, fk.NSH_MD2):
@@ -450,13 +463,13 @@ def _fmt_check_pkt_len(v: memoryview, ports: Mapping[int, str] | None) -> str:
 
 
 def _fmt_dec_ttl(v: memoryview, ports: Mapping[int, str] | None) -> str:
-    inner = next((a for t, a in fk._walk(v)[0] if t == DEC_TTL_ACTION), None)
+    inner = next((a for t, a in fk.walk_attrs(v)[0] if t == DEC_TTL_ACTION), None)
     return "dec_ttl(le_1(" + (format_actions(inner, ports) if inner is not None else "") + "))"
 
 
 def _fmt_psample(v: memoryview, ports: Mapping[int, str] | None) -> str:
     parts = []
-    for t, a in fk._walk(v)[0]:
+    for t, a in fk.walk_attrs(v)[0]:
         if t == PSAMPLE_GROUP and len(a) == 4:
             parts.append(f"group={_u32(a)}")
         elif t == PSAMPLE_COOKIE:
@@ -513,13 +526,13 @@ def parse_actions(text: str, *, port_names: Mapping[str, int] | None = None) -> 
             raise sc.fail()
 
 
-def _nla(t: int, payload: bytes = b"") -> bytes:
-    return fk._nla(t, payload)
+def nla(t: int, payload: bytes = b"") -> bytes:
+    return fk.nla(t, payload)
 
 
 def _nest(t: int, payload: bytes) -> bytes:
     """A nested action attribute: OVS's families never set NLA_F_NESTED, so neither do we."""
-    return fk._nla(t, payload)
+    return fk.nla(t, payload)
 
 
 def _action_list(sc: Scanner, ports: Mapping[str, int] | None, depth: int) -> bytes:
@@ -540,14 +553,14 @@ def _parse_action(sc: Scanner, out: list[bytes], ports: Mapping[str, int] | None
     s, i = sc.s, sc.i
     c = sc.peek()
     if c.isdigit():
-        out.append(_nla(OUTPUT, struct.pack("=I", sc.num(32))))
+        out.append(nla(OUTPUT, struct.pack("=I", sc.num(32))))
         return
     if sc.take("lb_output("):
-        out.append(_nla(LB_OUTPUT, struct.pack("=I", sc.dec(32))))
+        out.append(nla(LB_OUTPUT, struct.pack("=I", sc.dec(32))))
         sc.expect(")")
         return
     if sc.take("trunc("):
-        out.append(_nla(TRUNC, struct.pack("=I", sc.num(32))))
+        out.append(nla(TRUNC, struct.pack("=I", sc.num(32))))
         sc.expect(")")
         return
     if ports:
@@ -555,11 +568,11 @@ def _parse_action(sc: Scanner, out: list[bytes], ports: Mapping[str, int] | None
         while j < len(s) and s[j] not in fk.DELIMS:
             j += 1
         if s[i:j] in ports:
-            out.append(_nla(OUTPUT, struct.pack("=I", ports[s[i:j]])))
+            out.append(nla(OUTPUT, struct.pack("=I", ports[s[i:j]])))
             sc.i = j
             return
     if sc.take("recirc("):
-        out.append(_nla(RECIRC, struct.pack("=I", sc.num(32))))
+        out.append(nla(RECIRC, struct.pack("=I", sc.num(32))))
         sc.expect(")")
         return
     if sc.take("userspace("):
@@ -583,13 +596,13 @@ def _parse_action(sc: Scanner, out: list[bytes], ports: Mapping[str, int] | None
         if vid & ~0xFFF or pcp & ~7:
             raise sc.fail("vlan field out of range")
         tci = vid | (pcp << 13) | (0x1000 if cfi else 0)
-        out.append(_nla(PUSH_VLAN, struct.pack("!HH", tpid & 0xFFFF, tci)))
+        out.append(nla(PUSH_VLAN, struct.pack("!HH", tpid & 0xFFFF, tci)))
         return
     if sc.take("pop_vlan"):
-        out.append(_nla(POP_VLAN))
+        out.append(nla(POP_VLAN))
         return
     if sc.take("meter("):
-        out.append(_nla(METER, struct.pack("=I", sc.num(64) & 0xFFFFFFFF)))
+        out.append(nla(METER, struct.pack("=I", sc.num(64) & 0xFFFFFFFF)))
         sc.expect(")")
         return
     if sc.take("sample(sample="):
@@ -606,7 +619,7 @@ def _parse_action(sc: Scanner, out: list[bytes], ports: Mapping[str, int] | None
         prob = 0 if prob <= 0 else min(prob, 0xFFFFFFFF)
         inner = _action_list(sc, ports, depth)
         sc.expect("))")
-        out.append(_nest(SAMPLE, _nla(SAMPLE_PROBABILITY, struct.pack("=I", prob))
+        out.append(_nest(SAMPLE, nla(SAMPLE_PROBABILITY, struct.pack("=I", prob))
                          + _nest(SAMPLE_ACTIONS, inner)))
         return
     if sc.take("clone("):
@@ -618,14 +631,14 @@ def _parse_action(sc: Scanner, out: list[bytes], ports: Mapping[str, int] | None
         out.append(_parse_push_nsh(sc))
         return
     if sc.take("pop_nsh()"):
-        out.append(_nla(POP_NSH))
+        out.append(nla(POP_NSH))
         return
     if sc.take("tnl_pop("):
-        out.append(_nla(TUNNEL_POP, struct.pack("=I", sc.num(32))))
+        out.append(nla(TUNNEL_POP, struct.pack("=I", sc.num(32))))
         sc.expect(")")
         return
     if sc.take("ct_clear"):
-        out.append(_nla(CT_CLEAR))
+        out.append(nla(CT_CLEAR))
         return
     if sc.take("check_pkt_len(size="):
         size = sc.num(16)
@@ -634,7 +647,7 @@ def _parse_action(sc: Scanner, out: list[bytes], ports: Mapping[str, int] | None
         sc.expect("),le(")
         le = b"" if _take_drop(sc) else _action_list(sc, ports, depth)
         sc.expect("))")
-        out.append(_nest(CHECK_PKT_LEN, _nla(CPL_PKT_LEN, struct.pack("=H", size))
+        out.append(_nest(CHECK_PKT_LEN, nla(CPL_PKT_LEN, struct.pack("=H", size))
                          + _nest(CPL_IF_GREATER, gt) + _nest(CPL_IF_LESS_EQUAL, le)))
         return
     if sc.take("ct_"):
@@ -653,12 +666,12 @@ def _parse_action(sc: Scanner, out: list[bytes], ports: Mapping[str, int] | None
             sc.expect("eth_type=")
             eth = sc.hexnum(16)
             sc.expect(")")
-            out.append(_nla(t, struct.pack("!IHH", lse, eth, 0)))
+            out.append(nla(t, struct.pack("!IHH", lse, eth, 0)))
             return
     if sc.take("pop_mpls(eth_type="):
         eth = sc.hexnum(16)
         sc.expect(")")
-        out.append(_nla(POP_MPLS, struct.pack("!H", eth)))
+        out.append(nla(POP_MPLS, struct.pack("!H", eth)))
         return
     if sc.take("hash("):
         alg = HASH_ALG_L4 if sc.take("l4(") else HASH_ALG_SYM_L4 if sc.take("sym_l4(") else -1
@@ -666,17 +679,17 @@ def _parse_action(sc: Scanner, out: list[bytes], ports: Mapping[str, int] | None
             raise sc.fail("unknown hash algorithm")
         basis = sc.dec(32)
         sc.expect("))")
-        out.append(_nla(HASH, struct.pack("=II", alg, basis)))
+        out.append(nla(HASH, struct.pack("=II", alg, basis)))
         return
     if sc.take("push_eth(src="):
         src = sc.mac()
         sc.expect(",dst=")
         dst = sc.mac()
         sc.expect(")")
-        out.append(_nla(PUSH_ETH, src + dst))
+        out.append(nla(PUSH_ETH, src + dst))
         return
     if sc.take("pop_eth"):
-        out.append(_nla(POP_ETH))
+        out.append(nla(POP_ETH))
         return
     if sc.take("dec_ttl(le_1("):
         inner = b"" if _take_drop(sc) else _action_list(sc, ports, depth)
@@ -697,11 +710,11 @@ def _parse_action(sc: Scanner, out: list[bytes], ports: Mapping[str, int] | None
                 raise sc.fail()
         if group is None:
             raise sc.fail("psample needs a group")
-        body = _nla(PSAMPLE_GROUP, struct.pack("=I", group))
-        out.append(_nest(PSAMPLE, body + (_nla(PSAMPLE_COOKIE, cookie) if cookie else b"")))
+        body = nla(PSAMPLE_GROUP, struct.pack("=I", group))
+        out.append(_nest(PSAMPLE, body + (nla(PSAMPLE_COOKIE, cookie) if cookie else b"")))
         return
     if sc.take("drop"):
-        out.append(_nla(DROP, struct.pack("=I", 0)))
+        out.append(nla(DROP, struct.pack("=I", 0)))
         return
     raise sc.fail()
 
@@ -724,7 +737,7 @@ def _parse_set(sc: Scanner, ports: Mapping[str, int] | None, depth: int) -> byte
     kpay = key[4 : fk.NLA_HDR.unpack_from(key)[0]]
     mpay = mask[4 : fk.NLA_HDR.unpack_from(mask)[0]]
     if len(kpay) == len(mpay) and mpay != b"\xff" * len(mpay):
-        return _nest(SET_MASKED, fk._nla(kt, kpay + mpay))
+        return _nest(SET_MASKED, fk.nla(kt, kpay + mpay))
     return _nest(SET, key)
 
 
@@ -752,7 +765,11 @@ def _parse_userspace(sc: Scanner) -> bytes:
         struct.pack_into("=I", cookie, 28, output)
         userdata = bytes(cookie)
     elif sc.take(",slow_path("):
-        reason, _ = fk._scan_flags(sc, _SLOW_PATH_NAMES, 0x7F, ")", False)
+        # OVS prints the reasons ','-separated but reads only '|': accept both
+        j = sc.s.find(")", sc.i)
+        sub = Scanner(sc.s[sc.i : j if j >= 0 else len(sc.s)].replace(",", "|") + ")")
+        reason, _ = fk.scan_flags(sub, _SLOW_PATH_NAMES, 0x7F, ")", False)
+        sc.i += sub.i
         sc.expect(")")
         head(COOKIE_SLOW_PATH)
         struct.pack_into("=I", cookie, 28, reason)
@@ -810,12 +827,12 @@ def _parse_userspace(sc: Scanner) -> bytes:
     if sc.take(",tunnel_out_port="):
         tun_port = sc.num(32)
     sc.expect(")")
-    body = _nla(US_PID, struct.pack("=I", pid))
-    body += _nla(US_USERDATA, userdata.ljust(8, b"\0"))
+    body = nla(US_PID, struct.pack("=I", pid))
+    body += nla(US_USERDATA, userdata.ljust(8, b"\0"))
     if tun_port is not None:
-        body += _nla(US_EGRESS_TUN_PORT, struct.pack("=I", tun_port))
+        body += nla(US_EGRESS_TUN_PORT, struct.pack("=I", tun_port))
     if include_actions:
-        body += _nla(US_ACTIONS)
+        body += nla(US_ACTIONS)
     return _nest(USERSPACE, body)
 
 
@@ -856,19 +873,19 @@ def _parse_ct(sc: Scanner) -> bytes:
         raise sc.fail("commit and force_commit are exclusive")
     body = b""
     if commit:
-        body += _nla(CT_COMMIT)
+        body += nla(CT_COMMIT)
     elif force:
-        body += _nla(CT_FORCE_COMMIT)
+        body += nla(CT_FORCE_COMMIT)
     if zone:
-        body += _nla(CT_ZONE, struct.pack("=H", zone))
+        body += nla(CT_ZONE, struct.pack("=H", zone))
     if mark is not None and mark[1]:
-        body += _nla(CT_MARK, struct.pack("=II", *mark))
+        body += nla(CT_MARK, struct.pack("=II", *mark))
     if label is not None and any(label[1]):
-        body += _nla(CT_LABELS, label[0][::-1] + label[1][::-1])
+        body += nla(CT_LABELS, label[0][::-1] + label[1][::-1])
     if helper is not None:
-        body += _nla(CT_HELPER, helper.encode() + b"\0")
+        body += nla(CT_HELPER, helper.encode() + b"\0")
     if timeout is not None:
-        body += _nla(CT_TIMEOUT, timeout.encode() + b"\0")
+        body += nla(CT_TIMEOUT, timeout.encode() + b"\0")
     if nat is not None:
         body += nat
     return _nest(CT, body)
@@ -917,24 +934,24 @@ def _parse_nat(sc: Scanner) -> bytes:
             raise sc.fail("nat: hash and random are exclusive")
     body = b""
     if src or dst:
-        body += _nla(NAT_SRC if src else NAT_DST)
+        body += nla(NAT_SRC if src else NAT_DST)
         if amin:
-            body += _nla(NAT_IP_MIN, amin)
+            body += nla(NAT_IP_MIN, amin)
             if amax and amax > amin:
-                body += _nla(NAT_IP_MAX, amax)
+                body += nla(NAT_IP_MAX, amax)
             if pmin:
-                body += _nla(NAT_PROTO_MIN, struct.pack("=H", pmin))
+                body += nla(NAT_PROTO_MIN, struct.pack("=H", pmin))
                 if pmax and pmax > pmin:
-                    body += _nla(NAT_PROTO_MAX, struct.pack("=H", pmax))
+                    body += nla(NAT_PROTO_MAX, struct.pack("=H", pmax))
             flags = ((persistent, NAT_PERSISTENT), (phash, NAT_PROTO_HASH), (prandom, NAT_PROTO_RANDOM))
             for flag, t in flags:
                 if flag:
-                    body += _nla(t)
+                    body += nla(t)
     return _nest(CT_NAT, body)
 
 
 def _nat_addr(sc: Scanner) -> bytes:
-    if fk._IP4_RE.match(sc.s, sc.i):
+    if fk.IP4_RE.match(sc.s, sc.i):
         return sc.ip4().to_bytes(4, "big")
     if sc.take("["):
         a = sc.ip6()
@@ -993,11 +1010,11 @@ def _parse_push_nsh(sc: Scanner) -> bytes:
         else:
             raise sc.fail()
     path = ((spi & 0xFFFFFF) << 8) | (si & 0xFF)
-    body = fk._nla(fk.NSH_BASE, struct.pack("!BBBBI", flags, ttl, mdtype, np_, path))
+    body = fk.nla(fk.NSH_BASE, struct.pack("!BBBBI", flags, ttl, mdtype, np_, path))
     if mdtype == 1:
-        body += fk._nla(fk.NSH_MD1, struct.pack("!4I", *ctx))
+        body += fk.nla(fk.NSH_MD1, struct.pack("!4I", *ctx))
     elif md2:
-        body += fk._nla(fk.NSH_MD2, md2)
+        body += fk.nla(fk.NSH_MD2, md2)
     return _nest(PUSH_NSH, _nest(fk.NSH, body))
 
 

@@ -259,13 +259,13 @@ def encode_key(attrs: Iterable[KeyAttr]) -> bytes:
     parts = []
     for a in attrs:
         if a.children is not None:
-            parts.append(_nla(a.type, encode_key(a.children)))
+            parts.append(nla(a.type, encode_key(a.children)))
         else:
-            parts.append(_nla(a.type, a.raw))
+            parts.append(nla(a.type, a.raw))
     return b"".join(parts)
 
 
-def _nla(t: int, payload: bytes) -> bytes:
+def nla(t: int, payload: bytes) -> bytes:
     n = 4 + len(payload)
     return NLA_HDR.pack(n, t) + payload + b"\0" * (align4(n) - n)
 
@@ -474,23 +474,26 @@ def mask_is_constant(t: int, m: bytes | memoryview, ones: bool) -> bool:
 # --- formatting (odp_flow_format) ----------------------------------------------------------------------
 
 
-def _first_attrs(buf: memoryview | bytes | None) -> dict[int, memoryview]:
+def _first_attrs(buf: memoryview | bytes | None) -> dict[int, bytes]:
     """nl_attr_find__ for every type at once: the FIRST attribute of each type (lenient walk)."""
-    found: dict[int, memoryview] = {}
+    found: dict[int, bytes] = {}
     if not buf:
         return found
-    mv = memoryview(buf)
-    off, end = 0, len(mv)
+    data = bytes(buf)
+    off, end = 0, len(data)
     while end - off >= 4:
-        ln, t = NLA_HDR.unpack_from(mv, off)
+        ln, t = _HDR(data, off)
         if ln < 4 or ln > end - off:
             break
-        found.setdefault(t & NLA_TYPE_MASK, mv[off + 4 : off + ln])
-        off += align4(ln)
+        found.setdefault(t & NLA_TYPE_MASK, data[off + 4 : off + ln])
+        off += (ln + 3) & ~3
     return found
 
 
-def _walk(buf: memoryview) -> tuple[list[tuple[int, memoryview]], int]:
+_HDR = NLA_HDR.unpack_from
+
+
+def walk_attrs(buf: memoryview) -> tuple[list[tuple[int, memoryview]], int]:
     """NL_ATTR_FOR_EACH: the well-formed attributes and the number of bytes left over."""
     items = []
     off, end = 0, len(buf)
@@ -509,12 +512,12 @@ def _zero_mask(table: Mapping[int, AttrSpec], max_type: int, t: int, payload: me
         return bytes(len(payload))
     spec = table[t]
     sub, sub_max = (spec.sub, spec.sub_max) if spec.sub is not None else (table, max_type)
-    items, _ = _walk(payload)
-    return b"".join(_nla(ct, _zero_mask(sub, sub_max, ct, cv)) for ct, cv in items)
+    items, _ = walk_attrs(payload)
+    return b"".join(nla(ct, _zero_mask(sub, sub_max, ct, cv)) for ct, cv in items)
 
 
-def check_attr_len(a_t: int, a: memoryview, ma: memoryview | bytes | None, table: Mapping[int, AttrSpec],
-                   max_type: int, need_key: bool) -> str | None:
+def check_attr_len(a_t: int, a: memoryview | bytes, ma: memoryview | bytes | None,
+                   table: Mapping[int, AttrSpec], max_type: int, need_key: bool) -> str | None:
     """None if lengths are fine, else OVS's error rendering of the attribute."""
     exp = attr_len(table, max_type, a_t)
     if exp is None or exp in (VARIABLE, NESTED):
@@ -538,36 +541,42 @@ def check_attr_len(a_t: int, a: memoryview, ma: memoryview | bytes | None, table
 def format_key(key: bytes | memoryview, mask: bytes | memoryview | None = None, *,
                verbose: bool = False, port_names: Mapping[int, str] | None = None) -> str:
     """The text ovs-dpctl prints for a key and its mask (odp_flow_format)."""
-    return _flow_format(memoryview(key), memoryview(mask) if mask is not None else None, verbose, port_names)
+    return _flow_format(bytes(key), bytes(mask) if mask is not None else None, verbose, port_names)
 
 
-def _flow_format(key: memoryview, mask: memoryview | None, verbose: bool,
-                 ports: Mapping[int, str] | None) -> str:
-    if not len(key):
+def _flow_format(key: bytes, mask: bytes | None, verbose: bool, ports: Mapping[int, str] | None) -> str:
+    """The hot loop of a dump: plain bytes, one header unpack per attribute, memoized attribute text."""
+    n = len(key)
+    if not n:
         return "<empty>"
     out: list[str] = []
-    has_mask = mask is not None and len(mask) > 0
+    has_mask = bool(mask)
     masks = _first_attrs(mask) if has_mask else {}
     has_ethtype = has_packet_type = False
     first = True
-    items, left = _walk(key)
-    for t, a in items:
-        ma: memoryview | bytes | None = masks.get(t) if has_mask else None
-        err = check_attr_len(t, a, ma, KEY_ATTRS, KEY_ATTR_MAX, False)
-        if err is not None:
-            out.append(err)
+    off = 0
+    while n - off >= 4:
+        ln, t = _HDR(key, off)
+        if ln < 4 or ln > n - off:
+            break
+        t &= NLA_TYPE_MASK
+        a = key[off + 4 : off + ln]
+        off += (ln + 3) & ~3
+        ma: bytes | None = masks.get(t) if has_mask else None
+        exp = _KEY_LEN[t] if t <= KEY_ATTR_MAX else None
+        if exp is not None and exp >= 0 and (len(a) != exp or (ma is not None and len(ma) != exp)):
+            out.append(check_attr_len(t, a, ma, KEY_ATTRS, KEY_ATTR_MAX, False) or "")
             continue
         if t == ETHERTYPE:
             has_ethtype = True
         elif t == PACKET_TYPE:
             has_packet_type = True
-        nested = attr_len(KEY_ATTRS, KEY_ATTR_MAX, t) == NESTED
         wildcard = False
         if has_mask:
             wildcard = mask_is_constant(t, ma, False) if ma is not None else True
-        if verbose or not wildcard or nested:
+        if verbose or not wildcard or exp == NESTED:
             if wildcard and ma is None:
-                ma = _zero_mask(KEY_ATTRS, KEY_ATTR_MAX, t, a)
+                ma = _zero_mask(KEY_ATTRS, KEY_ATTR_MAX, t, memoryview(a))
             if not first:
                 out.append(",")
             out.append(_cached_attr(t, a, ma, verbose, ports))
@@ -578,29 +587,28 @@ def _flow_format(key: memoryview, mask: memoryview | None, verbose: bool,
             out.append("eth()")
         elif t == PACKET_TYPE and wildcard:
             has_packet_type = False
+    left = n - off if off < n else 0
     if left:
-        if left == len(key):
+        if left == n:
             out.append("<empty>")
-        out.append(f",***{left} leftover bytes*** (")
-        out.append("".join(f"{x:02x}" for x in bytes(key[len(key) - left :])))
-        out.append(")")
+        out.append(f",***{left} leftover bytes*** ({key[n - left :].hex()})")
     if not has_ethtype and mask is not None:
-        ma = _first_attrs(mask).get(ETHERTYPE)
-        if ma is not None and len(ma) >= 2:
-            out.append(f",eth_type(0/0x{int.from_bytes(ma[:2], 'big'):04x})")
+        me = _first_attrs(mask).get(ETHERTYPE)
+        if me is not None and len(me) >= 2:
+            out.append(f",eth_type(0/0x{int.from_bytes(me[:2], 'big'):04x})")
     return "".join(out)
 
 
+_KEY_LEN = [attr_len(KEY_ATTRS, KEY_ATTR_MAX, t) for t in range(KEY_ATTR_MAX + 1)]
 _ATTR_CACHE: dict[tuple[int, bytes, bytes | None, bool], str] = {}
 _ATTR_CACHE_MAX = 1 << 16
 
 
-def _cached_attr(t: int, a: memoryview, ma: memoryview | bytes | None, verbose: bool,
-                 ports: Mapping[int, str] | None) -> str:
+def _cached_attr(t: int, a: bytes, ma: bytes | None, verbose: bool, ports: Mapping[int, str] | None) -> str:
     """format_key_attr, memoized: a dump repeats the same metadata/L2 attributes across most flows."""
     if t == IN_PORT and ports:
         return format_key_attr(t, a, ma, verbose, ports)
-    ck = (t, bytes(a), bytes(ma) if ma is not None else None, verbose)
+    ck = (t, a, ma, verbose)
     text = _ATTR_CACHE.get(ck)
     if text is None:
         if len(_ATTR_CACHE) >= _ATTR_CACHE_MAX:
@@ -643,9 +651,9 @@ def _be(b: memoryview | bytes) -> int:
 def _fmt_encap(name: str, a: memoryview | bytes, ma: memoryview | bytes | None, exact: bool, verbose: bool,
                ports: Mapping[int, str] | None) -> str:
     if ma is not None and len(ma) and len(a):
-        return f"{name}({_flow_format(memoryview(a), memoryview(ma), verbose, None)})"
+        return f"{name}({_flow_format(bytes(a), bytes(ma), verbose, None)})"
     if len(a):
-        return f"{name}({_flow_format(memoryview(a), None, verbose, None)})"
+        return f"{name}({_flow_format(bytes(a), None, verbose, None)})"
     return f"{name}()"
 
 
@@ -693,7 +701,7 @@ def _fmt_ct_state(name: str, a: memoryview | bytes, ma: memoryview | bytes | Non
     return f"{name}({s})"
 
 
-def _u128_hex(b: memoryview | bytes) -> str:
+def u128_hex(b: memoryview | bytes) -> str:
     return put_hex(bytes(b)[::-1])  # host-order u128 (little endian) printed big-endian
 
 
@@ -701,9 +709,9 @@ def _fmt_ct_label(name: str, a: memoryview | bytes, ma: memoryview | bytes | Non
                   verbose: bool, ports: Mapping[int, str] | None) -> str:
     s = ""
     if verbose or (ma is not None and any(bytes(ma))):
-        s = _u128_hex(a)
+        s = u128_hex(a)
         if ma is not None and bytes(ma) != b"\xff" * 16:
-            s += "/" + _u128_hex(ma)
+            s += "/" + u128_hex(ma)
     return f"{name}({s})"
 
 
@@ -845,7 +853,7 @@ def tunnel_text(a: memoryview, mask: memoryview | None, verbose: bool) -> str:
     out: list[str] = []
     flags = mask_flags = 0
     masks = _first_attrs(mask) if mask is not None else {}
-    items, _ = _walk(a)
+    items, _ = walk_attrs(a)
     for t, v in items:
         ma: memoryview | bytes | None = None
         if mask is not None:
@@ -894,7 +902,7 @@ def tunnel_text(a: memoryview, mask: memoryview | None, verbose: bool) -> str:
         else:
             out.append(_unknown_key(t, v, ma))
     if mask is not None:
-        for t, _v in _walk(mask)[0]:
+        for t, _v in walk_attrs(mask)[0]:
             mask_flags |= {TUN_DF: TNL_F_DF, TUN_CSUM: TNL_F_CSUM, TUN_OAM: TNL_F_OAM}.get(t, 0)
     if verbose or mask is None or mask_flags:
         if mask is not None:
@@ -916,7 +924,7 @@ def _unknown_key(t: int, v: memoryview | bytes, ma: memoryview | bytes | None) -
 def _vxlan_text(a: memoryview, mask: memoryview | None, verbose: bool) -> str:
     out: list[str] = []
     masks = _first_attrs(mask) if mask is not None else {}
-    for t, v in _walk(a)[0]:
+    for t, v in walk_attrs(a)[0]:
         ma: memoryview | bytes | None = None
         if mask is not None:
             ma = masks.get(t)
@@ -1040,7 +1048,7 @@ def nsh_attr_text(a: memoryview, mask: memoryview | None) -> str:
     mbase, mctx = b"\xff" * 8, b"\xff" * 16
     masks = _first_attrs(mask) if mask is not None else {}
     errs = []
-    for t, v in _walk(a)[0]:
+    for t, v in walk_attrs(a)[0]:
         ma = masks.get(t) if mask is not None else None
         err = check_attr_len(t, v, ma, NSH_ATTRS, NSH_ATTR_MAX, True)
         if err is not None:
@@ -1071,9 +1079,9 @@ class ParseError(ValueError):
 _INT_RE = re.compile(r"[-+]?(?:0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*)")
 _UINT_RE = re.compile(r"[0-9]+")
 _MAC_RE = re.compile(r"[0-9a-fA-F]{1,2}(?::[0-9a-fA-F]{1,2}){5}")
-_IP4_RE = re.compile(r"[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}")
+IP4_RE = re.compile(r"[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}")
 _IP6_RE = re.compile(r"[0-9a-fA-F:.]+")
-_HEX_RE = re.compile(r"0[xX][0-9a-fA-F]*")
+_XNUM_RE = re.compile(r"(?:0[xX])?[0-9a-fA-F]+")
 
 DELIMS = ", \t\r\n"
 
@@ -1132,7 +1140,7 @@ class Scanner:
 
     def hexnum(self, bits: int) -> int:
         """%x (an optional 0x prefix)."""
-        m = re.compile(r"(?:0[xX])?[0-9a-fA-F]+").match(self.s, self.i)
+        m = _XNUM_RE.match(self.s, self.i)
         if not m:
             raise self.fail("expected a hex number")
         self.i = m.end()
@@ -1146,7 +1154,7 @@ class Scanner:
         return bytes(int(x, 16) for x in m.group().split(":"))
 
     def ip4(self) -> int:
-        m = _IP4_RE.match(self.s, self.i)
+        m = IP4_RE.match(self.s, self.i)
         if not m:
             raise self.fail("expected an IPv4 address")
         parts = [int(x) for x in m.group().split(".")]
@@ -1294,9 +1302,9 @@ class KeyBuilder:
         self.mask: list[bytes] | None = [] if with_mask else None
 
     def put(self, t: int, k: bytes, m: bytes) -> None:
-        self.key.append(_nla(t, k))
+        self.key.append(nla(t, k))
         if self.mask is not None:
-            self.mask.append(_nla(t, m))
+            self.mask.append(nla(t, m))
 
 
 def parse_key(text: str, *, port_names: Mapping[str, int] | None = None,
@@ -1309,7 +1317,7 @@ def parse_key(text: str, *, port_names: Mapping[str, int] | None = None,
         if sc.i >= len(sc.s):
             break
         if sc.take("ufid:"):
-            _scan_ufid(sc)
+            scan_ufid(sc)
             sc.take(" ")
         parse_key_attr(sc, kb, port_names, 1)
     return b"".join(kb.key), (b"".join(kb.mask) if kb.mask is not None else None)
@@ -1318,7 +1326,7 @@ def parse_key(text: str, *, port_names: Mapping[str, int] | None = None,
 _UUID_RE = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 
 
-def _scan_ufid(sc: Scanner) -> bytes:
+def scan_ufid(sc: Scanner) -> bytes:
     m = _UUID_RE.match(sc.s, sc.i)
     if not m:
         raise sc.fail("bad ufid")
@@ -1345,11 +1353,11 @@ _SINGLE_U32 = (("skb_priority(", PRIORITY), ("skb_mark(", SKB_MARK), ("dp_hash("
 _STRUCTS = (("ct_tuple4(", CT_ORIG_TUPLE_IPV4), ("ct_tuple6(", CT_ORIG_TUPLE_IPV6), ("eth(", ETHERNET),
             ("ipv4(", IPV4), ("ipv6(", IPV6), ("tcp(", TCP), ("udp(", UDP), ("sctp(", SCTP),
             ("icmp(", ICMP), ("icmpv6(", ICMPV6), ("arp(", ARP), ("nd(", ND), ("nd_ext(", ND_EXTENSIONS))
-# The parser's field names where they differ from the printer's (OVS prints src_port, reads tp_src).
+# OVS prints ct_tuple6 ports as src_port/dst_port but reads only tp_src/tp_dst: we read both.
 _PARSE_SPECS = {
     CT_ORIG_TUPLE_IPV6: AttrSpec(CT_ORIG_TUPLE_IPV6, "ct_tuple6", 40, _f(
         ("src", "in6", 0), ("dst", "in6", 16), ("proto", "u8u", 36), ("tp_src", "be16", 32),
-        ("tp_dst", "be16", 34))),
+        ("tp_dst", "be16", 34), ("src_port", "be16", 32), ("dst_port", "be16", 34))),
 }
 
 
@@ -1370,7 +1378,7 @@ def parse_key_attr(sc: Scanner, kb: KeyBuilder, ports: Mapping[str, int] | None,
         kb.put(RECIRC_ID, struct.pack("=I", v), b"\xff" * 4)
         return
     if sc.take("ct_state("):
-        fv, fm = _scan_flags(sc, CT_STATE_NAMES, 0xFF, ")", True)
+        fv, fm = scan_flags(sc, CT_STATE_NAMES, 0xFF, ")", True)
         sc.expect(")")
         kb.put(CT_STATE, struct.pack("=I", fv), struct.pack("=I", fm))
         return
@@ -1447,7 +1455,7 @@ def parse_key_attr(sc: Scanner, kb: KeyBuilder, ports: Mapping[str, int] | None,
         _parse_mpls(sc, kb)
         return
     if sc.take("tcp_flags("):
-        fv, fm = _scan_flags(sc, TCP_FLAG_NAMES, 0xFFF, ")", True)
+        fv, fm = scan_flags(sc, TCP_FLAG_NAMES, 0xFFF, ")", True)
         sc.expect(")")
         kb.put(TCP_FLAGS, struct.pack("!H", fv & 0xFFFF), struct.pack("!H", fm & 0xFFFF))
         return
@@ -1468,12 +1476,28 @@ def parse_key_attr(sc: Scanner, kb: KeyBuilder, ports: Mapping[str, int] | None,
             if sc.take(")"):
                 break
             parse_key_attr(sc, kb_inner, ports, depth + 1)
-        kb.key.append(_nla(ENCAP, b"".join(kb_inner.key)))
+        kb.key.append(nla(ENCAP, b"".join(kb_inner.key)))
         if kb.mask is not None:
             assert kb_inner.mask is not None
-            kb.mask.append(_nla(ENCAP, b"".join(kb_inner.mask)))
+            kb.mask.append(nla(ENCAP, b"".join(kb_inner.mask)))
+        return
+    m_ = _GENERIC_RE.match(sc.s, sc.i)
+    if m_:  # keyN(hex[/hex]): how OVS prints attributes it does not know (the kernel's IPV6_EXTHDRS)
+        sc.i = m_.end()
+        k = bytes.fromhex(m_.group(2).replace(" ", ""))
+        m = bytes.fromhex(m_.group(3).replace(" ", "")) if m_.group(3) is not None else b"\xff" * len(k)
+        if len(m) != len(k):
+            raise sc.fail("key and mask lengths differ")
+        t = int(m_.group(1))
+        if t > NLA_TYPE_MASK:
+            raise sc.fail("attribute type out of range")
+        kb.put(t, k, m)
         return
     raise sc.fail()
+
+
+_HEXES = r"((?:[0-9a-f]{2})?(?: [0-9a-f]{2})*)"
+_GENERIC_RE = re.compile(r"key([0-9]{1,4})\(" + _HEXES + r"(?:/" + _HEXES + r")?\)")
 
 
 def _host(be: bytes) -> bytes:
@@ -1481,7 +1505,7 @@ def _host(be: bytes) -> bytes:
     return struct.pack("=H" if len(be) == 2 else "=I", int.from_bytes(be, "big"))
 
 
-def _scan_flags(sc: Scanner, names: Mapping[int, str], allowed: int, end: str,
+def scan_flags(sc: Scanner, names: Mapping[int, str], allowed: int, end: str,
                 with_mask: bool) -> tuple[int, int]:
     """OVS parse_flags: 'a|b', '+a-b' (masked) or 'num/num'.  Plain lists are exact (all-ones u32 mask)."""
     m_ = re.compile(r"([-+]?(?:0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*))/").match(sc.s, sc.i)
@@ -1588,8 +1612,8 @@ def _parse_tunnel(sc: Scanner, kb: KeyBuilder) -> None:
     mask: list[bytes] = []
 
     def put(t: int, k: bytes, m: bytes) -> None:
-        key.append(_nla(t, k))
-        mask.append(_nla(t, m))
+        key.append(nla(t, k))
+        mask.append(nla(t, m))
 
     simple = (("tun_id=", TUN_ID, "be64"), ("src=", TUN_IPV4_SRC, "ipv4"), ("dst=", TUN_IPV4_DST, "ipv4"),
               ("ipv6_src=", TUN_IPV6_SRC, "in6"), ("ipv6_dst=", TUN_IPV6_DST, "in6"),
@@ -1616,9 +1640,9 @@ def _parse_tunnel(sc: Scanner, kb: KeyBuilder) -> None:
                 k32, m32 = _scan_vxlan_gbp(sc)
                 vx = TUN_VXLAN_OPTS
                 if k32:
-                    key.append(_nla(vx, _nla(VXLAN_EXT_GBP, struct.pack("=I", k32))))
+                    key.append(nla(vx, nla(VXLAN_EXT_GBP, struct.pack("=I", k32))))
                 if m32:
-                    mask.append(_nla(vx, _nla(VXLAN_EXT_GBP, struct.pack("=I", m32))))
+                    mask.append(nla(vx, nla(VXLAN_EXT_GBP, struct.pack("=I", m32))))
                 matched = True
             elif sc.take("geneve("):
                 k, m = _scan_geneve(sc)
@@ -1630,13 +1654,13 @@ def _parse_tunnel(sc: Scanner, kb: KeyBuilder) -> None:
                 put(TUN_GTPU_OPTS, k, m)
                 matched = True
             elif sc.take("flags("):
-                f, fm = _scan_flags(sc, TUN_FLAG_NAMES, TNL_F_MASK, ")", True)
+                f, fm = scan_flags(sc, TUN_FLAG_NAMES, TNL_F_MASK, ")", True)
                 sc.expect(")")
                 for bit, t in ((TNL_F_DF, TUN_DF), (TNL_F_CSUM, TUN_CSUM), (TNL_F_OAM, TUN_OAM)):
                     if f & bit:
-                        key.append(_nla(t, b""))
+                        key.append(nla(t, b""))
                     if fm & bit:
-                        mask.append(_nla(t, b""))
+                        mask.append(nla(t, b""))
                 matched = True
         c = sc.peek()
         sc.i += 1
@@ -1646,9 +1670,9 @@ def _parse_tunnel(sc: Scanner, kb: KeyBuilder) -> None:
             sc.i -= 1
             raise sc.fail()
         break
-    kb.key.append(_nla(TUNNEL, b"".join(key)))
+    kb.key.append(nla(TUNNEL, b"".join(key)))
     if kb.mask is not None:
-        kb.mask.append(_nla(TUNNEL, b"".join(mask)))
+        kb.mask.append(nla(TUNNEL, b"".join(mask)))
 
 
 def _scan_vxlan_gbp(sc: Scanner) -> tuple[int, int]:
@@ -1765,7 +1789,7 @@ def _parse_nsh_key(sc: Scanner, kb: KeyBuilder) -> None:
     def md1(ix: int) -> bytes:
         return struct.pack("!4I", *(vals[c][ix] for c in ("c1", "c2", "c3", "c4")))
 
-    key = _nla(NSH_BASE, base(0)) + (_nla(NSH_MD1, md1(0)) if vals["mdtype"][0] == 1 else b"")
-    kb.key.append(_nla(NSH, key))
+    key = nla(NSH_BASE, base(0)) + (nla(NSH_MD1, md1(0)) if vals["mdtype"][0] == 1 else b"")
+    kb.key.append(nla(NSH, key))
     if kb.mask is not None:
-        kb.mask.append(_nla(NSH, _nla(NSH_BASE, base(1)) + _nla(NSH_MD1, md1(1))))
+        kb.mask.append(nla(NSH, nla(NSH_BASE, base(1)) + nla(NSH_MD1, md1(1))))

@@ -40,14 +40,17 @@ def format_stats(stats: FlowStats | None, now_ms: int) -> str:
 
 def format_flow(key: bytes | memoryview, mask: bytes | memoryview | None, actions: bytes | memoryview | None,
                 ufid: bytes | None = None, stats: FlowStats | None = None, *, now_ms: int = 0,
-                verbose: bool = False, port_names: Mapping[int, str] | None = None) -> str:
+                verbose: bool = False, port_names: Mapping[int, str] | None = None,
+                dp_layer: str | None = "ovs") -> str:
     """The exact line `ovs-dpctl dump-flows` (or `-m` when verbose) prints for this flow.
 
     ovs-dpctl shows port names only when verbose unless --names is given: pass `port_names` to match.
+    Verbose lines also name the datapath layer (", dp:ovs" for kernel and userspace flows alike).
     """
     head = fk.ufid_text(ufid) + ", " if verbose and ufid else ""
+    tail = f", dp:{dp_layer}" if verbose and dp_layer else ""
     return (head + fk.format_key(key, mask, verbose=verbose, port_names=port_names) + ", "
-            + format_stats(stats, now_ms) + ", actions:" + act.format_actions(actions, port_names))
+            + format_stats(stats, now_ms) + tail + ", actions:" + act.format_actions(actions, port_names))
 
 
 @dataclass(frozen=True)
@@ -86,7 +89,7 @@ def parse_flow(text: str, *, port_names: Mapping[str, int] | None = None) -> Par
     stripped = key_text.lstrip()
     if stripped.startswith("ufid:"):
         sc = fk.Scanner(stripped, 5)
-        ufid = fk._scan_ufid(sc)
+        ufid = fk.scan_ufid(sc)
         key_text = stripped[sc.i :].lstrip(", ")
     key, mask = fk.parse_key(key_text, port_names=port_names)
     assert mask is not None
@@ -94,7 +97,7 @@ def parse_flow(text: str, *, port_names: Mapping[str, int] | None = None) -> Par
 
 
 def strip_stats(line: str) -> str:
-    """A dump-flows line without its volatile stats (for comparisons)."""
+    """A dump-flows line without its volatile stats (and -m's dp:) part, for comparisons."""
     i = line.find(", packets:")
     j = line.find(", actions:")
     if i < 0 or j < 0:

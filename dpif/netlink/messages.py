@@ -7,9 +7,10 @@ A body is everything after the nlmsghdr: genlmsghdr, the ovs_header (dp_ifindex)
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from dpif.model import (
     DatapathInfo,
@@ -30,6 +31,7 @@ from dpif.model import (
 from dpif.netlink import families as fam
 from dpif.netlink.wire import (
     GENL_HDR,
+    NLA_TYPE_MASK,
     NLM_F_ACK,
     NLM_F_CREATE,
     NLM_F_DUMP,
@@ -38,11 +40,13 @@ from dpif.netlink.wire import (
     OVS_HDR,
     Message,
     WireError,
+    attr,
 )
 
 
-@dataclass(frozen=True)
-class Request:
+class Request(NamedTuple):
+    """A request before its family id and sequence number are known (a tuple: batches build 100k)."""
+
     family: str
     cmd: int
     flags: int
@@ -237,12 +241,29 @@ def flow_put(dp_ifindex: int, flow: Flow, *, create: bool = True) -> Request:
     """NEW with CREATE fails on a duplicate (EEXIST); without it an existing flow's actions are replaced.
 
     Never terse: the multicast copy other listeners (a pinner, ovs-vswitchd) see is shaped by our flags.
+    Built directly (same bytes as `request(...)` with the table's encoders): installs are batched by 100k.
     """
     if flow.actions is None:
         raise ValueError("a flow without actions cannot be installed")
-    attrs = {"key": flow.key, "mask": flow.mask, "actions": flow.actions, "ufid": flow.ufid}
-    flags = NLM_F_CREATE if create else 0
-    return request(fam.OVS_FLOW, fam.CMD_NEW, attrs, dp_ifindex=dp_ifindex, flags=flags)
+    parts = [_FLOW_NEW_HDR, OVS_HDR.pack(dp_ifindex), attr(_F_KEY, flow.key)]
+    if flow.mask is not None:
+        parts.append(attr(_F_MASK, flow.mask))
+    parts.append(attr(_F_ACTIONS, flow.actions))
+    if flow.ufid is not None:
+        parts.append(attr(_F_UFID, flow.ufid))
+    flags = _PUT_CREATE if create else _PUT_UPDATE
+    return Request("ovs_flow", fam.CMD_NEW, flags, b"".join(parts))
+
+
+def _num(aset: fam.AttrSet, name: str) -> int:
+    return aset.by_name[name][0]
+
+
+_F_KEY, _F_MASK, _F_ACTIONS, _F_UFID = (_num(fam.FLOW_ATTRS, n) for n in ("key", "mask", "actions", "ufid"))
+_F_STATS, _F_USED, _F_TCP_FLAGS = (_num(fam.FLOW_ATTRS, n) for n in ("stats", "used", "tcp-flags"))
+_FLOW_NEW_HDR = GENL_HDR.pack(fam.CMD_NEW, fam.OVS_FLOW.version, 0)
+_PUT_CREATE = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE
+_PUT_UPDATE = NLM_F_REQUEST | NLM_F_ACK
 
 
 def flow_del(dp_ifindex: int, *, ufid: bytes | None = None, key: bytes | None = None) -> Request:
@@ -264,17 +285,57 @@ def _need_id(ufid: bytes | None, key: bytes | None) -> None:
 
 
 def decode_flow(payload: bytes | memoryview) -> tuple[int, Flow]:
-    """(dp_ifindex, flow).  A missing KEY is allowed (terse notifications carry only the UFID)."""
-    b = decode_body(fam.OVS_FLOW, payload)
-    a = b.attrs
-    s = a.get("stats")
-    stats = FlowStats(
-        packets=s["packets"] if s else 0,
-        bytes=s["bytes"] if s else 0,
-        used_ms=a.get("used", 0),
-        tcp_flags=a.get("tcp-flags", 0),
+    """(dp_ifindex, flow).  A missing KEY is allowed (terse notifications carry only the UFID).
+
+    The dump hot path: one pass over the attributes with the table's numbers, no intermediate dict
+    (tests check it against the generic table decoder).
+    """
+    mv = memoryview(payload)
+    end = len(mv)
+    if end < _FLOW_HDR_LEN:
+        raise WireError(f"ovs_flow: {end}-byte message is shorter than its {_FLOW_HDR_LEN}-byte header")
+    dp_ifindex = _S32.unpack_from(mv, GENL_HDR.size)[0]
+    key = b""
+    mask = actions = ufid = None
+    packets = nbytes = used = tcp_flags = 0
+    off = _FLOW_HDR_LEN
+    while off < end:
+        if end - off < 4:
+            raise WireError(f"truncated attribute header at offset {off}")
+        length, atype = _NLA.unpack_from(mv, off)
+        if length < 4 or off + length > end:
+            raise WireError(f"attribute length {length} at offset {off} exceeds {end - off} bytes")
+        t = atype & NLA_TYPE_MASK
+        start, off = off + 4, off + ((length + 3) & ~3)
+        if t == _F_KEY:
+            key = bytes(mv[start : start + length - 4])
+        elif t == _F_MASK:
+            mask = bytes(mv[start : start + length - 4])
+        elif t == _F_ACTIONS:
+            actions = bytes(mv[start : start + length - 4])
+        elif t == _F_UFID:
+            ufid = bytes(mv[start : start + length - 4])
+        elif t == _F_STATS:
+            if length - 4 < 16:
+                raise WireError(f"stats: expected 16 bytes, got {length - 4}")
+            packets, nbytes = _QQ.unpack_from(mv, start)
+        elif t == _F_USED:
+            if length != 12:
+                raise WireError(f"used: expected 8 bytes, got {length - 4}")
+            used = _Q.unpack_from(mv, start)[0]
+        elif t == _F_TCP_FLAGS:
+            if length != 5:
+                raise WireError(f"tcp-flags: expected 1 byte, got {length - 4}")
+            tcp_flags = mv[start]
+    stats = (
+        FlowStats(packets, nbytes, used, tcp_flags) if packets or nbytes or used or tcp_flags else _NO_STATS
     )
-    return b.dp_ifindex, Flow(a.get("key", b""), a.get("mask"), a.get("actions"), a.get("ufid"), stats)
+    return dp_ifindex, Flow(key, mask, actions, ufid, stats)
+
+
+_FLOW_HDR_LEN = GENL_HDR.size + OVS_HDR.size
+_S32, _QQ, _Q, _NLA = struct.Struct("=i"), struct.Struct("=QQ"), struct.Struct("=Q"), struct.Struct("=HH")
+_NO_STATS = FlowStats()
 
 
 # --- ovs_packet -----------------------------------------------------------------------------------------

@@ -41,7 +41,7 @@ async def test_upgrade_restarts_the_daemon_without_losing_established_traffic(
         "restore-openflow",
         "thaw",
     ]
-    assert not await ovsdb.get_flow_restore_wait(ovs.env)
+    assert not await ovsdb.get_flow_restore_wait(ovs.env, timeout=30)
     sent, received = pings["established"]
     assert sent > 100 and received == sent, pings
 
@@ -53,6 +53,6 @@ async def test_failed_restart_command_thaws_and_clears_flow_restore_wait(
         rep = await upgrade(svc, ovs.env, ttl=120, datapath="ovs-system", restart_command="exit 3")
         assert not rep.ok and "restart command failed" in rep.error
         assert rep.status["state"] == "thawed"
-    assert not await ovsdb.get_flow_restore_wait(ovs.env)
+    assert not await ovsdb.get_flow_restore_wait(ovs.env, timeout=30)
     a, b = ovs.ports
     await ovs.ping(a, b)

@@ -1,0 +1,432 @@
+"""`dpfreeze bench upgrade`: stock OVS restarts against `dpfreeze upgrade`, one lab, the same traffic.
+
+Methods (restart-measurements.md is the bar): `stop-start` is what `systemctl restart ovs-vswitchd` runs
+(Debian's `ovs-ctl --no-ovsdb-server stop`, then `start`), `ovs-ctl-restart` what `systemctl reload` runs
+(save flows, flow-restore-wait, restart, restore, clear), `dpfreeze` is `dpfreeze upgrade` with its default
+restart.  Runs alternate between methods so drift in the VM hits all of them alike.  Every method runs as
+its own process with the lab's OVS_* directories, exactly as an operator would run it, so a method that
+fails or hangs is reported as such and the bench goes on (the OVS is repaired before the next run).
+
+Per run: established packets lost, new-flow packets lost, the largest established gap (all on the wire,
+from the probes), and the upcall storm: the datapath's `missed` counter over the restart plus a settle
+time, minus the new flows' own misses (each new flow needs exactly one upcall).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from functools import partial
+from pathlib import Path
+from typing import Any, TextIO
+
+import trio
+
+from dpfreeze.cli import UserError
+from dpfreeze.ovsenv import DaemonNotRunning
+from dpfreeze.probe import Endpoint, ProbeError, ProbeSpec, Report, Timeline, run_probes
+from dpfreeze.probe.render import write
+from dpfreeze.sandbox import Sandbox, SandboxError
+
+DATAPATH = "ovs-system"
+# The options of Debian's ovs-vswitchd.service for ExecStart / ExecReload.
+CTL_OPTS = ("--no-ovsdb-server", "--no-monitor", "--system-id=random", "--no-record-hostname")
+# Reading the UDP source port into a register un-wildcards it: every new probe flow (a fresh source port)
+# becomes its own megaflow and needs an upcall, as in restart-measurements.md.
+BENCH_FLOW = "priority=10,udp,actions=move:NXM_OF_UDP_SRC[]->NXM_NX_REG0[0..15],NORMAL"
+METRICS = ("established_lost", "newflow_lost", "largest_gap_ms", "excess_misses")
+
+
+class MethodFailed(Exception):
+    """The restart method itself failed (non-zero exit, timeout): recorded for that run."""
+
+
+@dataclass(frozen=True)
+class BenchSpec:
+    runs: int = 3
+    methods: tuple[str, ...] = ("stop-start", "ovs-ctl-restart", "dpfreeze")
+    rate: float = 500.0  # established pps, as in restart-measurements.md
+    newflow_ms: float = 20.0
+    lead_s: float = 1.0
+    settle_s: float = 2.0  # after the method returns: the storm, if any, happens here
+    tail_s: float = 0.5
+    method_timeout: float = 180.0
+
+
+@dataclass
+class RunResult:
+    method: str
+    run: int
+    error: str = ""
+    established_sent: int | None = None
+    established_lost: int | None = None
+    newflow_sent: int | None = None
+    newflow_lost: int | None = None
+    largest_gap_ms: float | None = None
+    tcp_survived: bool | None = None
+    missed: int | None = None  # datapath `missed` delta over the method and the settle time
+    expected_misses: int | None = None  # the new flows sent in that window
+    excess_misses: int | None = None
+    method_s: float | None = None
+    report: str = ""
+
+
+@dataclass
+class Ctx:
+    """What a method needs: the lab's sandbox and a directory for its logs and state."""
+
+    sb: Sandbox
+    workdir: Path
+    endpoints: tuple[Endpoint, Endpoint]
+    extra: dict[str, Any] = field(default_factory=dict)  # per-method output (e.g. the upgrade report)
+
+    @property
+    def ovs_ctl(self) -> str:
+        return str(self.sb.env.pkgdatadir / "scripts" / "ovs-ctl")
+
+
+# -- running a method ------------------------------------------------------------------------------------
+
+
+async def stream(argv: Sequence[str], ctx: Ctx, tl: Timeline, log_name: str, timeout: float,
+                 mark: Callable[[str], str | None]) -> tuple[int, list[str]]:
+    """Run argv with the lab's OVS env, log its output, and mark a timeline event when `mark(line)` names one.
+
+    Output is read as it comes so events land on the timeline when they happen.  The command is done when
+    it exits, not at end-of-file: a daemon it started (ovs-ctl start) may hold the pipe open for ever.
+    """
+    lines: list[str] = []
+    env = {**os.environ, **ctx.sb.env.environ()}
+
+    async def read(proc: trio.Process, log: TextIO) -> None:
+        assert proc.stdout is not None
+        buf = b""
+        async for chunk in proc.stdout:
+            buf += chunk
+            *done, buf = buf.split(b"\n")
+            for raw in done:
+                line = raw.decode(errors="replace")
+                lines.append(line)
+                log.write(line + "\n")
+                if name := mark(line):
+                    tl.mark(name)
+
+    with (ctx.workdir / log_name).open("a") as log:
+        log.write(f"$ {' '.join(argv)}\n")
+        try:
+            with trio.fail_after(timeout):
+                async with trio.open_nursery() as nursery:
+                    proc: trio.Process = await nursery.start(partial(
+                        trio.run_process, list(argv), stdin=b"", stdout=subprocess.PIPE,
+                        stderr=subprocess.STDOUT, env=env, check=False))
+                    nursery.start_soon(read, proc, log)
+                    await proc.wait()
+                    await trio.sleep(0.2)  # the last lines, then stop reading
+                    nursery.cancel_scope.cancel()
+        except trio.TooSlowError:
+            raise MethodFailed(f"{argv[0]} still running after {timeout:g} s (killed)") from None
+    return proc.returncode or 0, lines
+
+
+def _ctl_mark(line: str) -> str | None:
+    """ovs-ctl prints one line per finished step ("Saving flows", "Starting ovs-vswitchd", ...)."""
+    text = line.strip(" *.").split(" ...")[0].strip()
+    return f"ovs-ctl: {text[:40]}" if text else None
+
+
+async def stop_start(ctx: Ctx, tl: Timeline) -> None:
+    """`systemctl restart ovs-vswitchd`: ExecStop then ExecStart, no flow save, no flow-restore-wait."""
+    for action, opts in (("stop", CTL_OPTS[:1]), ("start", CTL_OPTS)):
+        rc, _ = await stream([ctx.ovs_ctl, *opts, action], ctx, tl, "ovs-ctl.log", 60, _ctl_mark)
+        if rc:
+            raise MethodFailed(f"ovs-ctl {action}: exit {rc}")
+
+
+async def ovs_ctl_restart(ctx: Ctx, tl: Timeline) -> None:
+    """`systemctl reload ovs-vswitchd`: ovs-ctl restart (save, flow-restore-wait, restart, restore, clear)."""
+    rc, _ = await stream([ctx.ovs_ctl, *CTL_OPTS, "restart"], ctx, tl, "ovs-ctl.log", 120, _ctl_mark)
+    if rc:
+        raise MethodFailed(f"ovs-ctl restart: exit {rc}")
+
+
+_STEP = re.compile(r"\bupgrade\.step\b.*\bstep=(\S+)")
+_STATE = re.compile(r"\bstate reason=.*\bstate=(\S+)|\bstate state=(\S+)")
+
+
+def _upgrade_mark(line: str) -> str | None:
+    if m := _STEP.search(line):
+        return f"upgrade: {m.group(1)}"
+    if m := _STATE.search(line):
+        return f"state: {m.group(1) or m.group(2)}"
+    return None
+
+
+async def dpfreeze_upgrade(ctx: Ctx, tl: Timeline) -> None:
+    """`dpfreeze upgrade` as an operator runs it (its own process, in-process service, default restart)."""
+    state = ctx.workdir / "dpfreeze-state"
+    state.mkdir(exist_ok=True)
+    report = state / "upgrade.json"
+    report.unlink(missing_ok=True)
+    argv = [sys.executable, "-m", "dpfreeze.cli", "-v", "upgrade", "--state-dir", str(state),
+            "--socket", str(state / "control.sock"), "--datapath", DATAPATH, "--report", str(report)]
+    rc, lines = await stream(argv, ctx, tl, "dpfreeze-upgrade.log", 180, _upgrade_mark)
+    if report.exists():
+        ctx.extra["upgrade"] = json.loads(report.read_text())
+    if rc:
+        why = [ln.strip() for ln in lines if "error" in ln.lower() or "problem" in ln.lower()]
+        raise MethodFailed(f"dpfreeze upgrade: exit {rc}" + (f": {why[-1][:300]}" if why else ""))
+
+
+Method = Callable[[Ctx, Timeline], Awaitable[None]]
+METHODS: dict[str, Method] = {"stop-start": stop_start, "ovs-ctl-restart": ovs_ctl_restart,
+                              "dpfreeze": dpfreeze_upgrade}
+
+
+# -- the lab ---------------------------------------------------------------------------------------------
+
+
+async def missed() -> int:
+    from dpif.netlink_datapath import get_datapath
+
+    return (await get_datapath(DATAPATH)).stats.missed
+
+
+def vswitchd_alive(sb: Sandbox) -> bool:
+    try:
+        os.kill(sb.env.pid("ovs-vswitchd"), 0)
+    except (DaemonNotRunning, ProcessLookupError):
+        return False
+    return True
+
+
+async def prepare(sb: Sandbox) -> None:
+    """Make the lab ready for the next run, whatever the last method left: daemon up, FRW clear, flows."""
+    if not vswitchd_alive(sb):
+        await sb.start_vswitchd()
+    await sb.vsctl("--if-exists", "remove", "Open_vSwitch", ".", "other_config", "flow-restore-wait")
+    for br in sb.bridges:
+        await sb.run("ovs-ofctl", "add-flow", br, BENCH_FLOW)
+
+
+def probe_spec(spec: BenchSpec, endpoints: tuple[Endpoint, Endpoint]) -> ProbeSpec:
+    return ProbeSpec(src=endpoints[0], dst=endpoints[1], rate=spec.rate, newflow_ms=spec.newflow_ms,
+                     newflow_hosts=False, lead_s=spec.lead_s, tail_s=spec.tail_s)
+
+
+async def measure(ctx: Ctx, spec: BenchSpec, method: str, run: int,
+                  out: Path) -> tuple[RunResult, Report | None]:
+    """One probe run around one method; never raises for a failing method or probe."""
+    res = RunResult(method, run)
+    ctx.extra.clear()
+
+    async def disrupt(tl: Timeline) -> None:
+        m0, t0 = await missed(), time.monotonic()
+        tl.mark(f"{method} begins")
+        try:
+            await METHODS[method](ctx, tl)
+        except MethodFailed as exc:
+            res.error = str(exc)
+        res.method_s = round(time.monotonic() - t0, 3)
+        tl.mark(f"{method} {'failed' if res.error else 'done'}")
+        await trio.sleep(spec.settle_s)
+        res.missed = await missed() - m0
+        res.expected_misses = round((time.monotonic() - t0) * 1000 / spec.newflow_ms)
+        res.excess_misses = res.missed - res.expected_misses
+
+    try:
+        report = await run_probes(probe_spec(spec, ctx.endpoints), disrupt, workdir=ctx.workdir)
+    except ProbeError as exc:
+        res.error = (res.error + "; " if res.error else "") + f"probes: {exc}"
+        return res, None
+    est, new = report.cls("established"), report.cls("newflow")
+    res.established_sent, res.established_lost = est.sent, est.lost
+    res.newflow_sent, res.newflow_lost = new.sent, new.lost
+    res.largest_gap_ms = est.largest_gap_ms
+    tcp = next((c.tcp for c in report.classes if c.tcp is not None), None)
+    res.tcp_survived = tcp.survived if tcp else None
+    json_path, _ = write(report, out, f"run{run}-{method}")
+    res.report = json_path.name
+    return res, report
+
+
+# -- summary ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Stat:
+    median: float
+    low: float
+    high: float
+    n: int
+
+    def text(self, digits: int = 0) -> str:
+        f = f"{{:.{digits}f}}"
+        med = f.format(self.median)
+        return med if self.low == self.high else f"{med} ({f.format(self.low)}-{f.format(self.high)})"
+
+
+def summarize(results: Sequence[RunResult], methods: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Per method: runs, failed runs, and median/low/high of each metric over the runs that measured it."""
+    out: dict[str, dict[str, Any]] = {}
+    for m in methods:
+        rows = [r for r in results if r.method == m]
+        entry: dict[str, Any] = {"runs": len(rows), "failed": sum(1 for r in rows if r.error),
+                                 "errors": sorted({r.error for r in rows if r.error})}
+        for metric in METRICS:
+            vals = [float(v) for r in rows if (v := getattr(r, metric)) is not None]
+            entry[metric] = (asdict(Stat(statistics.median(vals), min(vals), max(vals), len(vals)))
+                             if vals else None)
+        for count in ("established_sent", "newflow_sent"):
+            vals = [float(v) for r in rows if (v := getattr(r, count)) is not None]
+            entry[count] = round(statistics.median(vals)) if vals else None
+        out[m] = entry
+    return out
+
+
+def _cell(entry: dict[str, Any], metric: str, digits: int = 0) -> str:
+    s = entry.get(metric)
+    return Stat(**s).text(digits) if s else "—"
+
+
+def markdown(summary: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
+    """The results table for docs/benchmarks.md: medians with (low-high) ranges over the runs."""
+    lines = [f"Measured {meta['date']} by `dpfreeze bench upgrade` (kernel {meta['kernel']}, "
+             f"{meta['ovs']}, {meta['cpu']}); {meta['runs']} run(s) per method, alternating, one VM boot; "
+             f"{meta['rate']:g} pps established, a new flow every {meta['newflow_ms']:g} ms.",
+             "",
+             "| method | runs (failed) | established lost / sent | new-flow lost / sent | largest gap, ms "
+             "| excess misses (storm) |",
+             "|---|---|---|---|---|---|"]
+    for m, e in summary.items():
+        lines.append(f"| {m} | {e['runs']} ({e['failed']}) | {_cell(e, 'established_lost')} / "
+                     f"{e['established_sent'] or '—'} | {_cell(e, 'newflow_lost')} / "
+                     f"{e['newflow_sent'] or '—'} | "
+                     f"{_cell(e, 'largest_gap_ms', 1)} | {_cell(e, 'excess_misses')} |")
+    for m, e in summary.items():
+        lines += [f"\n{m} failed: {err}" for err in e["errors"]]
+    return "\n".join(lines) + "\n"
+
+
+async def meta(spec: BenchSpec) -> dict[str, Any]:
+    ovs = (await trio.run_process(["ovs-vswitchd", "--version"], capture_stdout=True, check=False)).stdout
+    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                if ln.startswith("model name")), "unknown cpu")
+    return {"date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), "kernel": os.uname().release,
+            "ovs": ovs.decode().splitlines()[0].strip() if ovs else "ovs-vswitchd ?", "cpu": cpu,
+            "cpus": os.cpu_count(), "in_vm": bool(os.environ.get("DPFREEZE_IN_VM")), "runs": spec.runs,
+            "rate": spec.rate, "newflow_ms": spec.newflow_ms}
+
+
+# -- the bench -------------------------------------------------------------------------------------------
+
+
+def need_kernel_datapath(what: str) -> None:
+    if not Path("/sys/module/openvswitch").exists():
+        raise UserError(f"{what} needs the kernel datapath (no openvswitch module loaded here); run it in "
+                        f"the test VM: .venv/bin/python vm-tests/vm.py run --keep DIR -- dpfreeze {what} "
+                        "--out /results")
+
+
+async def lab_ctx(name: str, workdir: Path) -> tuple[Any, Ctx]:
+    """A two-namespace lab on the kernel datapath with the bench's OpenFlow table."""
+    from dpfreeze.lab import lab_up
+
+    st = await lab_up(name, datapath="system", namespaces=2)
+    sb = st.sandbox()
+    a, b = st.endpoints()[:2]
+    ctx = Ctx(sb, workdir, (a, b))
+    await prepare(sb)
+    await sb.ping(sb.ports[0], sb.ports[1], count=2)  # ARP and MAC learning done before any probe
+    return st, ctx
+
+
+async def bench(spec: BenchSpec, out: Path, progress: Callable[[str], None] = print) -> dict[str, Any]:
+    from dpfreeze.lab import lab_down
+
+    out.mkdir(parents=True, exist_ok=True)
+    info = await meta(spec)
+    name = f"bench{os.getpid()}"
+    results: list[RunResult] = []
+    try:
+        _, ctx = await lab_ctx(name, out)
+        for k in range(spec.runs):
+            order = list(spec.methods[k % len(spec.methods):]) + list(spec.methods[:k % len(spec.methods)])
+            for method in order:
+                try:
+                    await prepare(ctx.sb)
+                except SandboxError as exc:
+                    results.append(RunResult(method, k + 1, error=f"could not prepare the lab: {exc}"))
+                    continue
+                res, _ = await measure(ctx, spec, method, k + 1, out)
+                results.append(res)
+                progress(_line(res))
+    finally:
+        with trio.CancelScope(shield=True):
+            await lab_down(name)
+    summary = summarize(results, spec.methods)
+    doc = {"meta": info, "spec": asdict(spec), "runs": [asdict(r) for r in results], "summary": summary}
+    (out / "bench-upgrade.json").write_text(json.dumps(doc, indent=1) + "\n")
+    (out / "bench-upgrade.md").write_text(markdown(summary, info))
+    return doc
+
+
+def _line(r: RunResult) -> str:
+    if r.established_lost is None:
+        return f"run {r.run} {r.method:16} no measurement: {r.error}"
+    return (f"run {r.run} {r.method:16} established lost {r.established_lost}/{r.established_sent}, "
+            f"new-flow lost {r.newflow_lost}/{r.newflow_sent}, gap {r.largest_gap_ms:.1f} ms, "
+            f"excess misses {r.excess_misses} (missed {r.missed}), method {r.method_s} s"
+            + (f"  FAILED: {r.error}" if r.error else ""))
+
+
+# -- command line ----------------------------------------------------------------------------------------
+
+
+def _subparsers_of(sub: Any, name: str, help_text: str) -> Any:
+    """The sub-command group of `dpfreeze NAME`, made by another module (dpif.bench) or created here."""
+    parser = sub.choices.get(name) or sub.add_parser(name, help=help_text)
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return action
+    return parser.add_subparsers(dest=f"{name}_command", metavar="WHAT", required=True)
+
+
+def add_commands(sub: Any) -> None:
+    p = _subparsers_of(sub, "bench", "benchmarks").add_parser(
+        "upgrade", help="stock OVS restarts vs dpfreeze upgrade, same traffic (kernel datapath, in the VM)")
+    p.add_argument("--out", type=Path, default=Path("bench-upgrade"), help="results directory")
+    p.add_argument("--runs", type=int, default=BenchSpec.runs, help="runs per method (default 3)")
+    p.add_argument("--methods", default=",".join(BenchSpec.methods),
+                   help=f"comma-separated, of {', '.join(METHODS)} (default all)")
+    p.add_argument("--rate", type=float, default=BenchSpec.rate, help="established pps (500)")
+    p.add_argument("--newflow-ms", type=float, default=BenchSpec.newflow_ms,
+                   help="a new flow every T ms (20)")
+    p.set_defaults(handler=cmd_bench)
+
+
+async def cmd_bench(args: argparse.Namespace) -> int:
+    methods = tuple(m for m in args.methods.split(",") if m)
+    if bad := [m for m in methods if m not in METHODS]:
+        raise UserError(f"unknown method {bad[0]!r}: {', '.join(METHODS)}")
+    if not methods or not 1 <= args.runs <= 50 or args.rate <= 0 or args.newflow_ms <= 0:
+        raise UserError("need at least one method, --runs 1..50, positive --rate and --newflow-ms")
+    need_kernel_datapath("bench upgrade")
+    spec = BenchSpec(runs=args.runs, methods=methods, rate=args.rate, newflow_ms=args.newflow_ms)
+    try:
+        doc = await bench(spec, args.out)
+    except SandboxError as exc:
+        raise UserError(f"the lab failed: {exc}") from None
+    print()
+    print((args.out / "bench-upgrade.md").read_text())
+    print(f"results: {args.out / 'bench-upgrade.json'}, table: {args.out / 'bench-upgrade.md'}")
+    # A failing method is a result (reported above); a run with no measurement is a broken bench.
+    return 0 if all(r["established_sent"] is not None for r in doc["runs"]) else 1
