@@ -26,6 +26,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "dpfreeze.probe.cli",
     "dpfreeze.lab",
     "dpfreeze.bench_upgrade",
+    "dpfreeze.demo",
 )
 
 

@@ -123,6 +123,7 @@ class LineDecoder:
 
 # --- I/O -------------------------------------------------------------------------------------------
 
+
 def peer_credentials(sock: socket.socket | trio.socket.SocketType) -> tuple[int, int, int]:
     """(pid, uid, gid) of the process at the other end of a unix socket."""
     raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
@@ -135,8 +136,9 @@ def peer_allowed(uid: int) -> bool:
     return uid in (0, os.geteuid())
 
 
-async def call(path: str, cmd: str, args: dict[str, Any] | None = None, *,
-               timeout: float = 30.0) -> dict[str, Any]:
+async def call(
+    path: str, cmd: str, args: dict[str, Any] | None = None, *, timeout: float = 30.0
+) -> dict[str, Any]:
     """One request to the service; its result, or ControlError with the service's one-line refusal."""
     with trio.fail_after(timeout):
         stream = await trio.open_unix_socket(path)

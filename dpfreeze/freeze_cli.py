@@ -67,8 +67,11 @@ def _emit(doc: dict[str, Any], as_json: bool, text: str) -> None:
 
 def upgrade_text(rep: UpgradeReport) -> str:
     lines = [f"upgrade {'OK' if rep.ok else 'FAILED'}: ovs-vswitchd {rep.old_pid} -> {rep.new_pid}"]
-    lines += [f"  {s['step']}: {s['seconds']:.3f} s" + "".join(f" {k}={v}" for k, v in s.items()
-                                                          if k not in ("step", "seconds")) for s in rep.steps]
+    lines += [
+        f"  {s['step']}: {s['seconds']:.3f} s"
+        + "".join(f" {k}={v}" for k, v in s.items() if k not in ("step", "seconds"))
+        for s in rep.steps
+    ]
     lines += [f"  openflow: {c}" for c in rep.openflow_changes]
     lines += [f"  problem: {p}" for p in rep.verify]
     if rep.error:
@@ -139,8 +142,9 @@ async def _service_api(args: argparse.Namespace) -> AsyncIterator[FreezeApi]:
 
 async def cmd_upgrade(args: argparse.Namespace) -> int:
     async with _service_api(args) as api:
-        rep = await upgrade(api, ovsenv.current(), ttl=args.ttl, datapath=args.datapath,
-                            restart_command=args.restart_command)
+        rep = await upgrade(
+            api, ovsenv.current(), ttl=args.ttl, datapath=args.datapath, restart_command=args.restart_command
+        )
     if args.report:
         Path(args.report).write_text(json.dumps(rep.to_json(), indent=1, sort_keys=True) + "\n")
     if args.json:
@@ -152,15 +156,22 @@ async def cmd_upgrade(args: argparse.Namespace) -> int:
 
 def _common(p: argparse.ArgumentParser, *, json_flag: bool = True) -> None:
     p.add_argument("--socket", default=str(DEFAULT_SOCKET), help="control socket (env DPFREEZE_SOCKET)")
-    p.add_argument("--state-dir", default=str(DEFAULT_STATE_DIR),
-                   help="state file and freeze snapshot directory (env DPFREEZE_STATE_DIR)")
+    p.add_argument(
+        "--state-dir",
+        default=str(DEFAULT_STATE_DIR),
+        help="state file and freeze snapshot directory (env DPFREEZE_STATE_DIR)",
+    )
     if json_flag:
         p.add_argument("--json", action="store_true", help="machine-readable output")
 
 
 def _ttl(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--ttl", type=float, default=machine.DEFAULT_TTL,
-                   help=f"lease in seconds: expiry thaws (default {machine.DEFAULT_TTL:g})")
+    p.add_argument(
+        "--ttl",
+        type=float,
+        default=machine.DEFAULT_TTL,
+        help=f"lease in seconds: expiry thaws (default {machine.DEFAULT_TTL:g})",
+    )
 
 
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -192,7 +203,10 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     _common(p)
     _ttl(p)
     p.add_argument("--datapath", default=DEFAULT_DATAPATH)
-    p.add_argument("--restart-command", metavar="CMD",
-                   help="shell command that restarts ovs-vswitchd (default: stop and start it like ovs-ctl)")
+    p.add_argument(
+        "--restart-command",
+        metavar="CMD",
+        help="shell command that restarts ovs-vswitchd (default: stop and start it like ovs-ctl)",
+    )
     p.add_argument("--report", metavar="FILE", help="also write the JSON report to FILE")
     p.set_defaults(handler=cmd_upgrade)

@@ -47,6 +47,7 @@ RECIRC0_ACTIONS = attr(_ACTION_RECIRC, struct.pack("=I", 0))
 
 # --- who owns a portid ---------------------------------------------------------------------------
 
+
 def parse_proc_net_netlink(text: str, protocol: int = NETLINK_GENERIC) -> dict[int, int]:
     """portid -> socket inode, for one netlink protocol, from the text of /proc/net/netlink."""
     owners: dict[int, int] = {}
@@ -103,12 +104,19 @@ def portid_owners(pids: Iterable[int], proc: Path = Path("/proc")) -> list[dict[
     for p in distinct:
         inode = live.get(p)
         owner = procs.get(inode) if inode is not None else None
-        report.append({"portid": p, "alive": inode is not None,
-                       "pid": owner[0] if owner else None, "process": owner[1] if owner else None})
+        report.append(
+            {
+                "portid": p,
+                "alive": inode is not None,
+                "pid": owner[0] if owner else None,
+                "process": owner[1] if owner else None,
+            }
+        )
     return report
 
 
 # --- the miss buffer -----------------------------------------------------------------------------
+
 
 @dataclass
 class MissBuffer:
@@ -151,8 +159,9 @@ def recirc_id(key: bytes) -> int:
 
 
 def replay_request(upcall: Upcall) -> ExecuteRequest:
-    return ExecuteRequest(packet=upcall.packet, key=upcall.key, actions=RECIRC0_ACTIONS, mru=upcall.mru,
-                          hash=upcall.hash)
+    return ExecuteRequest(
+        packet=upcall.packet, key=upcall.key, actions=RECIRC0_ACTIONS, mru=upcall.mru, hash=upcall.hash
+    )
 
 
 @dataclass
@@ -168,15 +177,27 @@ class HandoverStats:
     new_owner_pids: list[int] = field(default_factory=list)
 
     def as_dict(self, buffer: MissBuffer) -> dict[str, object]:
-        return {**vars(self), "buffered": len(buffer.buffered), "buffered_bytes": buffer.bytes,
-                "overflow_packets": buffer.overflow_packets, "overflow_bytes": buffer.overflow_bytes}
+        return {
+            **vars(self),
+            "buffered": len(buffer.buffered),
+            "buffered_bytes": buffer.bytes,
+            "overflow_packets": buffer.overflow_packets,
+            "overflow_bytes": buffer.overflow_bytes,
+        }
 
 
 class Handover:
     """Upcall takeover for one datapath, per-CPU or per-vport dispatch."""
 
-    def __init__(self, dp: Datapath, pins: PinSet, buffer: MissBuffer | None = None, *,
-                 poll_interval: float = 0.02, proc: Path = Path("/proc")) -> None:
+    def __init__(
+        self,
+        dp: Datapath,
+        pins: PinSet,
+        buffer: MissBuffer | None = None,
+        *,
+        poll_interval: float = 0.02,
+        proc: Path = Path("/proc"),
+    ) -> None:
         self.dp = dp
         self.pins = pins
         self.buffer = buffer or MissBuffer()

@@ -119,8 +119,9 @@ def check_ttl(ttl: float) -> float:
     return ttl
 
 
-def step(current: FreezeState, event: Event, *, now: float | None = None, detail: str = "",
-         **changes: Any) -> FreezeState:
+def step(
+    current: FreezeState, event: Event, *, now: float | None = None, detail: str = "", **changes: Any
+) -> FreezeState:
     """Apply one event: the next state, or TransitionRefused with `current` untouched.
 
     FREEZE needs datapath, snapshot_path and ttl; RENEW needs ttl; FAIL records `detail` as the error.
@@ -132,8 +133,9 @@ def step(current: FreezeState, event: Event, *, now: float | None = None, detail
     reason = event.value + (f": {detail}" if detail else "")
     if event is Event.FREEZE:
         ttl = check_ttl(float(changes.pop("ttl")))
-        return FreezeState(state=nxt, ttl=ttl, lease_expires=now + ttl, frozen_at=now, reason=reason,
-                           **changes)
+        return FreezeState(
+            state=nxt, ttl=ttl, lease_expires=now + ttl, frozen_at=now, reason=reason, **changes
+        )
     if event is Event.RENEW:
         ttl = check_ttl(float(changes.pop("ttl")))
         return replace(current, ttl=ttl, lease_expires=now + ttl, reason=reason, **changes)

@@ -86,8 +86,9 @@ class Pinner:
     time a flow-count drop was repaired, which the hand-over uses to detect the new daemon's flush.
     """
 
-    def __init__(self, dp: Datapath, pins: PinSet, *, poll_interval: float = 0.02,
-                 remove_drop_suspects: bool = True) -> None:
+    def __init__(
+        self, dp: Datapath, pins: PinSet, *, poll_interval: float = 0.02, remove_drop_suspects: bool = True
+    ) -> None:
         self.dp = dp
         self.flows = {flow_id(f): f for f in pins.flows if f.actions is not None}
         self.vports = {v.port_no: v for v in pins.vports if v.port_no != 0}
@@ -189,8 +190,14 @@ class Pinner:
             return
         ifindex = vport.ifindex if vport.type is VportType.INTERNAL else None
         try:
-            await self.dp.port_add(vport.name, vport.type, port_no=port_no, upcall_pids=self.new_vport_pids,
-                                   options=vport.options, ifindex=ifindex)
+            await self.dp.port_add(
+                vport.name,
+                vport.type,
+                port_no=port_no,
+                upcall_pids=self.new_vport_pids,
+                options=vport.options,
+                ifindex=ifindex,
+            )
         except OSError as exc:
             if exc.errno != errno.EBUSY:  # EBUSY: someone (the daemon) already re-added it
                 self.stats.vport_failures += 1

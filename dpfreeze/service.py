@@ -74,8 +74,9 @@ class ServiceConfig:
 
 
 class FreezeService:
-    def __init__(self, config: ServiceConfig, backend: Backend, *,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, config: ServiceConfig, backend: Backend, *, clock: Callable[[], float] = time.time
+    ) -> None:
         self.config = config
         self.backend = backend
         self.store = StateStore(config.state_file)
@@ -110,8 +111,13 @@ class FreezeService:
             path = self.config.snapshot_file
             async with self.backend.open_datapath(datapath) as dp:
                 pins = await self.backend.snapshot(dp, path)
-            self._apply(Event.FREEZE, ttl=ttl, datapath=datapath, snapshot_path=str(path),
-                        counters={"flows": len(pins.flows), "vports": len(pins.vports)})
+            self._apply(
+                Event.FREEZE,
+                ttl=ttl,
+                datapath=datapath,
+                snapshot_path=str(path),
+                counters={"flows": len(pins.flows), "vports": len(pins.vports)},
+            )
             await self._start_session()
             if self.state.state is not State.FROZEN:
                 raise control.ControlError(f"freeze failed and was undone: {self.state.error}")
@@ -153,8 +159,10 @@ class FreezeService:
         """The control-socket dispatcher: refusals become one-line ControlErrors."""
         try:
             if req.cmd == "freeze":
-                return await self.freeze(float(req.args.get("ttl", machine.DEFAULT_TTL)),
-                                         str(req.args.get("datapath", DEFAULT_DATAPATH)))
+                return await self.freeze(
+                    float(req.args.get("ttl", machine.DEFAULT_TTL)),
+                    str(req.args.get("datapath", DEFAULT_DATAPATH)),
+                )
             if req.cmd == "renew":
                 return await self.renew(float(req.args.get("ttl", machine.DEFAULT_TTL)))
             if req.cmd == "thaw":
@@ -182,8 +190,9 @@ class FreezeService:
     async def _signals(self, scope: trio.CancelScope) -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async for signum in signals:
-                LOG.warning(kv("service.stop", signal=signal.Signals(signum).name,
-                               state=self.state.state.value))
+                LOG.warning(
+                    kv("service.stop", signal=signal.Signals(signum).name, state=self.state.state.value)
+                )
                 scope.cancel()
 
     async def _listen(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -202,8 +211,9 @@ class FreezeService:
         try:
             async with trio.open_nursery() as nursery:
                 task_status.started()
-                await trio.serve_listeners(self._serve_one, [trio.SocketListener(sock)],
-                                           handler_nursery=nursery)
+                await trio.serve_listeners(
+                    self._serve_one, [trio.SocketListener(sock)], handler_nursery=nursery
+                )
         finally:
             with suppress(OSError):
                 path.unlink()
@@ -239,9 +249,12 @@ class FreezeService:
                 self._dp = dp
                 pins = self.backend.load_pins(Path(self.state.snapshot_path), self.state.datapath)
                 self.pinner = Pinner(dp, pins, poll_interval=self.config.poll_interval)
-                self.handover = Handover(dp, pins, MissBuffer(self.config.max_buffer_packets,
-                                                              self.config.max_buffer_bytes),
-                                         poll_interval=self.config.poll_interval)
+                self.handover = Handover(
+                    dp,
+                    pins,
+                    MissBuffer(self.config.max_buffer_packets, self.config.max_buffer_bytes),
+                    poll_interval=self.config.poll_interval,
+                )
                 async with trio.open_nursery() as nursery:
                     await nursery.start(self.pinner.run)  # first: on resume, repairs are the most urgent
                     if self.state.state is State.FROZEN:
@@ -264,8 +277,9 @@ class FreezeService:
             if not started:
                 task_status.started()
 
-    async def _hand_over(self, dp: Datapath, pins: PinSet, pinner: Pinner,
-                         handover: Handover) -> dict[str, Any]:
+    async def _hand_over(
+        self, dp: Datapath, pins: PinSet, pinner: Pinner, handover: Handover
+    ) -> dict[str, Any]:
         """Clear flow-restore-wait, wait for the new daemon's pids and flush, re-install, replay, release."""
         pinner.frozen = False
         pinner.flush_seen = trio.Event()
@@ -298,8 +312,10 @@ class FreezeService:
     def _write_report(self) -> None:
         """The thaw report beside the state file, JSON and text, each written atomically."""
         doc = self.status_doc()
-        for name, data in (("report.json", json.dumps(doc, indent=1, sort_keys=True) + "\n"),
-                           ("report.txt", render_status(doc) + "\n")):
+        for name, data in (
+            ("report.json", json.dumps(doc, indent=1, sort_keys=True) + "\n"),
+            ("report.txt", render_status(doc) + "\n"),
+        ):
             tmp = self.config.state_dir / (name + ".tmp")
             tmp.write_text(data)
             tmp.replace(self.config.state_dir / name)
@@ -364,23 +380,32 @@ def render_status(doc: dict[str, Any]) -> str:
     report = doc.get("report") or {}
     pin = doc.get("pin") or report.get("pin") or {}
     if pin:
-        lines.append(f"flows: pinned {doc.get('counters', {}).get('flows', '?')}, re-installed "
-                     f"{pin.get('reinstalled', 0)} (failed {pin.get('reinstall_failed', 0)}), flushes seen "
-                     f"{pin.get('flushes_detected', 0)}, vports re-created {pin.get('vports_recreated', 0)}, "
-                     f"suspects {len(pin.get('suspects', []))} (removed {pin.get('suspects_removed', 0)})")
+        lines.append(
+            f"flows: pinned {doc.get('counters', {}).get('flows', '?')}, re-installed "
+            f"{pin.get('reinstalled', 0)} (failed {pin.get('reinstall_failed', 0)}), flushes seen "
+            f"{pin.get('flushes_detected', 0)}, vports re-created {pin.get('vports_recreated', 0)}, "
+            f"suspects {len(pin.get('suspects', []))} (removed {pin.get('suspects_removed', 0)})"
+        )
     ho = doc.get("handover") or report.get("handover") or {}
     if ho:
-        lines.append(f"upcalls: mode {ho.get('mode') or '-'}, taken over {ho.get('taken_over')}, misses "
-                     f"{ho.get('misses', 0)}, buffered {ho.get('buffered', 0)}, "
-                     f"replayed {ho.get('replayed', 0)}, "
-                     f"dropped {ho.get('overflow_packets', 0)} (overflow) + {ho.get('not_replayable', 0)} "
-                     f"(recirc_id != 0) + {ho.get('replay_failed', 0)} (failed)")
+        lines.append(
+            f"upcalls: mode {ho.get('mode') or '-'}, taken over {ho.get('taken_over')}, misses "
+            f"{ho.get('misses', 0)}, buffered {ho.get('buffered', 0)}, "
+            f"replayed {ho.get('replayed', 0)}, "
+            f"dropped {ho.get('overflow_packets', 0)} (overflow) + {ho.get('not_replayable', 0)} "
+            f"(recirc_id != 0) + {ho.get('replay_failed', 0)} (failed)"
+        )
     if report.get("outcome"):
-        lines.append(f"hand-over: {report['outcome']}; {report.get('recirculating_flows', 0)} recirculating "
-                     "flows will be deleted by the new daemon")
+        lines.append(
+            f"hand-over: {report['outcome']}; {report.get('recirculating_flows', 0)} recirculating "
+            "flows will be deleted by the new daemon"
+        )
     for o in doc.get("upcall_owners") or report.get("upcall_owners") or []:
-        who = f"{o['process']}[{o['pid']}]" if o.get("pid") else ("alive, owner unknown" if o.get("alive")
-                                                                  else "nobody (dead)")
+        who = (
+            f"{o['process']}[{o['pid']}]"
+            if o.get("pid")
+            else ("alive, owner unknown" if o.get("alive") else "nobody (dead)")
+        )
         lines.append(f"upcall portid {o['portid']}: {who}")
     return "\n".join(lines)
 

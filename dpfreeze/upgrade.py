@@ -87,11 +87,23 @@ async def _wait_gone(pid: int, timeout: float) -> bool:
 
 async def _run(argv: list[str], env: OvsEnv, timeout: float) -> int:
     with trio.fail_after(timeout):
-        proc = await trio.run_process(argv, check=False, env={**os.environ, **env.environ()},
-                                      stdin=b"", capture_stdout=True, capture_stderr=True)
+        proc = await trio.run_process(
+            argv,
+            check=False,
+            env={**os.environ, **env.environ()},
+            stdin=b"",
+            capture_stdout=True,
+            capture_stderr=True,
+        )
     if proc.returncode:
-        LOG.warning(kv("upgrade.command_failed", argv=" ".join(argv), rc=proc.returncode,
-                       stderr=proc.stderr.decode(errors="replace").strip()[-300:]))
+        LOG.warning(
+            kv(
+                "upgrade.command_failed",
+                argv=" ".join(argv),
+                rc=proc.returncode,
+                stderr=proc.stderr.decode(errors="replace").strip()[-300:],
+            )
+        )
     return proc.returncode
 
 
@@ -125,8 +137,12 @@ async def wait_new_daemon(env: OvsEnv, old_pid: int, timeout: float) -> int:
                 pid = env.pid(VSWITCHD)
             except DaemonNotRunning:
                 pid = 0
-            if pid and pid != old_pid and _alive(pid) and \
-                    await _run(["ovs-appctl", "-T", "2", "-t", VSWITCHD, "version"], env, 5) == 0:
+            if (
+                pid
+                and pid != old_pid
+                and _alive(pid)
+                and await _run(["ovs-appctl", "-T", "2", "-t", VSWITCHD, "version"], env, 5) == 0
+            ):
                 return pid
             await trio.sleep(0.1)
     raise UpgradeError(f"no new {VSWITCHD} answered within {timeout:g} s")
@@ -145,8 +161,10 @@ def verify(status: dict[str, Any], new_pid: int) -> list[str]:
     owners = report.get("upcall_owners") or []
     foreign = [o for o in owners if o.get("portid") and o.get("pid") != new_pid]
     if foreign:
-        problems.append("upcall portids not owned by the new daemon: "
-                        + ", ".join(f"{o['portid']}({o.get('process') or 'dead'})" for o in foreign))
+        problems.append(
+            "upcall portids not owned by the new daemon: "
+            + ", ".join(f"{o['portid']}({o.get('process') or 'dead'})" for o in foreign)
+        )
     handover = report.get("handover") or {}
     if handover.get("overflow_packets"):
         problems.append(f"{handover['overflow_packets']} upcalls dropped (miss buffer overflow)")
@@ -156,8 +174,15 @@ def verify(status: dict[str, Any], new_pid: int) -> list[str]:
     return problems
 
 
-async def upgrade(api: FreezeApi, env: OvsEnv, *, ttl: float, datapath: str,
-                  restart_command: str | None = None, daemon_timeout: float = 60.0) -> UpgradeReport:
+async def upgrade(
+    api: FreezeApi,
+    env: OvsEnv,
+    *,
+    ttl: float,
+    datapath: str,
+    restart_command: str | None = None,
+    daemon_timeout: float = 60.0,
+) -> UpgradeReport:
     rep = UpgradeReport()
     t = time.monotonic()
     try:

@@ -171,16 +171,13 @@ class NetlinkDatapath:
         await self._call(m.vport_del(self.ifindex, port_no))
 
     async def flows(self) -> AsyncIterator[Flow]:
-        """Full dump.  Flows whose actions did not fit their dump chunk are re-fetched by UFID afterwards
-        (a flow without a UFID is re-fetched by key)."""
-        incomplete: list[Flow] = []
+        """Full dump.  A flow whose actions did not fit its dump chunk is re-fetched in place (by UFID, else
+        by key) on the request socket, as dpif-netlink does: same order as ovs-dpctl's dump."""
         async for payload in self.client.dump(m.flow_dump(self.ifindex)):
             _, flow = m.decode_flow(payload)
-            if flow.actions is None:
-                incomplete.append(flow)
-            else:
+            if flow.actions is not None:
                 yield flow
-        for flow in incomplete:
+                continue
             try:
                 yield await self.flow_get(ufid=flow.ufid, key=None if flow.ufid else flow.key)
             except KernelError as exc:

@@ -31,15 +31,18 @@ def test_request_and_response_round_trip() -> None:
     assert encode_request(req).endswith(b"\n") and encode_request(req).count(b"\n") == 1
 
 
-@pytest.mark.parametrize("line, message", [
-    (b"{oops", "not a JSON line"),
-    (b"[1]", "JSON object"),
-    (b'{"id": 1, "cmd": "rm -rf"}', "unknown command"),
-    (b'{"id": "1", "cmd": "status"}', "integer"),
-    (b'{"id": true, "cmd": "status"}', "integer"),
-    (b'{"id": 1, "cmd": "status", "args": [1]}', "args"),
-    (b"\xff\xfe", "not a JSON line"),
-])
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        (b"{oops", "not a JSON line"),
+        (b"[1]", "JSON object"),
+        (b'{"id": 1, "cmd": "rm -rf"}', "unknown command"),
+        (b'{"id": "1", "cmd": "status"}', "integer"),
+        (b'{"id": true, "cmd": "status"}', "integer"),
+        (b'{"id": 1, "cmd": "status", "args": [1]}', "args"),
+        (b"\xff\xfe", "not a JSON line"),
+    ],
+)
 def test_bad_requests_are_one_line_errors(line: bytes, message: str) -> None:
     with pytest.raises(ControlError, match=message):
         decode_request(line)
@@ -66,6 +69,7 @@ async def _server(path: str, handler: control.Handler, task_status: trio.TaskSta
     sock.listen(4)
     async with trio.open_nursery() as nursery:
         task_status.started()
+
         async def serve(stream: trio.SocketStream) -> None:
             await control.serve_stream(stream, handler)
 

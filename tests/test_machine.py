@@ -83,13 +83,16 @@ def test_state_file_round_trip(tmp_path) -> None:
     assert [p.name for p in store.path.parent.iterdir()] == ["state.json"]  # no temp file left behind
 
 
-@pytest.mark.parametrize("content, message", [
-    ("{not json", "not JSON"),
-    ('{"dpfreeze_state": 99, "state": "idle"}', "version 1"),
-    ('["a list"]', "version 1"),
-    ('{"dpfreeze_state": 1, "state": "melted"}', "malformed"),
-    ('{"dpfreeze_state": 1, "state": "idle"}', "malformed"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("{not json", "not JSON"),
+        ('{"dpfreeze_state": 99, "state": "idle"}', "version 1"),
+        ('["a list"]', "version 1"),
+        ('{"dpfreeze_state": 1, "state": "melted"}', "malformed"),
+        ('{"dpfreeze_state": 1, "state": "idle"}', "malformed"),
+    ],
+)
 def test_corrupt_or_foreign_state_file_is_refused(tmp_path, content: str, message: str) -> None:
     path = tmp_path / "state.json"
     path.write_text(content)

@@ -24,6 +24,7 @@ from dpfreeze.handover import Handover, MissBuffer, parse_proc_net_netlink, reci
 from dpfreeze.machine import State, StateStore
 from dpfreeze.pin import PinSet, uses_recirculation
 from dpfreeze.service import FreezeService, ServiceConfig
+from dpfreeze.upgrade import verify
 from dpif.model import (
     Datapath,
     DatapathInfo,
@@ -59,8 +60,15 @@ class FakeDatapath:
     def __init__(self, per_cpu: bool = True) -> None:
         self.features = DpFeature.UNALIGNED | (DpFeature.DISPATCH_UPCALL_PER_CPU if per_cpu else 0)
         self.per_cpu_pids: tuple[int, ...] = (OLD_DAEMON, OLD_DAEMON) if per_cpu else ()
-        self.vports = {n: Vport(n, VportType.INTERNAL if n == 0 else VportType.NETDEV, f"p{n}",
-                                upcall_pids=(0,) if per_cpu else (OLD_DAEMON,)) for n in range(3)}
+        self.vports = {
+            n: Vport(
+                n,
+                VportType.INTERNAL if n == 0 else VportType.NETDEV,
+                f"p{n}",
+                upcall_pids=(0,) if per_cpu else (OLD_DAEMON,),
+            )
+            for n in range(3)
+        }
         self.table: dict[bytes, Flow] = {}
         self.executed: list[ExecuteRequest] = []
         self.features_set: list[int] = []
@@ -72,8 +80,9 @@ class FakeDatapath:
             ch.send_nowait(Event(kind, cmd, 5, record, sender))
 
     async def info(self) -> DatapathInfo:
-        return DatapathInfo(self.name, 5, int(self.features), DpStats(flows=len(self.table)),
-                            per_cpu_pids=self.per_cpu_pids)
+        return DatapathInfo(
+            self.name, 5, int(self.features), DpStats(flows=len(self.table)), per_cpu_pids=self.per_cpu_pids
+        )
 
     async def set_features(self, features: int, per_cpu_pids: Sequence[int] | None = None) -> DatapathInfo:
         self.features_set.append(features)
@@ -85,9 +94,15 @@ class FakeDatapath:
     async def ports(self) -> list[Vport]:
         return list(self.vports.values())
 
-    async def port_add(self, name: str, type: VportType, port_no: int | None = None,
-                       upcall_pids: Sequence[int] = (0,), options: bytes = b"",
-                       ifindex: int | None = None) -> Vport:
+    async def port_add(
+        self,
+        name: str,
+        type: VportType,
+        port_no: int | None = None,
+        upcall_pids: Sequence[int] = (0,),
+        options: bytes = b"",
+        ifindex: int | None = None,
+    ) -> Vport:
         assert port_no is not None
         if port_no in self.vports:
             raise OSError(errno.EBUSY, "busy")
@@ -114,8 +129,9 @@ class FakeDatapath:
         if err is not None:
             raise err
 
-    async def flow_put_many(self, flows: Sequence[Flow], *,
-                            create: bool = True) -> list[BaseException | None]:
+    async def flow_put_many(
+        self, flows: Sequence[Flow], *, create: bool = True
+    ) -> list[BaseException | None]:
         out: list[BaseException | None] = []
         for f in flows:
             if f.ufid in self.table:
@@ -202,7 +218,8 @@ class FakeProc:
     def set_live(self, *portids: int) -> None:
         rows = [f"0000000000000000 16 {p} 00000000 0 0 0 2 0 {9000 + i}" for i, p in enumerate(portids)]
         (self.root / "net" / "netlink").write_text(
-            "sk Eth Pid Groups Rmem Wmem Dump Locks Drops Inode\n" + "\n".join(rows) + "\n")
+            "sk Eth Pid Groups Rmem Wmem Dump Locks Drops Inode\n" + "\n".join(rows) + "\n"
+        )
 
 
 @pytest.fixture
@@ -215,10 +232,15 @@ def fake_proc(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeProc:
     return proc
 
 
-def make_service(tmp_path: Path, dp: FakeDatapath, backend: FakeBackend | None = None,
-                 **config: Any) -> FreezeService:
-    cfg = ServiceConfig(state_dir=tmp_path / "state", socket_path=tmp_path / "run" / "c.sock",
-                        poll_interval=0.005, **{"handover_timeout": 2.0, **config})
+def make_service(
+    tmp_path: Path, dp: FakeDatapath, backend: FakeBackend | None = None, **config: Any
+) -> FreezeService:
+    cfg = ServiceConfig(
+        state_dir=tmp_path / "state",
+        socket_path=tmp_path / "run" / "c.sock",
+        poll_interval=0.005,
+        **{"handover_timeout": 2.0, **config},
+    )
     return FreezeService(cfg, backend or FakeBackend(dp))
 
 
@@ -400,9 +422,11 @@ def test_miss_buffer_counts_overflow_in_packets_and_bytes() -> None:
 
 
 def test_proc_net_netlink_parsing() -> None:
-    text = ("sk               Eth Pid        Groups   Rmem     Wmem     Dump  Locks    Drops    Inode\n"
-            "ffff8a0c4c9b6800 16  2147483649 00000000 0        0        0     2        0        31337\n"
-            "ffff8a0c4c9b7000 0   1          00000000 0        0        0     2        0        42\n")
+    text = (
+        "sk               Eth Pid        Groups   Rmem     Wmem     Dump  Locks    Drops    Inode\n"
+        "ffff8a0c4c9b6800 16  2147483649 00000000 0        0        0     2        0        31337\n"
+        "ffff8a0c4c9b7000 0   1          00000000 0        0        0     2        0        42\n"
+    )
     assert parse_proc_net_netlink(text) == {2147483649: 31337}
 
 
@@ -422,3 +446,28 @@ async def test_handover_waits_for_the_old_owner(tmp_path, fake_proc) -> None:
     fake_proc.set_live(NEW_DAEMON)
     with trio.fail_after(1):
         await h.wait_owner_gone()
+
+
+def test_upgrade_verification_names_every_problem() -> None:
+    good = {
+        "state": "thawed",
+        "error": "",
+        "report": {
+            "upcall_owners": [{"portid": 7, "pid": 42, "process": "ovs-vswitchd"}],
+            "handover": {"overflow_packets": 0},
+            "pin": {"reinstall_failed": 0},
+        },
+    }
+    assert verify(good, 42) == []
+    bad = {
+        "state": "thawed",
+        "error": "OvsdbError: timeout",
+        "report": {
+            "upcall_owners": [{"portid": 7, "pid": None, "process": None}],
+            "handover": {"overflow_packets": 3},
+            "pin": {"reinstall_failed": 1},
+        },
+    }
+    problems = verify(bad, 42)
+    assert len(problems) == 4 and "7(dead)" in problems[1] and "3 upcalls dropped" in problems[2]
+    assert verify({"state": "frozen"}, 42) == ["service state is frozen, not thawed", "no hand-over report"]

@@ -124,6 +124,14 @@ def test_resolution_class_matches_replies_to_requests() -> None:
     assert c.latency is not None and c.latency.max_ms == 3.0
 
 
+def test_resolution_replies_slower_than_the_interval_are_not_loss() -> None:
+    req = [i * 100 * MS for i in range(6)]
+    c = resolution_class("nd", req, [t + 150 * MS for t in req], 100.0, 0)
+    assert (c.sent, c.received, c.lost, c.duplicated) == (6, 6, 0, 0)
+    late = resolution_class("nd", [0], [1500 * MS], 100.0, 0)  # beyond the timeout: not an answer
+    assert (late.received, late.duplicated) == (0, 1)
+
+
 def _sample_report() -> Report:
     t0 = 10_000 * MS
     est = _stream(50, 2, t0)

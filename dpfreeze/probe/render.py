@@ -10,7 +10,7 @@ from rich.table import Table
 from dpfreeze.probe.report import Report
 
 ROW_H = 28
-LEFT = 110
+LEFT = 170
 WIDTH = 960
 TOP = 40
 

@@ -7,6 +7,7 @@ dpfreeze/data/probe-report.schema.json (docs/probes.md explains each field); add
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import json
 import math
@@ -21,6 +22,7 @@ from dpfreeze.probe.frames import ProbeClass
 SCHEMA_ID = "dpfreeze/probe-report"
 SCHEMA_VERSION = 1
 NS_PER_MS = 1_000_000
+RESOLUTION_TIMEOUT_MS = 1000.0
 
 
 @dataclass(frozen=True)
@@ -148,24 +150,23 @@ def datagram_class(name: str, sent: Sequence[tuple[int, int, int]],
 
 
 def resolution_class(name: str, requests: Sequence[int], replies: Sequence[int], interval_ms: float,
-                     t0_ns: int) -> ClassReport:
-    """ARP/ND attempts: a request is answered by the first reply before the next request."""
-    reps = sorted(replies)
-    answered: list[bool] = []
+                     t0_ns: int, timeout_ms: float = RESOLUTION_TIMEOUT_MS) -> ClassReport:
+    """ARP/ND attempts.  Replies carry nothing that names their request, so a reply answers the latest
+    unanswered request sent up to `timeout_ms` before it: exact while replies come within one interval and
+    after an outage; when replies are slower than the interval, some early requests of that slow stretch
+    read as lost.  A reply with no such request is a duplicate."""
+    answered = [False] * len(requests)
     lat: list[int] = []
-    dup = j = 0
-    for i, t in enumerate(requests):
-        end = requests[i + 1] if i + 1 < len(requests) else math.inf
-        while j < len(reps) and reps[j] < t:
-            j += 1
-        n = 0
-        while j < len(reps) and reps[j] < end:
-            if n == 0:
-                lat.append(reps[j] - t)
-            n += 1
-            j += 1
-        answered.append(n > 0)
-        dup += max(0, n - 1)
+    dup = 0
+    for r in sorted(replies):
+        k = bisect.bisect_right(requests, r) - 1
+        while k >= 0 and answered[k] and r - requests[k] <= timeout_ms * NS_PER_MS:
+            k -= 1
+        if k < 0 or answered[k] or r - requests[k] > timeout_ms * NS_PER_MS:
+            dup += 1
+            continue
+        answered[k] = True
+        lat.append(r - requests[k])
     runs = loss_runs(requests, answered, interval_ms, t0_ns)
     got = sum(answered)
     return ClassReport(name, interval_ms, len(requests), got, len(requests) - got, dup, 0, _gap(runs),

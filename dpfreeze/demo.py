@@ -1,0 +1,97 @@
+"""`dpfreeze demo`: the main job, end to end, on the real kernel datapath.
+
+lab up (private OVS, two namespaces, the bench's OpenFlow table) -> continuity probes -> `dpfreeze upgrade`
+in the middle of the traffic -> probes stopped -> the continuity report (JSON, text, SVG timeline) and the
+upgrade's own report in the out directory.  A few seconds of traffic: it runs under qemu TCG.  It is the
+bench's dpfreeze leg run once, so the demo and the benchmark measure the same thing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import trio
+from rich.console import Console
+
+from dpfreeze.bench_upgrade import BenchSpec, RunResult, lab_ctx, measure, need_kernel_datapath
+from dpfreeze.cli import UserError
+from dpfreeze.probe import Report
+from dpfreeze.probe.render import table, timeline
+from dpfreeze.sandbox import SandboxError
+
+SPEC = BenchSpec(runs=1, methods=("dpfreeze",), lead_s=1.0, settle_s=1.0, tail_s=1.0)
+
+
+def verdict(res: RunResult) -> str:
+    if res.error:
+        return f"upgrade FAILED: {res.error}"
+    if res.established_lost == 0 and res.newflow_lost == 0:
+        return "HITLESS: 0 established packets lost, 0 new-flow packets dropped"
+    return (f"NOT hitless: {res.established_lost} established packets lost (largest gap "
+            f"{res.largest_gap_ms:.1f} ms), {res.newflow_lost} new-flow packets dropped")
+
+
+def render(report: Report | None, res: RunResult) -> str:
+    """The text report: probe table, timeline of events and losses, the verdict."""
+    console = Console(file=io.StringIO(), width=120, record=True)
+    if report is not None:
+        console.print(table(report))
+        for line in timeline(report):
+            console.print(line, highlight=False, markup=False)
+    console.print(f"upcall storm: {res.excess_misses} misses beyond the new flows' own "
+                  f"({res.missed} missed, {res.expected_misses} new flows)", highlight=False, markup=False)
+    console.print(verdict(res), highlight=False, markup=False)
+    return console.export_text()
+
+
+async def demo(out: Path) -> tuple[RunResult, dict[str, Path]]:
+    from dpfreeze.lab import lab_down
+
+    out.mkdir(parents=True, exist_ok=True)
+    name = f"demo{os.getpid()}"
+    scratch = Path(tempfile.mkdtemp(prefix="dpfz-demo-"))
+    try:
+        _, ctx = await lab_ctx(name, out, scratch)
+        res, report = await measure(ctx, SPEC, "dpfreeze", 1, out, stem="continuity")
+        upgrade: dict[str, Any] | None = ctx.extra.get("upgrade")
+    finally:
+        with trio.CancelScope(shield=True):
+            await lab_down(name)
+        shutil.rmtree(scratch, ignore_errors=True)
+    paths = {"text": out / "continuity.txt"}
+    paths["text"].write_text(render(report, res))
+    if report is not None:
+        paths["json"], paths["plot"] = out / "continuity.json", out / "continuity.svg"
+    if upgrade is not None:
+        paths["upgrade"] = out / "upgrade.json"
+        paths["upgrade"].write_text(json.dumps(upgrade, indent=1) + "\n")
+    return res, paths
+
+
+def add_commands(sub: Any) -> None:
+    p = sub.add_parser("demo",
+                       help="the main job: lab, probes, hitless upgrade, continuity report (in the VM)")
+    p.add_argument("--out", type=Path, default=Path("demo-out"), help="report directory (default demo-out)")
+    p.add_argument("--host-out", metavar="DIR",
+                   help="what --out is called outside the VM (only for the printed paths)")
+    p.set_defaults(handler=cmd_demo)
+
+
+async def cmd_demo(args: argparse.Namespace) -> int:
+    need_kernel_datapath("demo")
+    try:
+        res, paths = await demo(args.out)
+    except SandboxError as exc:
+        raise UserError(f"the lab failed: {exc}") from None
+    print(paths["text"].read_text())
+    shown = Path(args.host_out) if args.host_out else args.out
+    for what, path in paths.items():
+        print(f"{what:8} {shown / path.relative_to(args.out)}")
+    return 1 if res.error or res.established_lost is None else 0
