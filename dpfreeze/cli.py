@@ -51,10 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(args.verbose)
     handler = args.handler
     try:
-        if inspect.iscoroutinefunction(handler):
-            result = trio.run(handler, args)
-        else:
-            result = handler(args)
+        result = trio.run(handler, args) if inspect.iscoroutinefunction(handler) else handler(args)
     except (UserError, KernelError, WireError, OSError) as exc:
         print(f"dpfreeze: error: {exc}", file=sys.stderr)
         return 1

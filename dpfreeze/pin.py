@@ -100,6 +100,7 @@ class Pinner:
         self.stats = PinStats()
         self.flush_seen = trio.Event()
         self._repair_lock = trio.Lock()
+        self._scope = trio.CancelScope()
 
     @property
     def expected(self) -> int:
@@ -107,12 +108,17 @@ class Pinner:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Subscribe first, then reconcile (so nothing deleted in between is missed), then watch."""
-        async with self.dp.events() as events:
-            await self.reconcile()
-            task_status.started()
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._watch, events)
-                nursery.start_soon(self._poll_count)
+        with self._scope:
+            async with self.dp.events() as events:
+                await self.reconcile()
+                task_status.started()
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._watch, events)
+                    nursery.start_soon(self._poll_count)
+
+    def release(self) -> None:
+        """Stop pinning at once: after the new daemon's flush its revalidators own the flows."""
+        self._scope.cancel()
 
     async def reconcile(self) -> int:
         """Re-install every snapshot flow missing from the datapath; the number re-installed."""

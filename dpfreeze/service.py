@@ -295,6 +295,7 @@ class FreezeService:
                 if wait.cancelled_caught:  # its handlers may have refilled the table before a poll saw it
                     n = await pinner.reconcile()
                     outcome = f"new daemon owns the upcalls; no flush seen, {n} re-installed"
+            pinner.release()  # from here on, re-installing what its revalidators delete would be a fight
             await handover.replay()
             await handover.give_back()
         info, vports = await dp.info(), await dp.ports()

@@ -286,7 +286,6 @@ class UpcallReceiver:
         self._send, self._recv = trio.open_memory_channel[Upcall | Resync](4096)
 
     async def pump(self, sock: UpcallSocket) -> None:
-        sock.new_drops()
         while True:
             await trio.lowlevel.wait_readable(sock.sock)
             lost = False

@@ -40,7 +40,7 @@ from dpif.netlink.wire import (
     iter_messages,
     pack_message,
 )
-from dpif.transport import GenlClient, _Pending
+from dpif.transport import GenlClient, NetlinkSocket, _Pending, _proc_drops
 
 
 def attrs_of(req: m.Request) -> dict[int, bytes]:
@@ -290,3 +290,14 @@ def test_flow_fast_decoder_agrees_with_table_decoder(data: st.DataObject) -> Non
     stats = generic.get("stats") or {"packets": 0, "bytes": 0}
     assert (flow.stats.packets, flow.stats.bytes) == (stats["packets"], stats["bytes"])
     assert (flow.stats.used_ms, flow.stats.tcp_flags) == (generic.get("used", 0), generic.get("tcp-flags", 0))
+
+
+def test_drop_counter_is_found_for_our_socket() -> None:
+    """Overrun detection reads sk_drops in /proc/net/netlink: our row must be found (0, not None)."""
+    sock = NetlinkSocket(listener=True)
+    try:
+        assert _proc_drops(sock.inode) == 0
+        assert _proc_drops(0) is None
+        assert sock.new_drops() == 0
+    finally:
+        sock.close()

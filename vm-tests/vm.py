@@ -12,6 +12,7 @@ import argparse
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -46,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     env = dict(item.split("=", 1) for item in args.env)
-    results = args.keep
+    results = args.keep or Path(tempfile.mkdtemp(prefix="dpfreeze-vm-"))
     try:
         res = vmharness.run_in_vm(
             " ".join(args.command),
@@ -60,14 +61,15 @@ def main(argv: list[str] | None = None) -> int:
     except (vmharness.VMError, OSError, subprocess.SubprocessError) as exc:
         print(f"vm.py: {exc}", file=sys.stderr)
         return 125
+    finally:
+        if not args.keep:
+            shutil.rmtree(results, ignore_errors=True)
     if not args.quiet:
         print(
             f"vm.py: kernel {res.kernel}, {res.accel}, command started at guest uptime {res.boot} s, "
             f"rc={res.rc}, wall {res.wall:.1f} s",
             file=sys.stderr,
         )
-    if results is None:
-        shutil.rmtree(res.results, ignore_errors=True)
     return res.rc
 
 

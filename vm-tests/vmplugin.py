@@ -289,7 +289,7 @@ class KernelVMs:
             {k: 1 for k in item.keywords},
             "failed",
             "\n".join(why),
-            "teardown" if got else "call",
+            "teardown" if any(r.when == "call" for r in got) else "call",
         )
         return [*got, failed] if got else [failed]
 

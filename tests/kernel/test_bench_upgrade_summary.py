@@ -46,6 +46,7 @@ def test_timeline_marks_from_command_output() -> None:
     assert _ctl_mark(" * Saving flows") == "ovs-ctl: Saving flows"
     assert _ctl_mark("Exiting ovs-vswitchd (150).") == "ovs-ctl: Exiting ovs-vswitchd (150)"
     assert _ctl_mark("") is None
+    assert _ctl_mark("2026-11-22T05:01:23Z|00002|timeval|WARN|Unreasonably long 3078ms poll interval") is None
     line = "2026-11-22 04:00:00,000 INFO dpfreeze.upgrade upgrade.step bridges=1 step=freeze"
     assert _upgrade_mark(line) == "upgrade: freeze"
     assert _upgrade_mark("2026 INFO dpfreeze.service state reason=x state=frozen") == "state: frozen"

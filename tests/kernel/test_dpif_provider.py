@@ -35,7 +35,7 @@ from dpif.netlink_datapath import (
     list_datapaths,
     open_datapath,
 )
-from dpif.transport import GenlClient
+from dpif.transport import GenlClient, Listener, Overrun
 
 pytestmark = pytest.mark.kernel
 
@@ -210,6 +210,33 @@ async def test_notifications_from_another_process(dp: NetlinkDatapath) -> None:
         (EventKind.FLOW, EventCmd.DEL),
         (EventKind.VPORT, EventCmd.NEW),
     ]
+
+
+async def test_listener_overrun_is_reported_never_silent(dp: NetlinkDatapath) -> None:
+    """A listener too slow for a burst of flow notifications raises Overrun (with the drop count)."""
+    (template,) = [f async for f in _install(dp, UFID_FLOW)]
+    await dp.flow_flush()
+    listener = Listener(dp.client, rcvbuf=4096)
+    try:
+        await listener.join("ovs_flow")
+        flows = [
+            Flow(
+                _set_in_port(template.key, i + 1),
+                template.mask,
+                template.actions,
+                struct.pack("=4I", i, 1, 2, 3),
+            )
+            for i in range(500)
+        ]
+        assert await dp.flow_put_many(flows) == [None] * len(flows)
+        received = 0
+        with pytest.raises(Overrun) as lost, trio.fail_after(10):
+            async for batch in listener.batches():
+                received += len(batch)
+        assert received < len(flows)
+        assert lost.value.dropped is None or lost.value.dropped > 0
+    finally:
+        listener.close()
 
 
 @pytest.fixture
