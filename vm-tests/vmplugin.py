@@ -168,6 +168,9 @@ class KernelVMs:
         item.ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
         for rep in self._reports_for(item, run):
             item.ihook.pytest_runtest_logreport(report=rep)
+        # The replayed item never ran its own setup here; still release what the previous host item left
+        # set up for it (module fixtures), as pytest's own teardown phase would.
+        item.session._setupstate.teardown_exact(nextitem)
         item.ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
         return True
 
