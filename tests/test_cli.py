@@ -1,0 +1,41 @@
+"""The CLI dispatcher: the lazy command table stays in step with what the modules register."""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+
+import pytest
+
+from dpfreeze import cli
+
+
+def registered(module: str) -> set[str]:
+    parser = cli.build_parser((module,))
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return set(sub.choices)
+
+
+@pytest.mark.parametrize("module", cli.COMMAND_MODULES)
+def test_table_lists_every_command_of_each_module(module: str) -> None:
+    listed = {name for name, mods in cli.COMMANDS.items() if module in mods}
+    assert registered(module) == listed
+
+
+def test_a_command_imports_only_its_own_modules() -> None:
+    code = (
+        "import sys; from dpfreeze import cli; cli.build_parser(cli.modules_for(['dpctl', 'show']));"
+        "print(sorted(m for m in sys.modules if m.startswith(('dpfreeze.', 'dpif.'))))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "dpif.dpctl" in out
+    for heavy in ("dpfreeze.probe", "dpfreeze.service", "dpfreeze.snapshot", "scapy"):
+        assert heavy not in out
+
+
+def test_unknown_command_is_one_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["no-such-command"])
+    assert exc.value.code == 2
+    assert "invalid choice" in capsys.readouterr().err
