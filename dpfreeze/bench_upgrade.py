@@ -10,7 +10,7 @@ bench goes on (the OVS is repaired before the next run).
 Per run: established packets lost, new-flow packets lost, the largest established gap (all on the wire,
 from the probes), and the upcall storm: the datapath's `missed` counter over the whole probe run minus
 the new flows' own misses (each new flow needs exactly one upcall).  What is left is the re-learning of
-flows that already had a datapath flow (plus about ten first packets of the probe's own flows).
+flows that already had a datapath flow, plus the set-up of the probe's own flows (see `baseline`).
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ COMMANDS: dict[str, tuple[str, ...]] = {
     "dpctl": ("dpif.dpctl",),
     "bench": ("dpif.bench", "dpfreeze.bench_upgrade"),
     **dict.fromkeys(
-        ("serve", "freeze", "renew", "thaw", "status", "upgrade"), ("dpfreeze.freeze_cli",)
+        ("serve", "freeze", "renew", "thaw", "status", "preflight", "upgrade"), ("dpfreeze.freeze_cli",)
     ),
     "snapshot": ("dpfreeze.snapshot_cli",),
     "probe": ("dpfreeze.probe.cli",),
@@ -70,4 +70,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m dpfreeze.cli` runs this file as __main__, a second copy of the module: dispatch through the
+    # imported one, whose UserError is the class the commands raise (else it escapes as a traceback).
+    from dpfreeze.cli import main as imported_main
+
+    sys.exit(imported_main())

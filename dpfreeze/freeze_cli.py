@@ -1,7 +1,7 @@
-"""`dpfreeze serve | freeze | renew | thaw | status | upgrade`: thin front ends over the service.
+"""`dpfreeze serve | freeze | renew | thaw | status | preflight | upgrade`: thin front ends over the service.
 
-freeze/renew/thaw need the running service (the pin lives there); status falls back to the state file when
-the service is down; upgrade runs a service in-process when none is running.
+freeze/renew/thaw need the running service (the pin lives there); status and preflight fall back to the
+state file when the service is down; upgrade runs a service in-process when none is running.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import trio
 
 from dpfreeze import control, machine, ovsenv
 from dpfreeze.cli import UserError
+from dpfreeze.preflight import OvsdbFlowRestoreWait, preflight
 from dpfreeze.service import (
     DEFAULT_DATAPATH,
     DEFAULT_SOCKET,
@@ -124,6 +125,14 @@ async def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+async def cmd_preflight(args: argparse.Namespace) -> int:
+    result = await preflight(_config(args), OvsdbFlowRestoreWait(ovsenv.current()), repair=args.repair)
+    if result.stale and not args.repair:
+        raise UserError(f"stale freeze: {result.stale} (`dpfreeze preflight --repair` repairs it)")
+    _emit(result.to_json(), args.json, result.text())
+    return 0
+
+
 @asynccontextmanager
 async def _service_api(args: argparse.Namespace) -> AsyncIterator[FreezeApi]:
     """The running service, or one started in-process for the duration of the upgrade."""
@@ -198,6 +207,11 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p = sub.add_parser("status", help="state, lease, pinned flows, upcalls, owners of the upcall pids")
     _common(p)
     p.set_defaults(handler=cmd_status)
+
+    p = sub.add_parser("preflight", help="ExecStartPre: refuse a stale flow-restore-wait or expired lease")
+    _common(p)
+    p.add_argument("--repair", action="store_true", help="clear it and thaw the expired freeze instead")
+    p.set_defaults(handler=cmd_preflight)
 
     p = sub.add_parser("upgrade", help="hitless ovs-vswitchd restart: freeze, restart, restore, thaw")
     _common(p)

@@ -1359,129 +1359,26 @@ _PARSE_SPECS = {
         ("src", "in6", 0), ("dst", "in6", 16), ("proto", "u8u", 36), ("tp_src", "be16", 32),
         ("tp_dst", "be16", 34), ("src_port", "be16", 32), ("dst_port", "be16", 34))),
 }
+_PACKET_TYPE_SPEC = AttrSpec(PACKET_TYPE, "packet_type", 4, _f(("ns", "be16", 0), ("id", "be16", 2)))
+
+KeyParser = Callable[[Scanner, KeyBuilder, "Mapping[str, int] | None", int], None]
 
 
 def parse_key_attr(sc: Scanner, kb: KeyBuilder, ports: Mapping[str, int] | None, depth: int) -> None:
-    """parse_odp_key_mask_attr__: one attribute at the cursor."""
+    """parse_odp_key_mask_attr__: one attribute at the cursor.
+
+    Every attribute reads as `name(`, so the text up to the first '(' picks its parser in one lookup
+    (the prefixes are distinct, so this is what trying them in turn would pick)."""
     if depth >= 32:
         raise sc.fail("nested too deeply")
-    wm = kb.mask is not None
-    for prefix, t in _SINGLE_U32:
-        if sc.take(prefix):
-            k, m = _scan_masked(sc, "be32x", True)
-            sc.expect(")")
-            kb.put(t, _host(k), _host(m))
-            return
-    if sc.take("recirc_id("):
-        v = sc.num(32)
-        sc.expect(")")
-        kb.put(RECIRC_ID, struct.pack("=I", v), b"\xff" * 4)
+    s, i = sc.s, sc.i
+    j = s.find("(", i)
+    parser = _KEY_PARSERS.get(s[i : j + 1]) if j >= 0 else None
+    if parser is not None:
+        sc.i = j + 1
+        parser(sc, kb, ports, depth)
         return
-    if sc.take("ct_state("):
-        fv, fm = scan_flags(sc, CT_STATE_NAMES, 0xFF, ")", True)
-        sc.expect(")")
-        kb.put(CT_STATE, struct.pack("=I", fv), struct.pack("=I", fm))
-        return
-    if sc.take("ct_zone("):
-        k, m = _scan_masked(sc, "be16x", True)
-        sc.expect(")")
-        kb.put(CT_ZONE, _host(k), _host(m))
-        return
-    if sc.take("ct_label("):
-        lv = sc.int_string(16)
-        lm = sc.int_string(16) if sc.take("/") else b"\xff" * 16
-        sc.expect(")")
-        kb.put(CT_LABELS, lv[::-1], lm[::-1])
-        return
-    for prefix, t in _STRUCTS:
-        if sc.take(prefix):
-            k, m = _scan_struct(sc, _PARSE_SPECS.get(t, KEY_ATTRS[t]), True)
-            kb.put(t, k, m)
-            return
-    if sc.take("tunnel("):
-        _parse_tunnel(sc, kb)
-        return
-    if sc.take("in_port("):
-        m_ = _INT_RE.match(sc.s, sc.i)
-        if m_:
-            k, m = _scan_masked(sc, "be32x", True)
-            k, m = _host(k), _host(m)
-        else:
-            j = sc.s.find(")", sc.i)
-            name = sc.s[sc.i : j] if j >= 0 else ""
-            if not ports or name not in ports:
-                raise sc.fail("unknown port")
-            sc.i = j
-            k, m = struct.pack("=I", ports[name]), b"\xff" * 4
-        sc.expect(")")
-        kb.put(IN_PORT, k, m)
-        return
-    if sc.take("vlan("):
-        tci, tmask = 0x1000, 0x1000
-        while True:
-            matched = False
-            for prefix, bits, shift in (("vid=", 12, 0), ("pcp=", 3, 13), ("cfi=", 1, 12)):
-                if sc.take(prefix):
-                    v = sc.num(16)
-                    if v >> bits:
-                        raise sc.fail("vlan field out of range")
-                    fm = ((1 << bits) - 1) << shift
-                    tci = (tci & ~fm) | (v << shift)
-                    if sc.take("/"):
-                        mv = sc.num(16)
-                        if mv >> bits:
-                            raise sc.fail("vlan mask out of range")
-                        tmask = (tmask & ~fm) | (mv << shift)
-                    else:
-                        tmask |= fm
-                    matched = True
-                    break
-            c = sc.peek()
-            sc.i += 1
-            if c == "," and matched:
-                continue
-            if c != ")":
-                sc.i -= 1
-                raise sc.fail()
-            break
-        kb.put(VLAN, struct.pack("!H", tci), struct.pack("!H", tmask))
-        return
-    if sc.take("eth_type("):
-        k, m = _scan_masked(sc, "be16x", True)
-        sc.expect(")")
-        kb.put(ETHERTYPE, k, m)
-        return
-    if sc.take("mpls("):
-        _parse_mpls(sc, kb)
-        return
-    if sc.take("tcp_flags("):
-        fv, fm = scan_flags(sc, TCP_FLAG_NAMES, 0xFFF, ")", True)
-        sc.expect(")")
-        kb.put(TCP_FLAGS, struct.pack("!H", fv & 0xFFFF), struct.pack("!H", fm & 0xFFFF))
-        return
-    if sc.take("packet_type("):
-        spec = AttrSpec(PACKET_TYPE, "packet_type", 4, _f(("ns", "be16", 0), ("id", "be16", 2)))
-        k, m = _scan_struct(sc, spec, True)
-        kb.put(PACKET_TYPE, k, m)
-        return
-    if sc.take("nsh("):
-        _parse_nsh_key(sc, kb)
-        return
-    if sc.take("encap("):
-        kb_inner = KeyBuilder(wm)
-        while True:
-            sc.skip()
-            if sc.i >= len(sc.s):
-                raise sc.fail("unterminated encap(")
-            if sc.take(")"):
-                break
-            parse_key_attr(sc, kb_inner, ports, depth + 1)
-        kb.key.append(nla(ENCAP, b"".join(kb_inner.key)))
-        if kb.mask is not None:
-            assert kb_inner.mask is not None
-            kb.mask.append(nla(ENCAP, b"".join(kb_inner.mask)))
-        return
-    m_ = _GENERIC_RE.match(sc.s, sc.i)
+    m_ = _GENERIC_RE.match(s, i)
     if m_:  # keyN(hex[/hex]): how OVS prints attributes it does not know (the kernel's IPV6_EXTHDRS)
         sc.i = m_.end()
         k = bytes.fromhex(m_.group(2).replace(" ", ""))
@@ -1494,6 +1391,149 @@ def parse_key_attr(sc: Scanner, kb: KeyBuilder, ports: Mapping[str, int] | None,
         kb.put(t, k, m)
         return
     raise sc.fail()
+
+
+def _u32_parser(t: int) -> KeyParser:
+    def parse(sc: Scanner, kb: KeyBuilder, ports: Mapping[str, int] | None, depth: int) -> None:
+        k, m = _scan_masked(sc, "be32x", True)
+        sc.expect(")")
+        kb.put(t, _host(k), _host(m))
+    return parse
+
+
+def _struct_parser(t: int) -> KeyParser:
+    spec = _PARSE_SPECS.get(t, KEY_ATTRS[t])
+
+    def parse(sc: Scanner, kb: KeyBuilder, ports: Mapping[str, int] | None, depth: int) -> None:
+        k, m = _scan_struct(sc, spec, True)
+        kb.put(t, k, m)
+    return parse
+
+
+def _p_recirc_id(sc: Scanner, kb: KeyBuilder, ports: Mapping[str, int] | None, depth: int) -> None:
+    v = sc.num(32)
+    sc.expect(")")
+    kb.put(RECIRC_ID, struct.pack("=I", v), b"\xff" * 4)
+
+
+def _p_ct_state(sc: Scanner, kb: KeyBuilder, ports: Mapping[str, int] | None, depth: int) -> None:
+    fv, fm = scan_flags(sc, CT_STATE_NAMES, 0xFF, ")", True)
+    sc.expect(")")
+    kb.put(CT_STATE, struct.pack("=I", fv), struct.pack("=I", fm))
+
+
+def _p_ct_zone(sc: Scanner, kb: KeyBuilder, ports: Mapping[str, int] | None, depth: int) -> None:
+    k, m = _scan_masked(sc, "be16x", True)
+    sc.expect(")")
+    kb.put(CT_ZONE, _host(k), _host(m))
+
+
+def _p_ct_label(sc: Scanner, kb: KeyBuilder, ports: Mapping[str, int] | None, depth: int) -> None:
+    lv = sc.int_string(16)
+    lm = sc.int_string(16) if sc.take("/") else b"\xff" * 16
+    sc.expect(")")
+    kb.put(CT_LABELS, lv[::-1], lm[::-1])
+
+
+def _p_tunnel(sc: Scanner, kb: KeyBuilder, ports: Mapping[str, int] | None, depth: int) -> None:
+    _parse_tunnel(sc, kb)
+
+
+def _p_in_port(sc: Scanner, kb: KeyBuilder, ports: Mapping[str, int] | None, depth: int) -> None:
+    m_ = _INT_RE.match(sc.s, sc.i)
+    if m_:
+        k, m = _scan_masked(sc, "be32x", True)
+        k, m = _host(k), _host(m)
+    else:
+        j = sc.s.find(")", sc.i)
+        name = sc.s[sc.i : j] if j >= 0 else ""
+        if not ports or name not in ports:
+            raise sc.fail("unknown port")
+        sc.i = j
+        k, m = struct.pack("=I", ports[name]), b"\xff" * 4
+    sc.expect(")")
+    kb.put(IN_PORT, k, m)
+
+
+def _p_vlan(sc: Scanner, kb: KeyBuilder, ports: Mapping[str, int] | None, depth: int) -> None:
+    tci, tmask = 0x1000, 0x1000
+    while True:
+        matched = False
+        for prefix, bits, shift in (("vid=", 12, 0), ("pcp=", 3, 13), ("cfi=", 1, 12)):
+            if sc.take(prefix):
+                v = sc.num(16)
+                if v >> bits:
+                    raise sc.fail("vlan field out of range")
+                fm = ((1 << bits) - 1) << shift
+                tci = (tci & ~fm) | (v << shift)
+                if sc.take("/"):
+                    mv = sc.num(16)
+                    if mv >> bits:
+                        raise sc.fail("vlan mask out of range")
+                    tmask = (tmask & ~fm) | (mv << shift)
+                else:
+                    tmask |= fm
+                matched = True
+                break
+        c = sc.peek()
+        sc.i += 1
+        if c == "," and matched:
+            continue
+        if c != ")":
+            sc.i -= 1
+            raise sc.fail()
+        break
+    kb.put(VLAN, struct.pack("!H", tci), struct.pack("!H", tmask))
+
+
+def _p_eth_type(sc: Scanner, kb: KeyBuilder, ports: Mapping[str, int] | None, depth: int) -> None:
+    k, m = _scan_masked(sc, "be16x", True)
+    sc.expect(")")
+    kb.put(ETHERTYPE, k, m)
+
+
+def _p_mpls(sc: Scanner, kb: KeyBuilder, ports: Mapping[str, int] | None, depth: int) -> None:
+    _parse_mpls(sc, kb)
+
+
+def _p_tcp_flags(sc: Scanner, kb: KeyBuilder, ports: Mapping[str, int] | None, depth: int) -> None:
+    fv, fm = scan_flags(sc, TCP_FLAG_NAMES, 0xFFF, ")", True)
+    sc.expect(")")
+    kb.put(TCP_FLAGS, struct.pack("!H", fv & 0xFFFF), struct.pack("!H", fm & 0xFFFF))
+
+
+def _p_packet_type(sc: Scanner, kb: KeyBuilder, ports: Mapping[str, int] | None, depth: int) -> None:
+    k, m = _scan_struct(sc, _PACKET_TYPE_SPEC, True)
+    kb.put(PACKET_TYPE, k, m)
+
+
+def _p_nsh(sc: Scanner, kb: KeyBuilder, ports: Mapping[str, int] | None, depth: int) -> None:
+    _parse_nsh_key(sc, kb)
+
+
+def _p_encap(sc: Scanner, kb: KeyBuilder, ports: Mapping[str, int] | None, depth: int) -> None:
+    kb_inner = KeyBuilder(kb.mask is not None)
+    while True:
+        sc.skip()
+        if sc.i >= len(sc.s):
+            raise sc.fail("unterminated encap(")
+        if sc.take(")"):
+            break
+        parse_key_attr(sc, kb_inner, ports, depth + 1)
+    kb.key.append(nla(ENCAP, b"".join(kb_inner.key)))
+    if kb.mask is not None:
+        assert kb_inner.mask is not None
+        kb.mask.append(nla(ENCAP, b"".join(kb_inner.mask)))
+
+
+_KEY_PARSERS: dict[str, KeyParser] = {
+    **{prefix: _u32_parser(t) for prefix, t in _SINGLE_U32},
+    "recirc_id(": _p_recirc_id, "ct_state(": _p_ct_state, "ct_zone(": _p_ct_zone, "ct_label(": _p_ct_label,
+    **{prefix: _struct_parser(t) for prefix, t in _STRUCTS},
+    "tunnel(": _p_tunnel, "in_port(": _p_in_port, "vlan(": _p_vlan, "eth_type(": _p_eth_type,
+    "mpls(": _p_mpls, "tcp_flags(": _p_tcp_flags, "packet_type(": _p_packet_type, "nsh(": _p_nsh,
+    "encap(": _p_encap,
+}
 
 
 _HEXES = r"((?:[0-9a-f]{2})?(?: [0-9a-f]{2})*)"
