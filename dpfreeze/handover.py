@@ -35,14 +35,14 @@ from dpif.model import (
     UpcallReceiver,
     Vport,
 )
+from dpif.netlink.actions import RECIRC as ACTION_RECIRC
+from dpif.netlink.flowkey import RECIRC_ID as KEY_RECIRC_ID
 from dpif.netlink.wire import WireError, attr, iter_attrs, u32
 
 LOG = logging.getLogger(__name__)
 
 NETLINK_GENERIC = 16
-_KEY_RECIRC_ID = 20  # OVS_KEY_ATTR_RECIRC_ID
-_ACTION_RECIRC = 7  # OVS_ACTION_ATTR_RECIRC
-RECIRC0_ACTIONS = attr(_ACTION_RECIRC, struct.pack("=I", 0))
+RECIRC0_ACTIONS = attr(ACTION_RECIRC, struct.pack("=I", 0))
 
 
 # --- who owns a portid ---------------------------------------------------------------------------
@@ -151,7 +151,7 @@ class MissBuffer:
 def recirc_id(key: bytes) -> int:
     try:
         for t, v in iter_attrs(key):
-            if t == _KEY_RECIRC_ID:
+            if t == KEY_RECIRC_ID:
                 return u32(v)
     except WireError:
         return -1

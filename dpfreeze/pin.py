@@ -19,13 +19,13 @@ import trio
 
 from dpfreeze.log import kv
 from dpif.model import Datapath, DatapathInfo, Event, EventCmd, EventKind, Flow, Resync, Vport, VportType
+from dpif.netlink.actions import RECIRC as ACTION_RECIRC
+from dpif.netlink.flowkey import RECIRC_ID as KEY_RECIRC_ID
 from dpif.netlink.wire import WireError, iter_attrs, u32
 
 LOG = logging.getLogger(__name__)
 
 # Attribute numbers this module inspects (uAPI openvswitch.h; not yet exported by dpif.netlink).
-_KEY_RECIRC_ID = 20
-_ACTION_RECIRC = 7
 
 
 @dataclass(frozen=True)
@@ -68,9 +68,9 @@ def uses_recirculation(flow: Flow) -> bool:
     """True if the new daemon will delete this flow on its first dump (recirc_id != 0 or a recirc action)."""
     try:
         for t, v in iter_attrs(flow.key):
-            if t == _KEY_RECIRC_ID and u32(v) != 0:
+            if t == KEY_RECIRC_ID and u32(v) != 0:
                 return True
-        return any(t == _ACTION_RECIRC for t, _ in iter_attrs(flow.actions or b""))
+        return any(t == ACTION_RECIRC for t, _ in iter_attrs(flow.actions or b""))
     except WireError:
         return False
 

@@ -512,7 +512,23 @@ _FORMATTERS = {
 
 
 def parse_actions(text: str, *, port_names: Mapping[str, int] | None = None) -> bytes:
-    """odp_actions_from_string -> the OVS_FLOW_ATTR_ACTIONS payload.  Raises ParseError."""
+    """odp_actions_from_string -> the OVS_FLOW_ATTR_ACTIONS payload.  Raises ParseError.
+
+    Memoized by text (flows share a handful of action lists), with the port names the parse consulted
+    re-checked on a hit."""
+    hit = _PARSED.get(text)
+    if hit is not None and (not hit[1] or fk.same_answers(hit[1], port_names)):
+        return hit[0]
+    seen = fk.PortsSeen(port_names)
+    data = _parse_actions(text, seen)
+    fk.remember(_PARSED, text, (data, seen.answers()))
+    return data
+
+
+_PARSED: dict[str, tuple[bytes, fk.PortAnswers]] = {}
+
+
+def _parse_actions(text: str, ports: Mapping[str, int]) -> bytes:
     if text.strip().lower() == "drop":
         return b""
     sc = Scanner(text)
@@ -521,7 +537,7 @@ def parse_actions(text: str, *, port_names: Mapping[str, int] | None = None) -> 
         sc.skip()
         if sc.i >= len(sc.s):
             return b"".join(out)
-        _parse_action(sc, out, port_names, 1)
+        _parse_action(sc, out, ports, 1)
         if sc.i < len(sc.s) and sc.s[sc.i] not in fk.DELIMS:
             raise sc.fail()
 

@@ -4,6 +4,8 @@ The text side reproduces OVS 3.1 `odp_flow_format` / `odp_flow_from_string` (lib
 quirks included (C's `%#x` prints 0 as "0", ct_mark/ct_zone print nothing without a mask, ...), because
 `dpfreeze dpctl dump-flows` must be byte-identical to `ovs-dpctl dump-flows`.  Formatting works on
 memoryviews with precomputed tables and never builds a per-flow tree: dumps of 100k flows stay cheap.
+Both directions memoize (bounded) what flows share: attribute text by bytes, per-mask layouts, parsed
+attributes by text, so only what differs between flows is formatted or parsed.
 
 Typed values (`KeyAttr`) keep the raw payload beside the decoded fields, so a flow re-installs verbatim.
 """
@@ -14,8 +16,12 @@ import re
 import struct
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
+from typing import TypeVar
 
 from dpif.netlink.wire import NLA_HDR, NLA_TYPE_MASK, WireError, align4
+
+_T = TypeVar("_T")
 
 # --- numbers (include/linux/openvswitch.h) -------------------------------------------------------------
 
@@ -77,6 +83,11 @@ class AttrSpec:
     sub_max: int = 0
     care: int | None = None  # leading bytes that count for wildcard/exact (struct padding excluded)
     scalar: str = ""  # struct format of a scalar payload ("=I", "!H", ...)
+
+    @cached_property
+    def by_prefix(self) -> dict[str, Field]:
+        """The fields by their `name=` prefix, for the parser."""
+        return {f.name + "=": f for f in self.fields}
 
 
 def _f(*spec: tuple[str, str, int]) -> tuple[Field, ...]:
@@ -428,12 +439,59 @@ def fmt_field(out: list[str], f: Field, key: memoryview | bytes, mask: memoryvie
     out.append(text)
 
 
-def fmt_struct(spec: AttrSpec, key: memoryview | bytes, mask: memoryview | bytes | None,
-               verbose: bool) -> str:
-    out: list[str] = []
+# Which members a struct attribute shows, and each one's "/mask" suffix, depend on the mask alone; flows
+# share masks, so that is worked out once per mask and only the shown key values are rendered per flow.
+StructPlan = tuple[tuple["Field | None", str], ...]  # (member, suffix) or (None, constant text)
+_STRUCT_PLANS: dict[tuple[str, bytes | None, bool], StructPlan] = {}
+
+
+def _struct_plan(spec: AttrSpec, mask: bytes | None, verbose: bool) -> StructPlan:
+    plan: list[tuple[Field | None, str]] = []
     for f in spec.fields:
-        fmt_field(out, f, key, mask, verbose)
-    return ",".join(out)
+        o, n, kind = f.offset, f.size, f.kind
+        if mask is None:
+            plan.append((f, ""))
+        elif kind == "frag":
+            mv = mask[o]
+            if mv and mv != 255:
+                plan.append((None, f"error: partial mask not supported for frag ({hx(mv)})"))
+            elif mv:
+                plan.append((f, ""))
+        elif kind in ("eth", "in6"):
+            mb = mask[o : o + n]
+            if any(mb) or verbose:
+                plan.append((f, "" if mb == b"\xff" * n else "/" + _render(kind, mb)))
+        else:
+            m = int.from_bytes(mask[o : o + n], "big")
+            if m or verbose:
+                full = (m & 0xFFFFF) == 0xFFFFF if kind == "label" else m == _ONES[n]
+                plan.append((f, "" if full else "/" + _render_mask(kind, m)))
+    return tuple(plan)
+
+
+def _member_text(f: Field, key: bytes) -> str:
+    o, kind = f.offset, f.kind
+    if kind == "frag":
+        k = key[o]
+        return FRAG_NAMES[k] if k < 3 else "<error>"
+    if kind == "eth":
+        return key[o : o + 6].hex(":")
+    if kind == "in6":
+        return ip6(key[o : o + 16])
+    return _render(kind, int.from_bytes(key[o : o + f.size], "big"))
+
+
+def _fmt_struct_attr(name: str, a: memoryview | bytes, ma: memoryview | bytes | None, exact: bool,
+                     verbose: bool, ports: Mapping[int, str] | None) -> str:
+    mb = bytes(ma) if ma is not None else None
+    plan = _STRUCT_PLANS.get((name, mb, verbose))
+    if plan is None:
+        if len(_STRUCT_PLANS) >= 1 << 12:
+            _STRUCT_PLANS.clear()
+        plan = _STRUCT_PLANS[name, mb, verbose] = _struct_plan(_BY_NAME[name], mb, verbose)
+    kb = bytes(a)
+    return name + "(" + ",".join(text if f is None else f"{f.name}={_member_text(f, kb)}{text}"
+                                 for f, text in plan) + ")"
 
 
 def generic_hex(b: bytes | memoryview) -> str:
@@ -551,7 +609,7 @@ def _flow_format(key: bytes, mask: bytes | None, verbose: bool, ports: Mapping[i
         return "<empty>"
     out: list[str] = []
     has_mask = bool(mask)
-    masks = _first_attrs(mask) if has_mask else {}
+    masks = _mask_attrs(mask) if mask else {}
     has_ethtype = has_packet_type = False
     first = True
     off = 0
@@ -562,7 +620,7 @@ def _flow_format(key: bytes, mask: bytes | None, verbose: bool, ports: Mapping[i
         t &= NLA_TYPE_MASK
         a = key[off + 4 : off + ln]
         off += (ln + 3) & ~3
-        ma: bytes | None = masks.get(t) if has_mask else None
+        ma, wildcard = masks.get(t, _ABSENT) if has_mask else _EXACT
         exp = _KEY_LEN[t] if t <= KEY_ATTR_MAX else None
         if exp is not None and exp >= 0 and (len(a) != exp or (ma is not None and len(ma) != exp)):
             out.append(check_attr_len(t, a, ma, KEY_ATTRS, KEY_ATTR_MAX, False) or "")
@@ -571,15 +629,13 @@ def _flow_format(key: bytes, mask: bytes | None, verbose: bool, ports: Mapping[i
             has_ethtype = True
         elif t == PACKET_TYPE:
             has_packet_type = True
-        wildcard = False
-        if has_mask:
-            wildcard = mask_is_constant(t, ma, False) if ma is not None else True
         if verbose or not wildcard or exp == NESTED:
             if wildcard and ma is None:
                 ma = _zero_mask(KEY_ATTRS, KEY_ATTR_MAX, t, memoryview(a))
             if not first:
                 out.append(",")
-            out.append(_cached_attr(t, a, ma, verbose, ports))
+            text = _ATTR_CACHE.get((t, a, ma, verbose)) if t != IN_PORT or not ports else None
+            out.append(text if text is not None else _cached_attr(t, a, ma, verbose, ports))
             first = False
         elif t == ETHERNET and not has_packet_type:
             if not first:
@@ -593,13 +649,27 @@ def _flow_format(key: bytes, mask: bytes | None, verbose: bool, ports: Mapping[i
             out.append("<empty>")
         out.append(f",***{left} leftover bytes*** ({key[n - left :].hex()})")
     if not has_ethtype and mask is not None:
-        me = _first_attrs(mask).get(ETHERTYPE)
+        me = masks.get(ETHERTYPE, _ABSENT)[0]
         if me is not None and len(me) >= 2:
             out.append(f",eth_type(0/0x{int.from_bytes(me[:2], 'big'):04x})")
     return "".join(out)
 
 
 _KEY_LEN = [attr_len(KEY_ATTRS, KEY_ATTR_MAX, t) for t in range(KEY_ATTR_MAX + 1)]
+_ABSENT: tuple[bytes | None, bool] = (None, True)  # no mask attribute: wildcarded
+_EXACT: tuple[bytes | None, bool] = (None, False)  # no mask at all: everything exact
+_MASK_ATTRS: dict[bytes, dict[int, tuple[bytes | None, bool]]] = {}
+
+
+def _mask_attrs(mask: bytes) -> dict[int, tuple[bytes | None, bool]]:
+    """Each type's first mask attribute and whether it wildcards, memoized: flows share their masks."""
+    found = _MASK_ATTRS.get(mask)
+    if found is None:
+        if len(_MASK_ATTRS) >= 1 << 12:
+            _MASK_ATTRS.clear()
+        found = _MASK_ATTRS[mask] = {t: (m, mask_is_constant(t, m, False))
+                                     for t, m in _first_attrs(mask).items()}
+    return found
 _ATTR_CACHE: dict[tuple[int, bytes, bytes | None, bool], str] = {}
 _ATTR_CACHE_MAX = 1 << 16
 
@@ -713,11 +783,6 @@ def _fmt_ct_label(name: str, a: memoryview | bytes, ma: memoryview | bytes | Non
         if ma is not None and bytes(ma) != b"\xff" * 16:
             s += "/" + u128_hex(ma)
     return f"{name}({s})"
-
-
-def _fmt_struct_attr(name: str, a: memoryview | bytes, ma: memoryview | bytes | None, exact: bool,
-                     verbose: bool, ports: Mapping[int, str] | None) -> str:
-    return f"{name}({fmt_struct(_BY_NAME[name], a, ma, verbose)})"
 
 
 def _fmt_in_port(name: str, a: memoryview | bytes, ma: memoryview | bytes | None, exact: bool,
@@ -1274,16 +1339,18 @@ def _scan_struct(sc: Scanner, spec: AttrSpec, with_mask: bool) -> tuple[bytes, b
     """SCAN_BEGIN ... SCAN_FIELD ... SCAN_END: named fields in any order, unnamed ones zero/wildcard."""
     key = bytearray(spec.length)
     mask = bytearray(spec.length)
-    by_prefix = [(f.name + "=", f) for f in spec.fields]
+    by_prefix = spec.by_prefix
+    s = sc.s
     while True:
-        matched = False
-        for prefix, f in by_prefix:
-            if sc.take(prefix):
-                k, m = _scan_masked(sc, f.kind, with_mask)
-                key[f.offset : f.offset + f.size] = k
-                mask[f.offset : f.offset + f.size] = m
-                matched = True
-                break
+        # each prefix is "name=": the text up to the next '=' is the only one that can match
+        j = s.find("=", sc.i)
+        f = by_prefix.get(s[sc.i : j + 1]) if j >= 0 else None
+        matched = f is not None
+        if f is not None:
+            sc.i = j + 1
+            k, m = _scan_value(sc, f.kind, with_mask)
+            key[f.offset : f.offset + f.size] = k
+            mask[f.offset : f.offset + f.size] = m
         c = sc.peek()
         sc.i += 1
         if c == "," and matched:
@@ -1292,6 +1359,29 @@ def _scan_struct(sc: Scanner, spec: AttrSpec, with_mask: bool) -> tuple[bytes, b
             sc.i -= 1
             raise sc.fail()
         return bytes(key), bytes(mask)
+
+
+_PARSED_VALUES: dict[str, dict[str, tuple[bytes, bytes]]] = {kind: {} for kind in _KIND_SIZE}
+
+
+def _scan_value(sc: Scanner, kind: str, with_mask: bool) -> tuple[bytes, bytes]:
+    """_scan_masked memoized by the text up to the next ',' or ')' (most member values repeat, e.g.
+    "frag=no", "proto=6"); kept only when the scan ended there, as nothing after it is looked at."""
+    if not with_mask:
+        return _scan_masked(sc, kind, with_mask)
+    s, i = sc.s, sc.i
+    comma, paren = s.find(",", i), s.find(")", i)
+    end = comma if 0 <= comma < paren or paren < 0 else paren
+    memo = _PARSED_VALUES[kind]
+    text = s[i:end] if end >= 0 else None
+    hit = memo.get(text) if text is not None else None
+    if hit is not None:
+        sc.i = end
+        return hit
+    k, m = _scan_masked(sc, kind, True)
+    if text is not None and sc.i == end:
+        remember(memo, text, (k, m))
+    return k, m
 
 
 class KeyBuilder:
@@ -1309,18 +1399,107 @@ class KeyBuilder:
 
 def parse_key(text: str, *, port_names: Mapping[str, int] | None = None,
               with_mask: bool = True) -> tuple[bytes, bytes | None]:
-    """odp_flow_from_string: (key payload, mask payload or None).  Raises ParseError."""
+    """odp_flow_from_string: (key payload, mask payload or None).  Raises ParseError.
+
+    Flows repeat most attributes ("in_port(2)", "eth_type(0x0800)"), so the (key, mask) attributes parsed
+    from each top-level attribute's text are memoized by that text.  Only parses that ended exactly at
+    the attribute's closing parenthesis are kept: the parsers never look past it, so the text decides
+    the result (with the port names consulted, which a hit re-checks)."""
     sc = Scanner(text)
-    kb = KeyBuilder(with_mask)
+    keys: list[bytes] = []
+    masks: list[bytes] | None = [] if with_mask else None
+    n = len(text)
     while True:
         sc.skip()
-        if sc.i >= len(sc.s):
+        i = sc.i
+        if i >= n:
             break
-        if sc.take("ufid:"):
+        if text.startswith("ufid:", i):
+            sc.i += 5
             scan_ufid(sc)
             sc.take(" ")
-        parse_key_attr(sc, kb, port_names, 1)
-    return b"".join(kb.key), (b"".join(kb.mask) if kb.mask is not None else None)
+            end = -1
+        else:
+            end = _field_end(text, i)
+        hit = _PARSED_ATTRS.get(text[i:end]) if end > 0 else None
+        if hit is not None and (not hit[2] or same_answers(hit[2], port_names)):
+            keys.append(hit[0])
+            if masks is not None:
+                masks.append(hit[1])
+            sc.i = end
+            continue
+        kb = KeyBuilder(True)  # the key never depends on whether a mask is built
+        seen = PortsSeen(port_names)
+        parse_key_attr(sc, kb, seen, 1)
+        k, m = b"".join(kb.key), b"".join(kb.mask or ())
+        keys.append(k)
+        if masks is not None:
+            masks.append(m)
+        if sc.i == end:
+            remember(_PARSED_ATTRS, text[i:end], (k, m, seen.answers()))
+    return b"".join(keys), (b"".join(masks) if masks is not None else None)
+
+
+PortAnswers = tuple[tuple[str, "int | None"], ...]
+_PARSED_ATTRS: dict[str, tuple[bytes, bytes, PortAnswers]] = {}
+MEMO_MAX = 1 << 14  # entries per memo: bounds memory (a few MB) on dumps of distinct flows
+
+
+def remember(memo: dict[str, _T], text: str, value: _T) -> None:
+    """Bounded memo: start over when full (a dump's working set is what repeats, and it comes back)."""
+    if len(memo) >= MEMO_MAX:
+        memo.clear()
+    memo[text] = value
+
+
+def _field_end(s: str, i: int) -> int:
+    """Just past the ')' that closes the first '(' at or after i, or -1: one attribute's extent."""
+    j = s.find("(", i)
+    k = s.find(")", j) if j >= 0 else -1
+    if k < 0 or s.find("(", j + 1, k) < 0:
+        return k + 1 if k >= 0 else -1
+    depth = 0
+    for m in _PARENS_RE.finditer(s, j):
+        depth += 1 if m.group() == "(" else -1
+        if not depth:
+            return m.end()
+    return -1
+
+
+_PARENS_RE = re.compile(r"[()]")
+
+
+class PortsSeen(Mapping[str, int]):
+    """Port names as one parse sees them, recording each name asked about and the answer, so that its
+    memoized result is reused only where the caller's names answer the same.  Always true: with no
+    names every lookup misses, which parses exactly as not looking."""
+
+    def __init__(self, ports: Mapping[str, int] | None) -> None:
+        self._ports = ports or {}
+        self._asked: dict[str, int | None] = {}
+
+    def __bool__(self) -> bool:
+        return True
+
+    def __getitem__(self, name: str) -> int:
+        v = self._asked[name] = self._ports.get(name)
+        if v is None:
+            raise KeyError(name)
+        return v
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._ports)
+
+    def __len__(self) -> int:
+        return len(self._ports)
+
+    def answers(self) -> PortAnswers:
+        return tuple(self._asked.items())
+
+
+def same_answers(answers: PortAnswers, ports: Mapping[str, int] | None) -> bool:
+    get = (ports or {}).get
+    return all(get(name) == v for name, v in answers)
 
 
 _UUID_RE = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 
 from dpif.model import FlowStats
 from dpif.netlink import actions as act
@@ -22,6 +23,7 @@ _TCP_LETTERS = ((0x002, "S"), (0x001, "F"), (0x008, "P"), (0x004, "R"), (0x020, 
                 (0x800, "[800]"))
 
 
+@lru_cache(maxsize=1 << 12)  # a dump prints the same few flag combinations over and over
 def tcp_flags_letters(flags: int) -> str:
     if not flags:
         return "none"
