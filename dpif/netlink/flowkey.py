@@ -634,8 +634,7 @@ def _flow_format(key: bytes, mask: bytes | None, verbose: bool, ports: Mapping[i
                 ma = _zero_mask(KEY_ATTRS, KEY_ATTR_MAX, t, memoryview(a))
             if not first:
                 out.append(",")
-            text = _ATTR_CACHE.get((t, a, ma, verbose)) if t != IN_PORT or not ports else None
-            out.append(text if text is not None else _cached_attr(t, a, ma, verbose, ports))
+            out.append(_cached_attr(t, a, ma, verbose, ports))
             first = False
         elif t == ETHERNET and not has_packet_type:
             if not first:
@@ -1408,26 +1407,27 @@ def parse_key(text: str, *, port_names: Mapping[str, int] | None = None,
     sc = Scanner(text)
     keys: list[bytes] = []
     masks: list[bytes] | None = [] if with_mask else None
-    n = len(text)
+    i = 0
     while True:
-        sc.skip()
-        i = sc.i
-        if i >= n:
+        start = _NEXT_ATTR(text, i)
+        if start is None:
             break
+        i = start.start()
         if text.startswith("ufid:", i):
-            sc.i += 5
+            sc.i = i + 5
             scan_ufid(sc)
             sc.take(" ")
             end = -1
         else:
             end = _field_end(text, i)
-        hit = _PARSED_ATTRS.get(text[i:end]) if end > 0 else None
-        if hit is not None and (not hit[2] or same_answers(hit[2], port_names)):
-            keys.append(hit[0])
-            if masks is not None:
-                masks.append(hit[1])
-            sc.i = end
-            continue
+            hit = _PARSED_ATTRS.get(text[i:end]) if end > 0 else None
+            if hit is not None and (not hit[2] or same_answers(hit[2], port_names)):
+                keys.append(hit[0])
+                if masks is not None:
+                    masks.append(hit[1])
+                i = end
+                continue
+            sc.i = i
         kb = KeyBuilder(True)  # the key never depends on whether a mask is built
         seen = PortsSeen(port_names)
         parse_key_attr(sc, kb, seen, 1)
@@ -1435,8 +1435,9 @@ def parse_key(text: str, *, port_names: Mapping[str, int] | None = None,
         keys.append(k)
         if masks is not None:
             masks.append(m)
-        if sc.i == end:
+        if end > 0 and sc.i == end:
             remember(_PARSED_ATTRS, text[i:end], (k, m, seen.answers()))
+        i = sc.i
     return b"".join(keys), (b"".join(masks) if masks is not None else None)
 
 
@@ -1467,6 +1468,7 @@ def _field_end(s: str, i: int) -> int:
 
 
 _PARENS_RE = re.compile(r"[()]")
+_NEXT_ATTR = re.compile(r"[^, \t\r\n]").search  # Scanner.skip(DELIMS) and the end-of-text test in one call
 
 
 class PortsSeen(Mapping[str, int]):
