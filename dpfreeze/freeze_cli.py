@@ -54,6 +54,9 @@ class RemoteApi:
     async def thaw(self, *, wait: bool = True) -> dict[str, Any]:
         return await self._call("thaw", wait=wait)
 
+    async def take_upcalls(self) -> dict[str, Any]:
+        return await self._call("take-upcalls")
+
     async def status(self) -> dict[str, Any]:
         return await self._call("status")
 

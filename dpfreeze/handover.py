@@ -205,20 +205,40 @@ class Handover:
         self.proc = proc
         self.ours: tuple[int, ...] = ()
         self.stats = HandoverStats()
+        # Set by whoever is about to stop the old daemon: take the upcalls now rather than after its
+        # sockets die, so the misses of its exit (about 150 ms in the VM) are buffered, not lost.
+        self.take_now = trio.Event()
+        self.handing_over = False  # from the flow-restore-wait clear on, the new daemon's pids are final
 
     async def current_pids(self) -> tuple[DatapathInfo, list[Vport], tuple[int, ...]]:
         info = await self.dp.info()
         vports = await self.dp.ports()
         return info, vports, upcall_pids(info, vports)
 
+    async def owner_gone(self) -> bool:
+        """No live socket other than ours holds any current upcall pid (0 counts as nobody)."""
+        _, _, pids = await self.current_pids()
+        live = live_portids(self.proc)
+        return not any(p and p in live and p not in self.ours for p in pids)
+
     async def wait_owner_gone(self) -> None:
-        """Until no live socket other than ours holds any current upcall pid (0 counts as nobody)."""
-        while True:
+        """Until the old owner is gone, or `take_now` says it is about to go."""
+        while not self.take_now.is_set() and not await self.owner_gone():
+            with trio.move_on_after(self.poll_interval):
+                await self.take_now.wait()
+
+    async def keep(self) -> None:
+        """Re-take pids that point nowhere (0 or dead) until the hand-over: a per-vport daemon resets its
+        vports' pids to 0 as it exits, after an early take."""
+        while not self.handing_over:
+            await trio.sleep(self.poll_interval)
+            if self.handing_over:
+                return
             _, _, pids = await self.current_pids()
             live = live_portids(self.proc)
-            if not any(p and p in live and p not in self.ours for p in pids):
-                return
-            await trio.sleep(self.poll_interval)
+            if any(p not in self.ours and (not p or p not in live) for p in pids):
+                LOG.info(kv("handover.retake", pids=",".join(map(str, pids))))
+                await self.take(self.ours)
 
     async def take(self, portids: Sequence[int]) -> None:
         """Point every upcall at our sockets, keeping all datapath features."""
@@ -254,6 +274,7 @@ class Handover:
             task_status.started()
             await self.wait_owner_gone()
             await self.take(receiver.portids)
+            await self.keep()
 
     async def new_owner(self) -> bool:
         """True once every current upcall pid is non-zero and none is ours: the new daemon took them."""

@@ -136,6 +136,16 @@ class FreezeService:
                 await self._idle.wait()
         return self.status_doc()
 
+    async def take_upcalls(self) -> dict[str, Any]:
+        """The old daemon is about to be stopped: own the upcalls from now on (see Handover.take_now)."""
+        if self.state.state is not State.FROZEN or self.handover is None:
+            raise TransitionRefused(f"cannot take the upcalls while {self.state.state.value}")
+        self.handover.take_now.set()
+        with trio.fail_after(10):
+            while not self.handover.stats.taken_over:
+                await trio.sleep(0.01)
+        return self.status_doc()
+
     async def status(self) -> dict[str, Any]:
         doc = self.status_doc()
         if self._dp is not None:
@@ -167,6 +177,8 @@ class FreezeService:
                 return await self.renew(float(req.args.get("ttl", machine.DEFAULT_TTL)))
             if req.cmd == "thaw":
                 return await self.thaw(wait=bool(req.args.get("wait", True)))
+            if req.cmd == "take-upcalls":
+                return await self.take_upcalls()
             return await self.status()
         except TransitionRefused as exc:
             raise control.ControlError(str(exc)) from exc
@@ -282,6 +294,7 @@ class FreezeService:
     ) -> dict[str, Any]:
         """Clear flow-restore-wait, wait for the new daemon's pids and flush, re-install, replay, release."""
         pinner.frozen = False
+        handover.handing_over = True
         pinner.flush_seen = trio.Event()
         await self.backend.set_flow_restore_wait(False)
         outcome = "no restart seen: nothing to hand over"

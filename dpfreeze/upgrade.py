@@ -39,6 +39,8 @@ class FreezeApi(Protocol):
 
     async def thaw(self, *, wait: bool = True) -> dict[str, Any]: ...
 
+    async def take_upcalls(self) -> dict[str, Any]: ...
+
     async def status(self) -> dict[str, Any]: ...
 
 
@@ -196,6 +198,7 @@ async def upgrade(
     rep.step("freeze", t, bridges=len(saved))
     try:
         t = time.monotonic()
+        await api.take_upcalls()  # misses of the old daemon's exit are buffered for the new one, not lost
         if restart_command:
             if await _run(["sh", "-c", restart_command], env, daemon_timeout):
                 raise UpgradeError(f"restart command failed: {restart_command}")

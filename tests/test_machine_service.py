@@ -471,3 +471,38 @@ def test_upgrade_verification_names_every_problem() -> None:
     problems = verify(bad, 42)
     assert len(problems) == 4 and "7(dead)" in problems[1] and "3 upcalls dropped" in problems[2]
     assert verify({"state": "frozen"}, 42) == ["service state is frozen, not thawed", "no hand-over report"]
+
+
+async def test_take_upcalls_before_the_old_daemon_stops(tmp_path, fake_proc) -> None:
+    """The upgrade takes the upcalls just before it stops the daemon: misses of its exit are buffered."""
+    dp = FakeDatapath()
+    svc = make_service(tmp_path, dp)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(svc.run)
+        with pytest.raises(Exception, match="cannot take the upcalls while idle"):
+            await svc.take_upcalls()
+        await svc.freeze(60, "ovs-system")
+        await trio.sleep(0.05)
+        assert dp.per_cpu_pids == (OLD_DAEMON, OLD_DAEMON)  # still alive: not taken by itself
+        doc = await svc.take_upcalls()
+        assert doc["handover"]["taken_over"] and set(dp.per_cpu_pids) == {OURS}
+        nursery.cancel_scope.cancel()
+
+
+async def test_pids_reset_by_an_exiting_per_vport_daemon_are_taken_again(tmp_path, fake_proc) -> None:
+    dp = FakeDatapath(per_cpu=False)
+    pins = PinSet(await dp.info(), tuple(await dp.ports()), ())
+    h = Handover(dp, pins, poll_interval=0.005, proc=fake_proc.root)
+    h.ours = (OURS,)
+    fake_proc.set_live(OURS)
+    await h.take((OURS,))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(h.keep)
+        for v in await dp.ports():  # what dpif-netlink's destroy_all_channels does on a clean exit
+            await dp.port_set_upcall_pids(v.port_no, (0,))
+        await until(lambda: all(v.upcall_pids == (OURS,) for v in dp.vports.values()))
+        h.handing_over = True  # from here the new daemon's pids are final: never fought over
+        for v in await dp.ports():
+            await dp.port_set_upcall_pids(v.port_no, (0,))
+        await trio.sleep(0.05)
+        assert all(v.upcall_pids == (0,) for v in dp.vports.values())
