@@ -95,7 +95,10 @@ async def cmd_serve(args: argparse.Namespace) -> int:
 
 
 async def cmd_freeze(args: argparse.Namespace) -> int:
-    doc = await RemoteApi(Path(args.socket)).freeze(args.ttl, args.datapath)
+    api = RemoteApi(Path(args.socket))
+    doc = await api.freeze(args.ttl, args.datapath)
+    if args.take_upcalls:
+        doc = await api.take_upcalls()
     _emit(doc, args.json, render_status(doc))
     return 0
 
@@ -195,6 +198,9 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     _common(p)
     _ttl(p)
     p.add_argument("--datapath", default=DEFAULT_DATAPATH)
+    p.add_argument("--take-upcalls", action="store_true",
+                   help="own the upcalls now, not when the old daemon's sockets die: for a caller that stops "
+                   "the daemon next (ExecStop), so the misses of its exit are kept for the new one")
     p.set_defaults(handler=cmd_freeze)
 
     p = sub.add_parser("renew", help="extend the lease of the freeze in progress")
