@@ -1350,14 +1350,8 @@ def _scan_struct(sc: Scanner, spec: AttrSpec, with_mask: bool) -> tuple[bytes, b
             k, m = _scan_value(sc, f.kind, with_mask)
             key[f.offset : f.offset + f.size] = k
             mask[f.offset : f.offset + f.size] = m
-        c = sc.peek()
-        sc.i += 1
-        if c == "," and matched:
-            continue
-        if c != ")":
-            sc.i -= 1
-            raise sc.fail()
-        return bytes(key), bytes(mask)
+        if not _more_fields(sc, matched):
+            return bytes(key), bytes(mask)
 
 
 _PARSED_VALUES: dict[str, dict[str, tuple[bytes, bytes]]] = {kind: {} for kind in _KIND_SIZE}
@@ -1636,34 +1630,46 @@ def _p_in_port(sc: Scanner, kb: KeyBuilder, ports: Mapping[str, int] | None, dep
     kb.put(IN_PORT, k, m)
 
 
+def _bitfield(
+    sc: Scanner, key: int, mask: int, bits: int, shift: int, width: int, what: str
+) -> tuple[int, int]:
+    """One `name=value[/mask]` sub-field of a packed header word (vlan TCI, MPLS LSE), range-checked."""
+    v = sc.num(width)
+    if v >> bits:
+        raise sc.fail(f"{what} field out of range")
+    fm = ((1 << bits) - 1) << shift
+    key = (key & ~fm) | (v << shift)
+    if not sc.take("/"):
+        return key, mask | fm
+    mv = sc.num(width)
+    if mv >> bits:
+        raise sc.fail(f"{what} mask out of range")
+    return key, (mask & ~fm) | (mv << shift)
+
+
+def _more_fields(sc: Scanner, matched: bool) -> bool:
+    """After a sub-field: True on `,` (another follows), False on the closing `)`; anything else fails."""
+    c = sc.peek()
+    sc.i += 1
+    if c == "," and matched:
+        return True
+    if c != ")":
+        sc.i -= 1
+        raise sc.fail()
+    return False
+
+
 def _p_vlan(sc: Scanner, kb: KeyBuilder, ports: Mapping[str, int] | None, depth: int) -> None:
     tci, tmask = 0x1000, 0x1000
     while True:
         matched = False
         for prefix, bits, shift in (("vid=", 12, 0), ("pcp=", 3, 13), ("cfi=", 1, 12)):
             if sc.take(prefix):
-                v = sc.num(16)
-                if v >> bits:
-                    raise sc.fail("vlan field out of range")
-                fm = ((1 << bits) - 1) << shift
-                tci = (tci & ~fm) | (v << shift)
-                if sc.take("/"):
-                    mv = sc.num(16)
-                    if mv >> bits:
-                        raise sc.fail("vlan mask out of range")
-                    tmask = (tmask & ~fm) | (mv << shift)
-                else:
-                    tmask |= fm
+                tci, tmask = _bitfield(sc, tci, tmask, bits, shift, 16, "vlan")
                 matched = True
                 break
-        c = sc.peek()
-        sc.i += 1
-        if c == "," and matched:
-            continue
-        if c != ")":
-            sc.i -= 1
-            raise sc.fail()
-        break
+        if not _more_fields(sc, matched):
+            break
     kb.put(VLAN, struct.pack("!H", tci), struct.pack("!H", tmask))
 
 
@@ -1800,29 +1806,12 @@ def _parse_mpls(sc: Scanner, kb: KeyBuilder) -> None:
                     if idx == 3:
                         raise sc.fail("too many MPLS labels")
                 sc.i += len(prefix)
-                v = sc.num(32)
-                if v >> bits:
-                    raise sc.fail("MPLS field out of range")
-                fm = ((1 << bits) - 1) << shift
-                keys[idx] = (keys[idx] & ~fm) | (v << shift)
-                if sc.take("/"):
-                    mv = sc.num(32)
-                    if mv >> bits:
-                        raise sc.fail("MPLS mask out of range")
-                    masks[idx] = (masks[idx] & ~fm) | (mv << shift)
-                else:
-                    masks[idx] |= fm
+                keys[idx], masks[idx] = _bitfield(sc, keys[idx], masks[idx], bits, shift, 32, "MPLS")
                 seen |= 1 << fi
                 matched = True
                 break
-        c = sc.peek()
-        sc.i += 1
-        if c == "," and matched:
-            continue
-        if c != ")":
-            sc.i -= 1
-            raise sc.fail()
-        break
+        if not _more_fields(sc, matched):
+            break
     n = idx + 1
     kb.put(MPLS, struct.pack(f"!{n}I", *keys[:n]), struct.pack(f"!{n}I", *masks[:n]))
 
@@ -1883,14 +1872,8 @@ def _parse_tunnel(sc: Scanner, kb: KeyBuilder) -> None:
                     if fm & bit:
                         mask.append(nla(t, b""))
                 matched = True
-        c = sc.peek()
-        sc.i += 1
-        if c == "," and matched:
-            continue
-        if c != ")":
-            sc.i -= 1
-            raise sc.fail()
-        break
+        if not _more_fields(sc, matched):
+            break
     kb.key.append(nla(TUNNEL, b"".join(key)))
     if kb.mask is not None:
         kb.mask.append(nla(TUNNEL, b"".join(mask)))
@@ -1993,14 +1976,8 @@ def _parse_nsh_key(sc: Scanner, kb: KeyBuilder) -> None:
                 vals[nm] = [v, m]
                 matched = True
                 break
-        c = sc.peek()
-        sc.i += 1
-        if c == "," and matched:
-            continue
-        if c != ")":
-            sc.i -= 1
-            raise sc.fail()
-        break
+        if not _more_fields(sc, matched):
+            break
 
     def base(ix: int) -> bytes:
         path = ((vals["spi"][ix] & 0xFFFFFF) << 8) | (vals["si"][ix] & 0xFF)
