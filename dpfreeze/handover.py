@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import struct
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +24,7 @@ import trio
 
 from dpfreeze.log import kv
 from dpfreeze.pin import PinSet
+from dpfreeze.portids import live_portids, upcall_pids
 from dpif.model import (
     Datapath,
     DatapathInfo,
@@ -41,78 +41,7 @@ from dpif.netlink.wire import WireError, attr, iter_attrs, u32
 
 LOG = logging.getLogger(__name__)
 
-NETLINK_GENERIC = 16
 RECIRC0_ACTIONS = attr(ACTION_RECIRC, struct.pack("=I", 0))
-
-
-# --- who owns a portid ---------------------------------------------------------------------------
-
-
-def parse_proc_net_netlink(text: str, protocol: int = NETLINK_GENERIC) -> dict[int, int]:
-    """portid -> socket inode, for one netlink protocol, from the text of /proc/net/netlink."""
-    owners: dict[int, int] = {}
-    for line in text.splitlines()[1:]:
-        cols = line.split()
-        if len(cols) < 10 or not cols[1].isdigit() or int(cols[1]) != protocol:
-            continue
-        owners[int(cols[2]) & 0xFFFFFFFF] = int(cols[9])
-    return owners
-
-
-_SOCKET_LINK = re.compile(r"socket:\[(\d+)\]")
-
-
-def inode_processes(inodes: Iterable[int], proc: Path = Path("/proc")) -> dict[int, tuple[int, str]]:
-    """socket inode -> (pid, comm), by scanning /proc/*/fd as `ss -p` does."""
-    wanted = set(inodes)
-    found: dict[int, tuple[int, str]] = {}
-    for piddir in proc.iterdir():
-        if not piddir.name.isdigit() or not wanted - found.keys():
-            continue
-        try:
-            fds = list((piddir / "fd").iterdir())
-            comm = (piddir / "comm").read_text().strip()
-        except OSError:
-            continue
-        for fd in fds:
-            try:
-                m = _SOCKET_LINK.fullmatch(os.readlink(fd))
-            except OSError:
-                continue
-            if m and int(m.group(1)) in wanted:
-                found.setdefault(int(m.group(1)), (int(piddir.name), comm))
-    return found
-
-
-def live_portids(proc: Path = Path("/proc")) -> dict[int, int]:
-    return parse_proc_net_netlink((proc / "net" / "netlink").read_text())
-
-
-def upcall_pids(info: DatapathInfo, vports: Sequence[Vport]) -> tuple[int, ...]:
-    """The portids the kernel would send misses to now: per-CPU array, else every vport's pids."""
-    if info.per_cpu_dispatch:
-        return info.per_cpu_pids
-    return tuple(p for v in vports for p in v.upcall_pids)
-
-
-def portid_owners(pids: Iterable[int], proc: Path = Path("/proc")) -> list[dict[str, object]]:
-    """One entry per distinct upcall portid: its owning process, or dead."""
-    live = live_portids(proc)
-    distinct = sorted(set(pids))
-    procs = inode_processes((live[p] for p in distinct if p in live), proc)
-    report: list[dict[str, object]] = []
-    for p in distinct:
-        inode = live.get(p)
-        owner = procs.get(inode) if inode is not None else None
-        report.append(
-            {
-                "portid": p,
-                "alive": inode is not None,
-                "pid": owner[0] if owner else None,
-                "process": owner[1] if owner else None,
-            }
-        )
-    return report
 
 
 # --- the miss buffer -----------------------------------------------------------------------------

@@ -4,7 +4,14 @@ Why two detectors: ovs-vswitchd deletes flows one by one (DEL notifications, ter
 the UFID -> full flow map), but a flush (OVS_FLOW_CMD_DEL without key) sends no notification at all, so
 the datapath's flow count is polled as well.  Why suspects: a dying or half-started daemon can install
 wildcarded drop flows that black-hole new traffic (research/restart-measurements.md); while frozen those
-are reported and, when drop-only, removed.
+are reported and, when drop-only and still there after a grace period, removed (the grace lets a starting
+daemon's feature probes, drop-only flows it deletes itself, finish: removing one under it would make the
+daemon believe the datapath lacks the feature).
+
+Why the old daemon is obeyed: between the freeze and its exit the old ovs-vswitchd still runs its
+revalidators.  The flows it deletes (idle, or revalidated away) leave the pin set instead of coming back,
+and the forwarding flows it adds for new connections join it, so that what is pinned stays what the
+daemon wanted.  Its requests are recognised by the sender portid of the notification.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from dataclasses import dataclass, field
 import trio
 
 from dpfreeze.log import kv
+from dpfreeze.portids import process_portids
 from dpif.model import Datapath, DatapathInfo, Event, EventCmd, EventKind, Flow, Resync, Vport, VportType
 from dpif.netlink.actions import RECIRC as ACTION_RECIRC
 from dpif.netlink.flowkey import RECIRC_ID as KEY_RECIRC_ID
@@ -25,7 +33,7 @@ from dpif.netlink.wire import WireError, iter_attrs, u32
 
 LOG = logging.getLogger(__name__)
 
-# Attribute numbers this module inspects (uAPI openvswitch.h; not yet exported by dpif.netlink).
+SUSPECT_GRACE = 0.5  # seconds a drop-only suspect may live before it is removed
 
 
 @dataclass(frozen=True)
@@ -44,6 +52,8 @@ class PinStats:
     vports_recreated: int = 0
     vport_failures: int = 0
     flushes_detected: int = 0
+    deletes_accepted: int = 0  # by the old daemon, before it exited
+    flows_adopted: int = 0  # added by the old daemon, before it exited
     suspects_removed: int = 0
     resyncs: int = 0
     suspects: dict[str, str] = field(default_factory=dict)  # flow id -> why (kept while the flow lives)
@@ -96,6 +106,10 @@ class Pinner:
         self.remove_drop_suspects = remove_drop_suspects
         self.frozen = True
         self.new_vport_pids: tuple[int, ...] = (0,)
+        self.old_daemons: frozenset[int] = frozenset()  # process ids whose flow changes are followed
+        self._old_portids: set[int] = set()
+        self._other_portids: set[int] = set()
+        self._due: dict[bytes, tuple[float, Flow]] = {}  # drop-only suspects: when to remove them
         self.broken: set[bytes] = set()
         self.stats = PinStats()
         self.flush_seen = trio.Event()
@@ -148,6 +162,7 @@ class Pinner:
     async def _poll_count(self) -> None:
         while True:
             await trio.sleep(self.poll_interval)
+            await self._remove_due_suspects()
             info = await self.dp.info()
             if info.stats.flows < self.expected and (n := await self.reconcile()):
                 self.stats.flushes_detected += 1
@@ -161,34 +176,66 @@ class Pinner:
                 await self.reconcile()
             elif ev.kind is EventKind.FLOW:
                 assert isinstance(ev.record, Flow)
-                await self._on_flow(ev.cmd, ev.record)
+                await self._on_flow(ev.cmd, ev.record, ev.sender_portid)
             elif ev.kind is EventKind.VPORT and ev.cmd is EventCmd.DEL:
                 assert isinstance(ev.record, Vport)
                 await self._recreate_vport(ev.record.port_no)
             elif ev.kind is EventKind.DATAPATH and ev.cmd is EventCmd.DEL:
                 LOG.error(kv("pin.datapath_deleted", name=self.dp.name))
 
-    async def _on_flow(self, cmd: EventCmd, record: Flow) -> None:
+    def _from_old_daemon(self, portid: int) -> bool:
+        """Whether a request came from the old daemon (each portid is looked up once)."""
+        if not self.old_daemons or portid == 0 or portid in self._other_portids:
+            return False
+        if portid not in self._old_portids:
+            self._old_portids = {p for pid in self.old_daemons for p in process_portids(pid)}
+            if portid not in self._old_portids:
+                self._other_portids.add(portid)
+        return portid in self._old_portids
+
+    async def _on_flow(self, cmd: EventCmd, record: Flow, sender: int = 0) -> None:
         fid = flow_id(record)
         name = flow_name(record)
         if cmd is EventCmd.DEL:
             self.stats.suspects.pop(name, None)  # e.g. a feature probe of a starting daemon: gone again
+            self._due.pop(fid, None)
             flow = self.flows.get(fid)
-            if flow is not None and fid not in self.broken:
-                await self._put([flow])
+            if flow is None or fid in self.broken:
+                return
+            if self.frozen and self._from_old_daemon(sender):
+                del self.flows[fid]
+                self.stats.deletes_accepted += 1
+                return
+            await self._put([flow])
             return
         if fid in self.flows or not self.frozen:
             return
         drop = is_drop_only(record)
+        if not drop and record.actions is not None and self._from_old_daemon(sender):
+            self.flows[fid] = record
+            self.stats.flows_adopted += 1
+            return
         self.stats.suspects[name] = "drop" if drop else "forwarding"
         LOG.warning(kv("pin.suspect_flow", flow=name, drop=drop))
         if self.remove_drop_suspects and drop:
+            self._due[fid] = (trio.current_time() + SUSPECT_GRACE, record)
+
+    async def _remove_due_suspects(self) -> None:
+        now = trio.current_time()
+        for fid, (due, record) in list(self._due.items()):
+            if due > now:
+                continue
+            del self._due[fid]
+            if not self.frozen:
+                continue
+            name = flow_name(record)
             try:
                 await self.dp.flow_del(ufid=record.ufid, key=None if record.ufid else record.key)
                 self.stats.suspects_removed += 1
-                self.stats.suspects.pop(name, None)
             except OSError as exc:
-                LOG.warning(kv("pin.suspect_remove_failed", flow=name, error=str(exc)))
+                if exc.errno != errno.ENOENT:
+                    LOG.warning(kv("pin.suspect_remove_failed", flow=name, error=str(exc)))
+            self.stats.suspects.pop(name, None)
 
     async def _recreate_vport(self, port_no: int) -> None:
         vport = self.vports.get(port_no)

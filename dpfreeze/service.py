@@ -23,11 +23,12 @@ from typing import Any, Protocol
 import trio
 
 from dpfreeze import control, machine, ovsdb, ovsenv
-from dpfreeze.handover import Handover, MissBuffer, portid_owners, upcall_pids
+from dpfreeze.handover import Handover, MissBuffer
 from dpfreeze.log import kv
 from dpfreeze.machine import ACTIVE, Event, State, StateStore, TransitionRefused
 from dpfreeze.ovsenv import OvsEnv
 from dpfreeze.pin import Pinner, PinSet, recirculating
+from dpfreeze.portids import portid_owners, upcall_owners, upcall_pids
 from dpfreeze.snapshot import Snapshot, take_snapshot
 from dpif.model import Datapath
 from dpif.netlink_datapath import open_datapath
@@ -261,6 +262,8 @@ class FreezeService:
                 self._dp = dp
                 pins = self.backend.load_pins(Path(self.state.snapshot_path), self.state.datapath)
                 self.pinner = Pinner(dp, pins, poll_interval=self.config.poll_interval)
+                if self.state.state is State.FROZEN:
+                    self.pinner.old_daemons = await upcall_owners(dp)
                 self.handover = Handover(
                     dp,
                     pins,

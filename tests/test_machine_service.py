@@ -19,10 +19,13 @@ import pytest
 import trio
 
 from dpfreeze import handover as ho
+from dpfreeze import pin as pin_mod
+from dpfreeze import portids
 from dpfreeze.control import ControlError, Request
-from dpfreeze.handover import Handover, MissBuffer, parse_proc_net_netlink, recirc_id
+from dpfreeze.handover import Handover, MissBuffer, recirc_id
 from dpfreeze.machine import State, StateStore
 from dpfreeze.pin import PinSet, uses_recirculation
+from dpfreeze.portids import parse_proc_net_netlink
 from dpfreeze.service import FreezeService, ServiceConfig
 from dpfreeze.upgrade import verify
 from dpif.model import (
@@ -226,9 +229,14 @@ class FakeProc:
 def fake_proc(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeProc:
     proc = FakeProc(tmp_path / "proc")
     proc.set_live(OLD_DAEMON)
-    real_live = ho.live_portids
-    monkeypatch.setattr(ho, "live_portids", lambda _proc=proc.root: real_live(proc.root))
-    monkeypatch.setattr(ho, "inode_processes", lambda inodes, _proc=None: {})
+    real_live = portids.live_portids
+
+    def live(_proc: Path = proc.root) -> dict[int, int]:
+        return real_live(proc.root)
+
+    for module in (ho, portids):
+        monkeypatch.setattr(module, "live_portids", live)
+    monkeypatch.setattr(portids, "inode_processes", lambda inodes, _proc=None: {})
     return proc
 
 
@@ -506,3 +514,58 @@ async def test_pids_reset_by_an_exiting_per_vport_daemon_are_taken_again(tmp_pat
             await dp.port_set_upcall_pids(v.port_no, (0,))
         await trio.sleep(0.05)
         assert all(v.upcall_pids == (0,) for v in dp.vports.values())
+
+
+async def test_the_old_daemon_is_followed_until_it_exits(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its deletes leave the pin set, its new forwarding flows join it; anyone else's deletes come back."""
+    dp = FakeDatapath()
+    for n in (1, 2):
+        dp.table[bytes([n]) * 16] = flow(n)
+    monkeypatch.setattr(pin_mod, "process_portids", lambda pid: {77} if pid == OLD_DAEMON else set())
+    pinner = pin_mod.Pinner(dp, PinSet(await dp.info(), (), tuple(dp.table.values())), poll_interval=0.005)
+    pinner.old_daemons = frozenset({OLD_DAEMON})
+    async with trio.open_nursery() as nursery:
+        await nursery.start(pinner.run)
+        for n, sender in ((1, 77), (2, 55)):
+            del dp.table[bytes([n]) * 16]
+            dp.notify(EventKind.FLOW, EventCmd.DEL, Flow(b"", None, None, ufid=bytes([n]) * 16), sender)
+        dp.table[bytes([3]) * 16] = flow(3)
+        dp.notify(EventKind.FLOW, EventCmd.NEW, flow(3), 77)
+        await trio.sleep(0.05)
+        assert sorted(dp.table) == [bytes([2]) * 16, bytes([3]) * 16]  # 1 accepted, 2 re-installed
+        dp.table.clear()  # a flush: the adopted flow comes back with the pinned one
+        await trio.sleep(0.05)
+        assert sorted(dp.table) == [bytes([2]) * 16, bytes([3]) * 16]
+        assert (pinner.stats.deletes_accepted, pinner.stats.flows_adopted) == (1, 1)
+        nursery.cancel_scope.cancel()
+
+
+async def test_drop_suspects_get_a_grace_period(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A starting daemon's feature probe (drop-only, deleted by the daemon itself) is never touched; a drop
+    flow that stays is removed once the grace period is over."""
+    monkeypatch.setattr(pin_mod, "SUSPECT_GRACE", 0.1)
+    dp = FakeDatapath()
+    dels: list[bytes | None] = []
+    real_del = dp.flow_del
+
+    async def flow_del(*, ufid: bytes | None = None, key: bytes | None = None) -> Flow | None:
+        dels.append(ufid)
+        return await real_del(ufid=ufid, key=key)
+
+    dp.flow_del = flow_del  # type: ignore[method-assign]
+    pinner = pin_mod.Pinner(dp, PinSet(await dp.info(), (), ()), poll_interval=0.005)
+    probe, stuck = flow(8, actions=b""), flow(9, actions=b"")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(pinner.run)
+        for f in (probe, stuck):
+            assert f.ufid is not None
+            dp.table[f.ufid] = f
+            dp.notify(EventKind.FLOW, EventCmd.NEW, f, NEW_DAEMON)
+        await trio.sleep(0.03)
+        assert dels == [] and probe.ufid is not None
+        del dp.table[probe.ufid]  # the daemon deletes its own probe
+        dp.notify(EventKind.FLOW, EventCmd.DEL, Flow(b"", None, None, ufid=probe.ufid), NEW_DAEMON)
+        await trio.sleep(0.2)
+        assert dels == [stuck.ufid] and dp.table == {}
+        assert pinner.stats.suspects_removed == 1 and pinner.stats.suspects == {}
+        nursery.cancel_scope.cancel()

@@ -37,6 +37,19 @@ def test_frame_roundtrip_and_in_place_stamp() -> None:
     assert changed and min(changed) >= frames.SEQ_OFFSET and max(changed) < frames.SEQ_OFFSET + 12
 
 
+def test_variant_equals_a_frame_built_by_scapy() -> None:
+    def build(src_mac: str, src_ip: str, sport: int, flow: int) -> bytearray:
+        return frames.build_udp_frame(src_mac=src_mac, dst_mac="02:00:00:00:00:02", src_ip=src_ip,
+                                      dst_ip="10.1.0.2", sport=sport, dport=47000, cls=2, flow=flow)
+
+    template = build("02:00:00:00:00:01", "10.1.0.1", 0, 0)
+    cases = (("02:d9:f2:00:01:ff", "10.9.255.254", 41234, 65535), ("02:00:00:00:00:01", "10.1.0.1", 1, 7),
+             ("0a:bb:cc:dd:ee:ff", "1.2.3.4", 0, 0))
+    for mac, ip, sport, flow in cases:
+        got = frames.variant(template, src_mac=mac, src_ip=ip, sport=sport, flow=flow)
+        assert got == build(mac, ip, sport, flow)
+
+
 def test_parse_rejects_other_traffic() -> None:
     f = bytearray(frames.build_udp_frame(src_mac="02:00:00:00:00:01", dst_mac="02:00:00:00:00:02",
                                          src_ip="10.1.0.1", dst_ip="10.1.0.2", sport=1, dport=2, cls=2,

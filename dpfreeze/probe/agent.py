@@ -19,6 +19,7 @@ import struct
 import sys
 import time
 from array import array
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, cast
@@ -33,9 +34,12 @@ ETH_P_IPV6 = 0x86DD
 PACKET_OUTGOING = 4
 SO_TIMESTAMPNS = 35  # Linux asm-generic; SCM_TIMESTAMPNS has the same value
 SO_RCVBUFFORCE = 33
+SO_SNDBUFFORCE = 32
 SOL_PACKET = 263
 PACKET_STATISTICS = 6  # struct tpacket_stats: packets, drops (reading resets them)
 RX_BUFFER = 16 << 20
+TX_BUFFER = 1 << 20  # about 1000 probe frames: the veth backlog's depth
+TICK = 0.005  # the sender wakes at most this often per class; late packets go out together
 TIMESPEC = struct.Struct("qq")
 TCP_RECORD = struct.Struct("!Qq")  # seq, send time
 TCP_INFO_TOTAL_RETRANS = 100  # offset of tcpi_total_retrans in struct tcp_info
@@ -91,6 +95,7 @@ def _rx_socket(iface: str, proto: int) -> socket.socket:
     with contextlib.suppress(OSError):  # needs CAP_NET_ADMIN; the default buffer then
         sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RX_BUFFER)
     sock.bind((iface, 0))
+    sock.setblocking(False)
     return sock
 
 
@@ -102,18 +107,26 @@ def _rx_time(ancdata: list[tuple[int, int, bytes]]) -> int:
     return time.time_ns()
 
 
-async def _recv_frames(sock: trio.socket.SocketType) -> AsyncIterator[tuple[bytes, int]]:
+async def _recv_frames(sock: socket.socket) -> AsyncIterator[tuple[bytes, int]]:
     """Yield (frame, kernel receive time) for incoming frames only; a link going down is traffic lost,
-    not an error (the kernel reports it once, as ENETDOWN, on every packet socket bound to the link)."""
+    not an error (the kernel reports it once, as ENETDOWN, on every packet socket bound to the link).
+
+    Why not trio's socket wrapper: it yields to the scheduler after every datagram, which under qemu TCG
+    costs about a millisecond; one wake-up drains everything queued instead.
+    """
     while True:
-        try:
-            data, anc, _flags, addr = await sock.recvmsg(2048, socket.CMSG_SPACE(TIMESPEC.size))
-        except OSError as exc:
-            if exc.errno == errno.ENETDOWN:
-                continue
-            raise
-        if cast(tuple[Any, ...], addr)[2] != PACKET_OUTGOING:
-            yield data, _rx_time(anc)
+        await trio.lowlevel.wait_readable(sock)
+        while True:
+            try:
+                data, anc, _flags, addr = sock.recvmsg(2048, socket.CMSG_SPACE(TIMESPEC.size))
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                if exc.errno == errno.ENETDOWN:
+                    continue
+                raise
+            if cast(tuple[Any, ...], addr)[2] != PACKET_OUTGOING:
+                yield data, _rx_time(anc)
 
 
 class Sender:
@@ -124,17 +137,23 @@ class Sender:
         self.est = array("q")  # flow, seq, sent_ns triples
         self.new = array("q")  # k, sent_ns pairs
         self.send_errors = 0
+        self.send_errnos: Counter[str] = Counter()  # why: a full socket buffer is not a link that is down
         self.tcp: dict[str, Any] = {"sent": [], "connected": False, "error": None, "retransmissions": None}
         self.arp: dict[str, list[int]] = {"requests": [], "replies": []}
         self.nd: dict[str, list[int]] = {"requests": [], "replies": []}
         self.tx = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)  # protocol 0: send only, no RX load
         self.tx.bind((cfg.iface, 0))
+        with contextlib.suppress(OSError):  # a stalled guest queues packets rather than refusing them
+            self.tx.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, TX_BUFFER)
         self.tx.setblocking(False)
         # Built before `ready` (scapy is slow to import): t0 must not precede the first packet by much.
         self.pool = [frames.build_udp_frame(src_mac=cfg.src_mac, dst_mac=cfg.dst_mac, src_ip=cfg.src_ip,
                                             dst_ip=cfg.dst_ip, sport=cfg.sport_base + i, dport=cfg.udp_port,
                                             cls=frames.ProbeClass.ESTABLISHED, flow=i)
                      for i in range(cfg.flows)]
+        self.newflow_template = frames.build_udp_frame(
+            src_mac=cfg.src_mac, dst_mac=cfg.dst_mac, src_ip=cfg.src_ip, dst_ip=cfg.dst_ip, sport=0,
+            dport=cfg.udp_port, cls=frames.ProbeClass.NEWFLOW, flow=0)
         self.first_newflow = self._newflow_frame(0)
 
     def _send(self, frame: bytes | bytearray) -> None:
@@ -142,16 +161,23 @@ class Sender:
         so a link that is down shows as loss rather than as a quieter stream."""
         try:
             self.tx.send(frame)
-        except OSError:
-            self.send_errors += 1
+        except OSError as exc:
+            self._send_failed(exc)
+
+    def _send_failed(self, exc: OSError) -> None:
+        self.send_errors += 1
+        self.send_errnos[errno.errorcode.get(exc.errno or 0, str(exc.errno))] += 1
 
     async def established(self) -> None:
-        """`flows` flows round-robin at `rate` pps in all, on an absolute schedule (no drift)."""
+        """`flows` flows round-robin at `rate` pps in all, on an absolute schedule (no drift).
+
+        Why the tick: each wake-up costs about a millisecond of CPU under qemu TCG, and a sender that keeps
+        its CPU busy (it runs at real-time priority) starves the softirq that carries its own packets."""
         cfg, pool = self.cfg, self.pool
         interval = 1.0 / cfg.rate
         start, k = trio.current_time(), 0
         while True:
-            await trio.sleep_until(start + k * interval)
+            await trio.sleep_until(max(start + k * interval, trio.current_time() + TICK))
             now = trio.current_time()
             while start + k * interval <= now:  # catch up after a late wake-up: keep the schedule
                 flow, seq = k % cfg.flows, k // cfg.flows
@@ -170,9 +196,8 @@ class Sender:
             if cfg.newflow_ip_base:
                 base = int.from_bytes(socket.inet_aton(cfg.newflow_ip_base), "big")
                 src_ip = socket.inet_ntoa((base + k % 64).to_bytes(4, "big"))
-        return frames.build_udp_frame(src_mac=src_mac, dst_mac=cfg.dst_mac, src_ip=src_ip, dst_ip=cfg.dst_ip,
-                                      sport=cfg.sport_base + 1000 + k % 20000, dport=cfg.udp_port,
-                                      cls=frames.ProbeClass.NEWFLOW, flow=k & 0xFFFF)
+        return frames.variant(self.newflow_template, src_mac=src_mac, src_ip=src_ip,
+                              sport=cfg.sport_base + 1000 + k % 20000, flow=k & 0xFFFF)
 
     async def newflows(self) -> None:
         """One packet of a brand-new flow every `newflow_ms`: each one needs an upcall."""
@@ -222,7 +247,7 @@ class Sender:
     async def resolver(self, log: dict[str, list[int]], proto: int, request: bytes, interval_ms: float,
                        is_reply: Callable[[bytes], bool]) -> None:
         """ARP or ND attempts every `interval_ms`; replies are matched to requests by time in the report."""
-        sock = trio.socket.from_stdlib_socket(_rx_socket(self.cfg.iface, proto))
+        sock = _rx_socket(self.cfg.iface, proto)
 
         async def listen() -> None:
             async for data, when in _recv_frames(sock):
@@ -238,9 +263,9 @@ class Sender:
                     sent = time.time_ns()
                     log["requests"].append(sent)
                     try:
-                        await sock.send(request)
-                    except OSError:
-                        self.send_errors += 1
+                        sock.send(request)
+                    except OSError as exc:
+                        self._send_failed(exc)
                     k += 1
 
     async def run(self, ready: trio.Event) -> None:
@@ -269,6 +294,7 @@ class Sender:
                 "newflow_ms": self.cfg.newflow_ms, "tcp_ms": self.cfg.tcp_ms,
                 "arp_ms": self.cfg.arp_ms, "nd_ms": self.cfg.nd_ms,
                 "established": list(self.est), "newflow": list(self.new), "send_errors": self.send_errors,
+                "send_errnos": dict(self.send_errnos),
                 "tcp": self.tcp if self.cfg.tcp_port else None,
                 "arp": self.arp if self.cfg.arp_ms > 0 else None,
                 "nd": self.nd if self.cfg.nd_ms > 0 and self.cfg.src_ip6 and self.cfg.dst_ip6 else None}
@@ -294,7 +320,7 @@ class Receiver:
             self.probes.extend((p.cls, p.flow, p.seq, p.sent_ns, when))
 
     async def capture(self) -> None:
-        async for data, when in _recv_frames(trio.socket.from_stdlib_socket(self.rx)):
+        async for data, when in _recv_frames(self.rx):
             self._record(data, when)
 
     def finish(self) -> None:
@@ -345,7 +371,8 @@ class Receiver:
 
 def _realtime() -> None:
     """Lowest real-time priority when allowed: a busy host (qemu, a restarting vswitchd) must not stall the
-    schedule.  Safe because an agent sleeps between packets (well under half a core at 1000 pps)."""
+    schedule.  Safe only while an agent stays cheap: it sleeps between bursts (TICK) and drains its sockets
+    per wake-up, else under qemu TCG it would take the whole vCPU from the softirq that moves its packets."""
     with contextlib.suppress(OSError):
         os.sched_setscheduler(0, os.SCHED_RR, os.sched_param(1))
 

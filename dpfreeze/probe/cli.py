@@ -82,7 +82,9 @@ def _emit(report: Report, json_path: Path | None, svg_path: Path | None) -> None
     for key, what in (("receiver_drops", "frames dropped by the receiver's own socket (not the network)"),
                       ("send_errors", "frames the sender failed to send")):
         if report.params.get(key):
-            console.print(f"[yellow]warning: {report.params[key]} {what}[/]")
+            why = report.params.get("send_errnos") if key == "send_errors" else None
+            console.print(f"[yellow]warning: {report.params[key]} {what}[/]" + (f" {why}" if why else ""),
+                          markup=True, highlight=False)
     if json_path:
         json_path.write_text(report.to_json())
         console.print(f"report: {json_path}")

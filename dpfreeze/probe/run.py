@@ -181,7 +181,7 @@ async def run_probes(spec: ProbeSpec, disruption: Disruption, *, workdir: Path |
         params = {"src": src.where(), "dst": dst.where(), "rate": spec.rate, "flows": spec.flows,
                   "newflow_ms": spec.newflow_ms, "newflow_hosts": spec.newflow_hosts, "tcp_ms": spec.tcp_ms,
                   "arp_ms": spec.arp_ms, "nd_ms": spec.nd_ms, "send_errors": sent["send_errors"],
-                  "receiver_drops": got["drops"]}
+                  "send_errnos": sent["send_errnos"], "receiver_drops": got["drops"]}
         return build_report(sent, got, timeline.events, t0, end, params)
 
 
