@@ -9,8 +9,10 @@ bench goes on (the OVS is repaired before the next run).
 
 Per run: established packets lost, new-flow packets lost, the largest established gap (all on the wire,
 from the probes), and the upcall storm: the datapath's `missed` counter over the whole probe run minus
-the new flows' own misses (each new flow needs exactly one upcall).  What is left is the re-learning of
-flows that already had a datapath flow, plus the set-up of the probe's own flows (see `baseline`).
+the new flows' own misses (each new flow needs exactly one upcall) and, for dpfreeze, the misses it
+re-injected (a buffered miss replayed to the new daemon misses a second time, by design).  What is left is
+the re-learning of flows that already had a datapath flow, plus the set-up of the probe's own flows (see
+`baseline`).
 """
 
 from __future__ import annotations
@@ -79,6 +81,7 @@ class RunResult:
     tcp_survived: bool | None = None
     missed: int | None = None  # datapath `missed` delta over the whole probe run
     expected_misses: int | None = None  # one per new flow sent
+    replayed: int = 0  # buffered misses dpfreeze re-injected: each counts as a second miss, by design
     excess_misses: int | None = None
     method_s: float | None = None
     report: str = ""
@@ -323,7 +326,9 @@ async def measure(ctx: Ctx, spec: BenchSpec, method: str, run: int, out: Path,
     # The sender's pace drops under load, so count the new flows it really sent: one miss each.
     res.missed = await missed() - m0
     res.expected_misses = new.sent
-    res.excess_misses = res.missed - new.sent
+    handover = (((ctx.extra.get("upgrade") or {}).get("status") or {}).get("report") or {}).get("handover")
+    res.replayed = int((handover or {}).get("replayed", 0))
+    res.excess_misses = res.missed - new.sent - res.replayed
     res.established_sent, res.established_lost = est.sent, est.lost
     res.newflow_sent, res.newflow_lost = new.sent, new.lost
     res.largest_gap_ms = est.largest_gap_ms
@@ -463,7 +468,8 @@ def _line(r: RunResult) -> str:
         return f"run {r.run} {r.method:16} no measurement: {r.error}"
     return (f"run {r.run} {r.method:16} established lost {r.established_lost}/{r.established_sent}, "
             f"new-flow lost {r.newflow_lost}/{r.newflow_sent}, gap {r.largest_gap_ms:.1f} ms, "
-            f"excess misses {r.excess_misses} (missed {r.missed}), method {r.method_s} s"
+            f"excess misses {r.excess_misses} (missed {r.missed}, replayed {r.replayed}), "
+            f"method {r.method_s} s"
             + (f"  FAILED: {r.error}" if r.error else ""))
 
 

@@ -47,8 +47,9 @@ def render(report: Report | None, res: RunResult) -> str:
         console.print(table(report))
         for line in timeline(report):
             console.print(line, highlight=False, markup=False)
-    console.print(f"upcall storm: {res.excess_misses} misses beyond the new flows' own "
-                  f"({res.missed} missed, {res.expected_misses} new flows)", highlight=False, markup=False)
+    console.print(f"upcall storm: {res.excess_misses} misses beyond the new flows' own and the replays "
+                  f"({res.missed} missed, {res.expected_misses} new flows, {res.replayed} replayed)",
+                  highlight=False, markup=False)
     console.print(verdict(res), highlight=False, markup=False)
     return console.export_text()
 

@@ -3,10 +3,10 @@
 Why two detectors: ovs-vswitchd deletes flows one by one (DEL notifications, terse: only the UFID, hence
 the UFID -> full flow map), but a flush (OVS_FLOW_CMD_DEL without key) sends no notification at all, so
 the datapath's flow count is polled as well.  Why suspects: a dying or half-started daemon can install
-wildcarded drop flows that black-hole new traffic (research/restart-measurements.md); while frozen those
-are reported and, when drop-only and still there after a grace period, removed (the grace lets a starting
-daemon's feature probes, drop-only flows it deletes itself, finish: removing one under it would make the
-daemon believe the datapath lacks the feature).
+wildcarded drop flows that black-hole new traffic (research/restart-measurements.md); while frozen, a flow
+that appears and is still there after a grace period is reported and, when drop-only, removed.  The grace
+lets a starting daemon's feature probes (flows it adds and deletes itself at once) come and go unreported
+and untouched: removing one under it would make the daemon believe the datapath lacks the feature.
 
 Why the old daemon is obeyed: between the freeze and its exit the old ovs-vswitchd still runs its
 revalidators.  The flows it deletes (idle, or revalidated away) leave the pin set instead of coming back,
@@ -33,7 +33,7 @@ from dpif.netlink.wire import WireError, iter_attrs, u32
 
 LOG = logging.getLogger(__name__)
 
-SUSPECT_GRACE = 0.5  # seconds a drop-only suspect may live before it is removed
+SUSPECT_GRACE = 0.5  # seconds a flow nobody pinned may live before it is a suspect
 
 
 @dataclass(frozen=True)
@@ -109,7 +109,7 @@ class Pinner:
         self.old_daemons: frozenset[int] = frozenset()  # process ids whose flow changes are followed
         self._old_portids: set[int] = set()
         self._other_portids: set[int] = set()
-        self._due: dict[bytes, tuple[float, Flow]] = {}  # drop-only suspects: when to remove them
+        self._due: dict[bytes, tuple[float, Flow]] = {}  # flows nobody pinned: when to judge them
         self.broken: set[bytes] = set()
         self.stats = PinStats()
         self.flush_seen = trio.Event()
@@ -162,7 +162,7 @@ class Pinner:
     async def _poll_count(self) -> None:
         while True:
             await trio.sleep(self.poll_interval)
-            await self._remove_due_suspects()
+            await self._judge_due_suspects()
             info = await self.dp.info()
             if info.stats.flows < self.expected and (n := await self.reconcile()):
                 self.stats.flushes_detected += 1
@@ -210,17 +210,14 @@ class Pinner:
             return
         if fid in self.flows or not self.frozen:
             return
-        drop = is_drop_only(record)
-        if not drop and record.actions is not None and self._from_old_daemon(sender):
+        if not is_drop_only(record) and record.actions is not None and self._from_old_daemon(sender):
             self.flows[fid] = record
             self.stats.flows_adopted += 1
             return
-        self.stats.suspects[name] = "drop" if drop else "forwarding"
-        LOG.warning(kv("pin.suspect_flow", flow=name, drop=drop))
-        if self.remove_drop_suspects and drop:
-            self._due[fid] = (trio.current_time() + SUSPECT_GRACE, record)
+        self._due.setdefault(fid, (trio.current_time() + SUSPECT_GRACE, record))
 
-    async def _remove_due_suspects(self) -> None:
+    async def _judge_due_suspects(self) -> None:
+        """Flows that outlived the grace: report them; remove the drop-only ones."""
         now = trio.current_time()
         for fid, (due, record) in list(self._due.items()):
             if due > now:
@@ -228,14 +225,25 @@ class Pinner:
             del self._due[fid]
             if not self.frozen:
                 continue
-            name = flow_name(record)
+            key = None if record.ufid else record.key
             try:
-                await self.dp.flow_del(ufid=record.ufid, key=None if record.ufid else record.key)
+                await self.dp.flow_get(ufid=record.ufid, key=key)
+            except OSError as exc:
+                if exc.errno != errno.ENOENT:  # ENOENT: gone again, e.g. a feature probe
+                    LOG.warning(kv("pin.suspect_check_failed", flow=flow_name(record), error=str(exc)))
+                continue
+            name, drop = flow_name(record), is_drop_only(record)
+            self.stats.suspects[name] = "drop" if drop else "forwarding"
+            LOG.warning(kv("pin.suspect_flow", flow=name, drop=drop))
+            if not (drop and self.remove_drop_suspects):
+                continue
+            try:
+                await self.dp.flow_del(ufid=record.ufid, key=key)
                 self.stats.suspects_removed += 1
+                self.stats.suspects.pop(name, None)
             except OSError as exc:
                 if exc.errno != errno.ENOENT:
                     LOG.warning(kv("pin.suspect_remove_failed", flow=name, error=str(exc)))
-            self.stats.suspects.pop(name, None)
 
     async def _recreate_vport(self, port_no: int) -> None:
         vport = self.vports.get(port_no)

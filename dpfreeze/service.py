@@ -401,7 +401,9 @@ def render_status(doc: dict[str, Any]) -> str:
             f"flows: pinned {doc.get('counters', {}).get('flows', '?')}, re-installed "
             f"{pin.get('reinstalled', 0)} (failed {pin.get('reinstall_failed', 0)}), flushes seen "
             f"{pin.get('flushes_detected', 0)}, vports re-created {pin.get('vports_recreated', 0)}, "
-            f"suspects {len(pin.get('suspects', []))} (removed {pin.get('suspects_removed', 0)})"
+            f"suspects {len(pin.get('suspects', []))} (removed {pin.get('suspects_removed', 0)}); "
+            f"the old daemon's own: {pin.get('deletes_accepted', 0)} deleted, "
+            f"{pin.get('flows_adopted', 0)} added"
         )
     ho = doc.get("handover") or report.get("handover") or {}
     if ho:

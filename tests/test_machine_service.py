@@ -125,6 +125,8 @@ class FakeDatapath:
             yield f
 
     async def flow_get(self, *, ufid: bytes | None = None, key: bytes | None = None) -> Flow:
+        if (ufid or b"") not in self.table:
+            raise OSError(errno.ENOENT, "no such flow")
         return self.table[ufid or b""]
 
     async def flow_put(self, flow: Flow, *, create: bool = True) -> None:
