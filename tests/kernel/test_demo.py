@@ -17,12 +17,6 @@ from dpfreeze.lab import lab_dir
 pytestmark = pytest.mark.kernel
 
 
-# The stock procedures lose every new flow from the daemon's exit to the flow-restore-wait clear (100 %).
-# dpfreeze's goal is 0; what it reaches today (TCG VM) is a few packets at the daemon's exit or start, so
-# the test holds it to a 2 % ceiling of the packets sent in the window, and the report keeps the exact count.
-MAX_WINDOW_LOSS = 0.02
-
-
 def restart_window_loss(report: dict[str, Any]) -> dict[str, tuple[int, int]]:
     """(lost, sent) of the established and new-flow classes from the daemon's stop to the end of the
     hand-over: the window that stock restarts lose traffic in and that dpfreeze answers for."""
@@ -51,13 +45,15 @@ async def test_demo_keeps_traffic_across_the_restart_and_writes_every_report(
     assert events[0] == "dpfreeze begins" and "upgrade: thaw" in events, events
     assert json.loads(paths["upgrade"].read_text())["ok"] is True
     assert res.error == "", text
-    # Asserted: (almost) nothing lost while the daemon is stopped, restarted and handed over, and every
-    # miss taken while no daemon ran went to the new one.  Exact losses stay in the report and the demo's
-    # verdict ("HITLESS" only at 0), which is why the verdict itself is not asserted.
+    # Asserted: nothing lost from the freeze until the hand-over is done (the stock procedures lose every
+    # new flow there), and every miss taken while no daemon ran went to the new one.  The probe rig's own
+    # failures (send errors, receiver drops) would show as losses too: they are reported, not excused.
     window = restart_window_loss(report)
     record_property("restart window (lost, sent)", window)
+    record_property("probe rig", {k: report["params"][k] for k in ("send_errors", "send_errnos",
+                                                                    "receiver_drops")})
     for name, (lost, sent) in window.items():
-        assert sent > 0 and lost <= MAX_WINDOW_LOSS * sent, (name, lost, sent, text)
+        assert sent > 0 and lost == 0, (name, lost, sent, report["params"], text)
     handover = json.loads(paths["upgrade"].read_text())["status"]["report"]["handover"]
     assert handover["taken_over"] and handover["misses"] > 0, handover
     assert handover["replayed"] == handover["misses"] and handover["overflow_packets"] == 0, handover
