@@ -218,16 +218,17 @@ class Handover:
             await trio.sleep(self.poll_interval)
 
     async def replay(self) -> None:
-        for up in self.buffer.drain():
-            if recirc_id(up.key) != 0:
-                self.stats.not_replayable += 1
-                continue
-            try:
-                await self.dp.execute(replay_request(up))
+        """Re-inject the buffer in arrival order, batched: hundreds of misses reach the new daemon in one
+        round trip instead of one each (seconds under TCG)."""
+        ups = self.buffer.drain()
+        replayable = [up for up in ups if recirc_id(up.key) == 0]
+        self.stats.not_replayable += len(ups) - len(replayable)
+        for result in await self.dp.execute_many([replay_request(up) for up in replayable]):
+            if result is None:
                 self.stats.replayed += 1
-            except OSError as exc:
+            else:
                 self.stats.replay_failed += 1
-                LOG.warning(kv("handover.replay_failed", error=str(exc)))
+                LOG.warning(kv("handover.replay_failed", error=str(result)))
 
     async def give_back(self) -> None:
         """If the pids are still ours (no new daemon took them), restore the snapshot's pids."""

@@ -2,8 +2,9 @@
 
 A snapshot is what must survive a userspace restart or a module reload to put the datapath back exactly:
 datapaths (features, per-CPU upcall pids), vports (numbers, types, options, upcall pids, ifindex), every
-flow as the raw key/mask/actions/UFID payloads the kernel dumped (re-installable verbatim), the meters those
-flows use, the Linux configuration of internal ports, the OpenFlow state ovs-save misses, and versions.
+flow as the raw key/mask/actions/UFID payloads the kernel dumped (re-installable verbatim), which meters those
+flows use and whether they exist (the kernel does not report their rates), the Linux configuration of
+internal ports, the OpenFlow state ovs-save misses, and versions.
 
 File format (docs/snapshot-format.md): one ASCII header line
 `DPFREEZE-SNAPSHOT <version> sha256=<hex> length=<n>` then exactly n bytes of UTF-8 JSON whose SHA-256 is
@@ -31,7 +32,7 @@ import trio
 from dpfreeze import netdevconf, openflow, ovsdb
 from dpfreeze.log import LOG, kv
 from dpfreeze.ovsenv import OvsEnv
-from dpif.model import Datapath, DatapathInfo, Flow, Vport, VportType
+from dpif.model import Datapath, DatapathInfo, Flow, MetersUnsupported, Vport, VportType
 from dpif.netlink import actions as act
 from dpif.netlink import flowkey as fk
 from dpif.netlink.wire import KernelError, WireError
@@ -51,11 +52,25 @@ class SnapshotError(Exception):
 
 
 @dataclass(frozen=True)
+class MeterRecord:
+    """A kernel meter the flows use, as OVS_METER_CMD_GET shows it: whether it exists, and its band count.
+    Its unit, rates and bursts are not readable (the kernel returns counters only)."""
+
+    id: int
+    present: bool
+    bands: int = 0
+
+    def describe(self) -> str:
+        return f"{self.id} (bands: {self.bands})" if self.present else f"{self.id} (absent)"
+
+
+@dataclass(frozen=True)
 class DatapathSnapshot:
     info: DatapathInfo
     vports: tuple[Vport, ...]
     flows: tuple[Flow, ...]
-    meter_ids: tuple[int, ...] = ()  # kernel meters the flows use (see docs: their bands are not read yet)
+    meter_ids: tuple[int, ...] = ()  # kernel meters the flows use
+    meters: tuple[MeterRecord, ...] | None = None  # those meters as read; None: not read (older snapshot)
 
     @property
     def name(self) -> str:
@@ -225,6 +240,8 @@ def _dp_to_json(d: DatapathSnapshot) -> dict[str, Any]:
             for f in d.flows
         ],
         "meter_ids": list(d.meter_ids),
+        "meters": None if d.meters is None else [
+            {"id": r.id, "present": r.present, "bands": r.bands} for r in d.meters],
     }
 
 
@@ -254,7 +271,11 @@ def _dp_from_json(d: dict[str, Any]) -> DatapathSnapshot:
              ufid=_unhex(f["ufid"]))
         for f in d["flows"]
     )
-    return DatapathSnapshot(info, vports, flows, tuple(int(m) for m in d["meter_ids"]))
+    meters = d.get("meters")  # absent before meters were read
+    return DatapathSnapshot(
+        info, vports, flows, tuple(int(m) for m in d["meter_ids"]),
+        None if meters is None else tuple(
+            MeterRecord(int(r["id"]), bool(r["present"]), int(r["bands"])) for r in meters))
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -298,7 +319,26 @@ async def snapshot_datapath(dp: Datapath) -> DatapathSnapshot:
     info = DatapathInfo(name=info.name, ifindex=info.ifindex, features=info.features,
                         per_cpu_pids=info.per_cpu_pids, masks_cache_size=info.masks_cache_size)
     vports = [replace(v, stats=None, upcall_success=None, upcall_fail=None) for v in vports]
-    return DatapathSnapshot(info, tuple(vports), tuple(flows.values()), tuple(sorted(meters)))
+    ids = tuple(sorted(meters))
+    return DatapathSnapshot(info, tuple(vports), tuple(flows.values()), ids, await _read_meters(dp, ids))
+
+
+async def _read_meters(dp: Datapath, ids: Iterable[int]) -> tuple[MeterRecord, ...] | None:
+    """GET each meter (there is no meter dump); one the kernel does not have is recorded as absent.
+    None when the kernel has no meters at all."""
+    records = []
+    for mid in ids:
+        try:
+            stats = await dp.meter_get(mid)
+        except MetersUnsupported:
+            return None
+        except KernelError as exc:
+            if exc.code != errno.ENOENT:
+                raise
+            records.append(MeterRecord(mid, present=False))
+        else:
+            records.append(MeterRecord(mid, present=True, bands=len(stats.bands)))
+    return tuple(records)
 
 
 async def take_snapshot(*dps: Datapath, env: OvsEnv | None = None, with_openflow: bool = True,
@@ -319,9 +359,7 @@ async def take_snapshot(*dps: Datapath, env: OvsEnv | None = None, with_openflow
             of_state = await openflow.save_all(env, timeout)
         except openflow.OpenFlowError as exc:
             gaps.append(f"openflow: {exc}")
-    if any(d.meter_ids for d in datapaths):
-        gaps.append("meters: kernel meter bands are not read; ovs-vswitchd re-creates them from the "
-                    "OpenFlow meters saved here")
+    gaps += [g for d in datapaths if (g := _meter_gap(d))]
     versions = await ovsdb.versions(env, timeout)
     for gap in gaps:
         LOG.warning(kv("snapshot_gap", detail=gap))
@@ -334,6 +372,17 @@ async def take_snapshot(*dps: Datapath, env: OvsEnv | None = None, with_openflow
         openflow=tuple(of_state),
         gaps=tuple(gaps),
     )
+
+
+def _meter_gap(d: DatapathSnapshot) -> str | None:
+    if d.meters is None:
+        return f"meters: {d.name}: the kernel has no ovs_meter family; meters {list(d.meter_ids)} not read"
+    present = [r.id for r in d.meters if r.present]
+    if not present:
+        return None
+    return (f"meters: {d.name}: meters {present} exist, but the kernel does not report their unit, rates or "
+            "bursts, so a restore cannot re-create them; ovs-vswitchd re-creates them from the OpenFlow "
+            "meters saved here")
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -450,6 +499,8 @@ class RestoreReport:
     vports_present: int = 0
     flows_added: int = 0
     flows_present: int = 0
+    meters_present: int = 0
+    meters_missing: list[int] = field(default_factory=list)
     netdev_changes: list[str] = field(default_factory=list)
     conflicts: list[str] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
@@ -462,7 +513,11 @@ class RestoreReport:
         out = [f"datapath {self.datapath}: features {'set' if self.features_set else 'unchanged'}",
                f"vports: {len(self.vports_added)} added, {self.vports_present} already present",
                f"flows: {self.flows_added} added, {self.flows_present} already present"]
+        if self.meters_present or self.meters_missing:
+            out.append(f"meters: {self.meters_present} present, {len(self.meters_missing)} missing")
         out += [f"added vport {v}" for v in self.vports_added]
+        out += [f"missing meter {m}: not re-created (the kernel does not report its rates); flows using it "
+                "pass unmetered until ovs-vswitchd re-creates it" for m in self.meters_missing]
         out += [f"netdev {c}" for c in self.netdev_changes]
         out += [f"conflict: {c}" for c in self.conflicts]
         out += [f"failed: {f}" for f in self.failures]
@@ -471,8 +526,9 @@ class RestoreReport:
 
 async def restore(dp: Datapath, snap: Snapshot | DatapathSnapshot, *, netdevs: bool = True) -> RestoreReport:
     """Re-create on a running datapath what the snapshot has and it lacks: features, vports with the same
-    numbers, flows.  Identical flows are left alone; a vport or flow that exists but differs is reported as
-    a conflict and not touched.  (Creating a missing datapath is the provider's job: open it first.)"""
+    numbers, flows (meters cannot be re-created: the missing ones are reported).  Identical flows are left
+    alone; a vport or flow that exists but differs is reported as a conflict and not touched.  (Creating a
+    missing datapath is the provider's job: open it first.)"""
     dsnap = snap.datapath(dp.name) if isinstance(snap, Snapshot) else snap
     report = RestoreReport(dsnap.name)
     info = await dp.info()
@@ -491,6 +547,7 @@ async def restore(dp: Datapath, snap: Snapshot | DatapathSnapshot, *, netdevs: b
                 report.netdev_changes = await trio.to_thread.run_sync(netdevconf.apply, configs)
             except netdevconf.NetdevError as exc:
                 report.failures.append(str(exc))
+    await _check_meters(dp, dsnap, report)
     await _restore_flows(dp, dsnap, report)
     LOG.info(kv("snapshot_restored", datapath=dsnap.name, vports=len(report.vports_added),
                 flows=report.flows_added, conflicts=len(report.conflicts), failures=len(report.failures)))
@@ -537,6 +594,23 @@ async def _port_add(dp: Datapath, v: Vport, report: RestoreReport) -> None:
             raise
         report.conflicts.append(f"vport {v.name}: ifindex {ifindex} is taken, the kernel chose another")
         await dp.port_add(v.name, v.type, port_no=v.port_no, upcall_pids=pids, options=v.options)
+
+
+async def _check_meters(dp: Datapath, dsnap: DatapathSnapshot, report: RestoreReport) -> None:
+    """A meter cannot be re-created (its configuration is not readable), and the kernel lets packets through
+    a missing meter unmetered: say which of the meters that existed at the snapshot the flows will miss."""
+    for r in dsnap.meters or ():
+        if not r.present:
+            continue
+        try:
+            await dp.meter_get(r.id)
+        except (KernelError, MetersUnsupported, WireError) as exc:
+            if isinstance(exc, KernelError) and exc.code == errno.ENOENT:
+                report.meters_missing.append(r.id)
+            else:
+                report.failures.append(f"meter {r.id}: {exc}")
+        else:
+            report.meters_present += 1
 
 
 async def _restore_flows(dp: Datapath, dsnap: DatapathSnapshot, report: RestoreReport) -> None:

@@ -105,6 +105,12 @@ def _features(value: int) -> str:
     return ",".join(names) or "none"
 
 
+def _meters(d: DatapathSnapshot) -> str:
+    if d.meters is None:
+        return str(list(d.meter_ids))
+    return ", ".join(r.describe() for r in d.meters)
+
+
 def show_text(snap: Snapshot, with_flows: bool = False) -> list[str]:
     v = snap.versions
     out = [f"snapshot taken {snap.created} on {snap.host}"]
@@ -115,7 +121,7 @@ def show_text(snap: Snapshot, with_flows: bool = False) -> list[str]:
         i = d.info
         out.append(f"datapath {i.name}: features {_features(i.features)}; "
                    f"per-CPU pids {list(i.per_cpu_pids)}; {len(d.vports)} vports, {len(d.flows)} flows"
-                   + (f"; meters used {list(d.meter_ids)}" if d.meter_ids else ""))
+                   + (f"; meters used {_meters(d)}" if d.meter_ids else ""))
         for p in d.vports:
             extra = f" ifindex {p.ifindex}" if p.ifindex is not None else ""
             extra += f" options {p.options.hex()}" if p.options else ""

@@ -12,6 +12,7 @@ typed values and to the ovs-dpctl text syntax.
 from __future__ import annotations
 
 import enum
+import errno
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
@@ -115,6 +116,57 @@ class Flow:
     actions: bytes | None
     ufid: bytes | None = None
     stats: FlowStats = FlowStats()
+
+
+class MeterBandType(enum.IntEnum):
+    DROP = 1  # the only band type openvswitch.ko implements
+
+
+@dataclass(frozen=True)
+class MeterBand:
+    """Packets beyond `rate` (kbit/s or packets/s, as the meter says) once a `burst`-sized bucket is empty
+    get the band's treatment."""
+
+    type: MeterBandType
+    rate: int
+    burst: int
+
+
+@dataclass(frozen=True)
+class Meter:
+    """A kernel meter's configuration, as OVS_METER_CMD_SET takes it (a SET replaces the whole meter)."""
+
+    id: int
+    kbps: bool
+    bands: tuple[MeterBand, ...]
+
+
+@dataclass(frozen=True)
+class MeterBandStats:
+    packets: int = 0
+    bytes: int = 0
+
+
+@dataclass(frozen=True)
+class MeterStats:
+    """What OVS_METER_CMD_GET returns: counters, one per band.  Never the configuration: the kernel writes
+    no unit, rate or burst back (meter.c), so a meter cannot be read back to be re-created."""
+
+    id: int
+    packets: int = 0
+    bytes: int = 0
+    used_ms: int = 0  # kernel monotonic milliseconds of the last packet (or of the SET)
+    bands: tuple[MeterBandStats, ...] = ()  # per band: what exceeded it
+
+
+class MetersUnsupported(OSError):
+    """The kernel has no ovs_meter family (openvswitch.ko older than Linux 4.15)."""
+
+    def __init__(self) -> None:
+        super().__init__(errno.EOPNOTSUPP, "the kernel has no ovs_meter family (meters need Linux 4.15)")
+
+    def __str__(self) -> str:
+        return str(self.strerror)
 
 
 class UpcallKind(enum.IntEnum):
@@ -236,6 +288,19 @@ class Datapath(Protocol):
     async def flow_flush(self) -> None: ...
 
     async def execute(self, request: ExecuteRequest) -> None: ...
+
+    async def execute_many(self, requests: Sequence[ExecuteRequest]) -> list[BaseException | None]:
+        """Many packets at once (batched like flow_put_many): one result per request, None = done."""
+        ...
+
+    async def meter_get(self, meter_id: int) -> MeterStats:
+        """Counters only (see MeterStats); KernelError ENOENT if there is no such meter, MetersUnsupported
+        if the kernel has no meters at all."""
+        ...
+
+    async def meter_set(self, meter: Meter) -> None:
+        """Create or replace the meter (MetersUnsupported if the kernel has no meters)."""
+        ...
 
     def events(self) -> AbstractAsyncContextManager[AsyncIterator[Event | Resync]]:
         """Subscribe (before any dump you want to reconcile with) to datapath/vport/flow notifications."""

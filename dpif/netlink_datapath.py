@@ -22,6 +22,9 @@ from dpif.model import (
     Event,
     ExecuteRequest,
     Flow,
+    Meter,
+    MeterStats,
+    MetersUnsupported,
     Resync,
     Upcall,
     Vport,
@@ -33,6 +36,7 @@ from dpif.transport import (
     DEFAULT_TIMEOUT,
     NLMSG_MIN_TYPE,
     FamilyGone,
+    FamilyNotFound,
     GenlClient,
     Listener,
     Overrun,
@@ -206,6 +210,24 @@ class NetlinkDatapath:
 
     async def execute(self, request: ExecuteRequest) -> None:
         await self._call(m.execute(self.ifindex, request))
+
+    async def execute_many(self, requests: Sequence[ExecuteRequest]) -> list[BaseException | None]:
+        results = await self.client.batch([m.execute(self.ifindex, r) for r in requests])
+        return [r if isinstance(r, BaseException) else None for r in results]
+
+    async def meter_get(self, meter_id: int) -> MeterStats:
+        replies = await self._meter_call(m.meter_get(self.ifindex, meter_id))
+        return m.decode_meter_stats(replies[0].payload)
+
+    async def meter_set(self, meter: Meter) -> None:
+        await self._meter_call(m.meter_set(self.ifindex, meter))
+
+    async def _meter_call(self, req: m.Request) -> list[Message]:
+        """The datapath families exist without ovs_meter on old kernels: say so, not 'is it loaded?'."""
+        try:
+            return await self._call(req)
+        except FamilyNotFound:
+            raise MetersUnsupported() from None
 
     @asynccontextmanager
     async def events(self) -> AsyncIterator[AsyncIterator[Event | Resync]]:

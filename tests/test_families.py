@@ -17,7 +17,12 @@ from dpif.netlink.wire import GENL_HDR, OVS_HDR, WireError, attr, iter_messages,
 ALL_SETS = sorted(
     {
         a.name: a
-        for a in [*(f.attrs for f in fam.FAMILIES.values()), fam.MCAST_GROUP, fam.VPORT_UPCALL_STATS]
+        for a in [
+            *(f.attrs for f in fam.FAMILIES.values()),
+            fam.MCAST_GROUP,
+            fam.VPORT_UPCALL_STATS,
+            fam.METER_BAND_ATTRS,
+        ]
     }.items()
 )
 ROWS = [(aset, num, spec) for _, aset in ALL_SETS for num, spec in aset.by_num.items()]
@@ -105,6 +110,8 @@ def test_vport_upcall_stats_start_at_type_zero() -> None:
         (fam.FLOW_ATTRS, struct.pack("=HH", 200, 1) + b"\0" * 8),  # length beyond the buffer
         (fam.FLOW_ATTRS, b"\1\0"),  # truncated header
         (fam.VPORT_ATTRS, attr(3, b"\xff\xfe\0")),  # name not UTF-8
+        (fam.METER_ATTRS, attr(4, attr(0, attr(2, b"\1\0")))),  # band rate of 2 bytes
+        (fam.METER_ATTRS, attr(5, b"\0" * 4)),  # used: u64 of 4 bytes
     ],
 )
 def test_malformed_attributes_raise_wire_error(aset: fam.AttrSet, payload: bytes) -> None:
@@ -118,6 +125,7 @@ DECODERS = [
     m.decode_flow,
     m.decode_upcall,
     m.decode_family,
+    m.decode_meter_stats,
     lambda p: fam.decode_attrs(fam.CTRL_ATTRS, p),
     lambda p: list(iter_messages(p)),
 ]

@@ -89,6 +89,9 @@ def test_key_text_round_trips(data: st.DataObject) -> None:
     key, mask = masked_attr(data, t)
     text = fk.format_key(attr(t, key), attr(t, mask))
     k2, m2 = fk.parse_key(text)
+    if not text:  # a lone, fully wildcarded attribute: OVS prints nothing, which reads back as no key
+        assert (k2, m2) == (b"", b"")
+        return
     assert fk.format_key(k2, m2) == text
 
 

@@ -38,13 +38,15 @@ from dpif.model import (
     EventKind,
     ExecuteRequest,
     Flow,
+    Meter,
+    MeterStats,
     Resync,
     Upcall,
     UpcallKind,
     Vport,
     VportType,
 )
-from dpif.netlink.wire import attr
+from dpif.netlink.wire import KernelError, attr
 
 OLD_DAEMON, NEW_DAEMON, OURS = 1001, 2002, 3003
 
@@ -159,6 +161,16 @@ class FakeDatapath:
 
     async def execute(self, request: ExecuteRequest) -> None:
         self.executed.append(request)
+
+    async def execute_many(self, requests: Sequence[ExecuteRequest]) -> list[BaseException | None]:
+        self.executed.extend(requests)
+        return [None] * len(requests)
+
+    async def meter_get(self, meter_id: int) -> MeterStats:
+        raise KernelError(errno.ENOENT)  # no meters: none of these flows uses one
+
+    async def meter_set(self, meter: Meter) -> None:
+        raise KernelError(errno.EOPNOTSUPP)
 
     @asynccontextmanager
     async def events(self) -> AsyncIterator[AsyncIterator[Event | Resync]]:

@@ -22,14 +22,26 @@ from dpfreeze.openflow import BridgeOpenFlow
 from dpfreeze.ovsdb import Versions
 from dpfreeze.snapshot import (
     DatapathSnapshot,
+    MeterRecord,
     Snapshot,
     SnapshotError,
+    _meter_gap,
     diff,
     flow_identity,
     meter_ids,
     restore,
+    snapshot_datapath,
 )
-from dpif.model import Datapath, DatapathInfo, DpFeature, Flow, Vport, VportType
+from dpif.model import (
+    Datapath,
+    DatapathInfo,
+    DpFeature,
+    Flow,
+    MeterBandStats,
+    MeterStats,
+    Vport,
+    VportType,
+)
 from dpif.netlink.wire import KernelError, attr, nest
 
 
@@ -145,6 +157,26 @@ def test_meter_ids_found_in_nested_actions() -> None:
     assert meter_ids(attr(1, b"\0\0\0\2")) == set()
 
 
+def _metered(n: int, *meters: int) -> Flow:
+    """meter(m) for each of `meters`, then output:2."""
+    actions = b"".join(attr(19, struct.pack("=I", i)) for i in meters) + attr(1, struct.pack("=I", 2))
+    return _flow(n, actions=actions)
+
+
+def _with_meters(snap: Snapshot, *records: MeterRecord) -> Snapshot:
+    d = replace(snap.datapaths[0], meter_ids=tuple(r.id for r in records), meters=records)
+    return replace(snap, datapaths=(d,))
+
+
+def test_meters_round_trip_and_older_snapshots_still_load() -> None:
+    snap = _with_meters(_snap([_metered(1, 1, 2)]), MeterRecord(1, True, 1), MeterRecord(2, False))
+    assert Snapshot.decode(snap.encode()) == snap
+    older = snap.to_json()
+    del older["datapaths"][0]["meters"]  # written before meters were read
+    d = Snapshot.from_json(older).datapaths[0]
+    assert (d.meter_ids, d.meters) == ((1, 2), None)
+
+
 def test_flow_identity_prefers_ufid() -> None:
     a = _flow(1)
     assert flow_identity(a) == flow_identity(replace(a, key=b"other"))
@@ -193,6 +225,7 @@ class FakeDatapath:
         self.calls: list[str] = []
         self.refuse_ports: set[str] = set()
         self.taken_ifindexes: set[int] = set()
+        self.meters: dict[int, MeterStats] = {}
 
     async def info(self) -> DatapathInfo:
         return DatapathInfo(self.name, 5, self.features, per_cpu_pids=self.per_cpu_pids)
@@ -221,6 +254,12 @@ class FakeDatapath:
     async def flows(self) -> AsyncIterator[Flow]:
         for f in list(self.flow_table.values()):
             yield f
+
+    async def meter_get(self, meter_id: int) -> MeterStats:
+        self.calls.append(f"meter_get {meter_id}")
+        if meter_id not in self.meters:
+            raise KernelError(errno.ENOENT)
+        return self.meters[meter_id]
 
     async def flow_put_many(self, flows: Sequence[Flow], *,
                             create: bool = True) -> list[BaseException | None]:
@@ -272,6 +311,33 @@ async def test_restore_reports_conflicts_and_failures_without_touching_them() ->
     assert not report.ok and report.failures == ["vport 2 veth1: ENODEV: No such device"]
 
 
+async def test_snapshot_records_which_used_meters_exist() -> None:
+    dp = FakeDatapath()
+    dp.meters = {1: MeterStats(1, 5, 500, bands=(MeterBandStats(2, 200),)), 9: MeterStats(9)}
+    for f in (_metered(1, 1, 2), _metered(2, 1)):
+        dp.flow_table[flow_identity(f)] = f
+    d = await snapshot_datapath(cast(Datapath, dp))
+    assert d.meter_ids == (1, 2)  # meter 9 exists but no flow uses it
+    assert d.meters == (MeterRecord(1, present=True, bands=1), MeterRecord(2, present=False))
+    gap = str(_meter_gap(d))
+    assert "meters [1] exist, but the kernel does not report their unit, rates or bursts" in gap
+    assert _meter_gap(replace(d, meters=(MeterRecord(2, present=False),))) is None
+
+
+async def test_restore_reports_the_meters_it_cannot_recreate_before_installing_flows() -> None:
+    snap = _with_meters(_snap([_metered(1, 1, 2, 3)]), MeterRecord(1, True, 1), MeterRecord(2, False),
+                        MeterRecord(3, True, 1))
+    dp = FakeDatapath()
+    dp.meters = {3: MeterStats(3, bands=(MeterBandStats(),))}
+    report = await restore(cast(Datapath, dp), snap, netdevs=False)
+    assert report.ok and (report.meters_present, report.meters_missing) == (1, [1])
+    assert "meter_get 2" not in dp.calls  # absent when the snapshot was taken: nothing to miss
+    assert dp.calls.index("meter_get 1") < dp.calls.index("flow_put")
+    lines = report.lines()
+    assert "meters: 1 present, 1 missing" in lines
+    assert any(line.startswith("missing meter 1: not re-created") for line in lines)
+
+
 async def test_restore_keeps_live_per_cpu_pids() -> None:
     snap = _snap(features=DpFeature.DISPATCH_UPCALL_PER_CPU)
     dp = FakeDatapath()
@@ -290,6 +356,10 @@ def test_cli_show_diff_and_refusal(tmp_path: Path, capsys: pytest.CaptureFixture
     assert snapshot_cli.cmd_show(argparse.Namespace(file=str(a), json=False, flows=True)) == 0
     out = capsys.readouterr().out
     assert "datapath ovs-system" in out and "port 2: veth1 (netdev)" in out and "openflow br0" in out
+    metered = tmp_path / "metered"
+    _with_meters(_snap([_metered(1, 1, 2)]), MeterRecord(1, True, 1), MeterRecord(2, False)).save(metered)
+    assert snapshot_cli.cmd_show(argparse.Namespace(file=str(metered), json=False, flows=False)) == 0
+    assert "meters used 1 (bands: 1), 2 (absent)" in capsys.readouterr().out
     assert snapshot_cli.cmd_show(argparse.Namespace(file=str(a), json=True, flows=False)) == 0
     assert '"format": 1' in capsys.readouterr().out
     assert snapshot_cli.cmd_diff(argparse.Namespace(a=str(a), b=str(a), ignore_pids=False)) == 0

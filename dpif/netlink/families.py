@@ -263,12 +263,13 @@ VPORT_ATTRS = _aset(
     },
 )
 
+OVS_FLOW_STATS = Attr("stats", T.STRUCT, layout="=QQ", fields=("packets", "bytes"))  # struct ovs_flow_stats
 FLOW_ATTRS = _aset(
     "ovs-flow",
     {
         1: Attr("key", T.BINARY),
         2: Attr("actions", T.BINARY),
-        3: Attr("stats", T.STRUCT, layout="=QQ", fields=("packets", "bytes")),
+        3: OVS_FLOW_STATS,
         4: Attr("tcp-flags", T.U8),
         5: Attr("used", T.U64),
         6: Attr("clear", T.FLAG),
@@ -295,6 +296,28 @@ PACKET_ATTRS = _aset(
     },
 )
 
+# Meters are per datapath (ovs_header dp_ifindex) and have no dump: GET needs an ID.  Band items carry no
+# type of their own: the kernel writes 0 (OVS_BAND_ATTR_UNSPEC), we send the index + 1; neither side reads it.
+METER_CMD_FEATURES, METER_CMD_SET, METER_CMD_DEL, METER_CMD_GET = 1, 2, 3, 4
+
+METER_BAND_ATTRS = _aset(
+    "ovs-meter-band",
+    {1: Attr("type", T.U32), 2: Attr("rate", T.U32), 3: Attr("burst", T.U32), 4: OVS_FLOW_STATS},
+)
+METER_ATTRS = _aset(
+    "ovs-meter",
+    {
+        1: Attr("id", T.U32),
+        2: Attr("kbps", T.FLAG),
+        3: OVS_FLOW_STATS,
+        4: Attr("bands", T.NEST_ARRAY, METER_BAND_ATTRS),
+        5: Attr("used", T.U64),
+        6: Attr("clear", T.FLAG),
+        7: Attr("max-meters", T.U32),
+        8: Attr("max-bands", T.U32),
+    },
+)
+
 OVS_DATAPATH = Family("ovs_datapath", OVS_DP_VER_FEATURES, _OVS_CMDS, DATAPATH_ATTRS, "ovs_datapath")
 OVS_VPORT = Family("ovs_vport", 1, _OVS_CMDS, VPORT_ATTRS, "ovs_vport")
 OVS_FLOW = Family("ovs_flow", 1, _OVS_CMDS, FLOW_ATTRS, "ovs_flow")
@@ -305,5 +328,16 @@ OVS_PACKET = Family(
     PACKET_ATTRS,
 )
 
-FAMILIES: Mapping[str, Family] = {f.name: f for f in (NLCTRL, OVS_DATAPATH, OVS_VPORT, OVS_FLOW, OVS_PACKET)}
+# ovs_meter has a multicast group, but the kernel never sends to it.
+OVS_METER = Family(
+    "ovs_meter",
+    1,
+    {"features": METER_CMD_FEATURES, "set": METER_CMD_SET, "del": METER_CMD_DEL, "get": METER_CMD_GET},
+    METER_ATTRS,
+    "ovs_meter",
+)
+
+FAMILIES: Mapping[str, Family] = {
+    f.name: f for f in (NLCTRL, OVS_DATAPATH, OVS_VPORT, OVS_FLOW, OVS_PACKET, OVS_METER)
+}
 OVS_FAMILIES = ("ovs_datapath", "ovs_vport", "ovs_flow", "ovs_packet")

@@ -22,6 +22,9 @@ from dpif.model import (
     Flow,
     FlowStats,
     MegaflowStats,
+    Meter,
+    MeterBandStats,
+    MeterStats,
     Upcall,
     UpcallKind,
     Vport,
@@ -336,6 +339,31 @@ def decode_flow(payload: bytes | memoryview) -> tuple[int, Flow]:
 _FLOW_HDR_LEN = GENL_HDR.size + OVS_HDR.size
 _S32, _QQ, _Q, _NLA = struct.Struct("=i"), struct.Struct("=QQ"), struct.Struct("=Q"), struct.Struct("=HH")
 _NO_STATS = FlowStats()
+
+
+# --- ovs_meter ------------------------------------------------------------------------------------------
+
+
+def meter_set(dp_ifindex: int, meter: Meter) -> Request:
+    """The kernel needs ID and BANDS (an empty list is allowed), and TYPE, RATE > 0, BURST in every band;
+    KBPS absent means packets per second."""
+    bands = [{"type": int(b.type), "rate": b.rate, "burst": b.burst} for b in meter.bands]
+    attrs = {"id": meter.id, "kbps": meter.kbps, "bands": bands}
+    return request(fam.OVS_METER, fam.METER_CMD_SET, attrs, dp_ifindex=dp_ifindex)
+
+
+def meter_get(dp_ifindex: int, meter_id: int) -> Request:
+    return request(fam.OVS_METER, fam.METER_CMD_GET, {"id": meter_id}, dp_ifindex=dp_ifindex)
+
+
+def decode_meter_stats(payload: bytes | memoryview) -> MeterStats:
+    """A GET (or SET/DEL) reply: ID, STATS, USED and a STATS per band, nothing else."""
+    a = decode_body(fam.OVS_METER, payload).attrs
+    if "id" not in a:
+        raise WireError("ovs_meter message without a meter id")
+    s = a.get("stats") or {}
+    bands = tuple(MeterBandStats(**b.get("stats", {})) for b in a.get("bands", ()))
+    return MeterStats(a["id"], s.get("packets", 0), s.get("bytes", 0), a.get("used", 0), bands)
 
 
 # --- ovs_packet -----------------------------------------------------------------------------------------

@@ -1,0 +1,64 @@
+"""The upcall hand-over in per-vport dispatch mode, against the real openvswitch.ko (inside the test VM).
+
+OVS 3.1 on a 6.1 kernel always picks per-CPU dispatch, so ovs-vswitchd cannot be made to exercise this
+mode; the "daemons" here are upcall sockets of the test process, programmed the way dpif-netlink programs
+them: one pid per vport, reset to 0 on a clean exit (`destroy_all_channels`), left dangling on a crash.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+import trio
+from test_dpif_provider import FRAME, dp, first_upcall, send_from_peer, veth  # noqa: F401 - fixtures
+
+from dpfreeze.handover import Handover, MissBuffer
+from dpfreeze.pin import PinSet
+from dpif.model import DpFeature, Upcall, UpcallKind, VportType
+from dpif.netlink_datapath import NetlinkDatapath
+
+pytestmark = pytest.mark.kernel
+
+
+async def wait_for(predicate: Callable[[], object]) -> None:
+    with trio.fail_after(10):
+        while not predicate():
+            await trio.sleep(0.01)
+
+
+@pytest.mark.parametrize("exit_kind", ["clean exit (pids reset to 0)", "crash (pids left dangling)"])
+async def test_per_vport_takeover_buffers_and_replays_to_the_new_owner(
+    dp: NetlinkDatapath, veth: str, exit_kind: str  # noqa: F811 - fixtures
+) -> None:
+    await dp.set_features(int(DpFeature.UNALIGNED | DpFeature.VPORT_PIDS))
+    port = await dp.port_add(veth, VportType.NETDEV)
+    handover = Handover(dp, PinSet(await dp.info(), tuple(await dp.ports()), ()), MissBuffer(),
+                        poll_interval=0.01)
+    async with trio.open_nursery() as nursery:
+        async with dp.upcalls() as old:
+            await dp.port_set_upcall_pids(port.port_no, old.portids)
+            await nursery.start(handover.run)
+            send_from_peer()  # the old owner is alive: the miss is its own, nothing is taken from it
+            assert (await first_upcall(old.__aiter__())).kind is UpcallKind.MISS
+            assert not handover.stats.taken_over and handover.stats.misses == 0
+            if exit_kind.startswith("clean"):
+                await dp.port_set_upcall_pids(port.port_no, [0])
+        await wait_for(lambda: handover.stats.taken_over)
+        assert {p.port_no: p.upcall_pids for p in await dp.ports()}[port.port_no] == handover.ours
+        assert handover.stats.mode == "per-vport"
+
+        send_from_peer()  # no daemon: dpfreeze buffers the miss
+        await wait_for(lambda: handover.buffer.buffered)
+        async with dp.upcalls() as new:
+            await dp.port_set_upcall_pids(port.port_no, new.portids)
+            handover.handing_over = True
+            with trio.fail_after(10):
+                await handover.wait_new_owner()
+            await handover.replay()
+            replayed: Upcall = await first_upcall(new.__aiter__())
+        nursery.cancel_scope.cancel()
+    assert replayed.kind is UpcallKind.MISS and replayed.packet[: len(FRAME)] == FRAME
+    stats = handover.stats
+    assert (stats.replayed, stats.replay_failed, handover.buffer.overflow_packets) == (1, 0, 0)
+    assert handover.stats.new_owner_pids == sorted(set(new.portids))
