@@ -51,7 +51,8 @@ async def test_per_vport_takeover_buffers_and_replays_to_the_new_owner(
         send_from_peer()  # no daemon: dpfreeze buffers the miss
         await wait_for(lambda: handover.buffer.buffered)
         async with dp.upcalls() as new:
-            await dp.port_set_upcall_pids(port.port_no, new.portids)
+            for vport in await dp.ports():  # a per-vport daemon programs every vport, its local port too
+                await dp.port_set_upcall_pids(vport.port_no, new.portids)
             handover.handing_over = True
             with trio.fail_after(10):
                 await handover.wait_new_owner()
