@@ -8,10 +8,13 @@ that appears and is still there after a grace period is reported and, when drop-
 lets a starting daemon's feature probes (flows it adds and deletes itself at once) come and go unreported
 and untouched: removing one under it would make the daemon believe the datapath lacks the feature.
 
-Why the old daemon is obeyed: between the freeze and its exit the old ovs-vswitchd still runs its
-revalidators.  The flows it deletes (idle, or revalidated away) leave the pin set instead of coming back,
-and the forwarding flows it adds for new connections join it, so that what is pinned stays what the
-daemon wanted.  Its requests are recognised by the sender portid of the notification.
+Why the old daemon is partly obeyed: between the freeze and its stop the old ovs-vswitchd still runs its
+revalidators.  The idle flows it expires leave the pin set instead of coming back, and the forwarding
+flows it adds for new connections join it, so that what is pinned stays what the daemon wanted.  Its
+requests are recognised by the sender portid of the notification.  A flow that was still carrying traffic
+is re-installed even when the old daemon deleted it: that is a teardown (a purge at exit, `exit
+--cleanup`, OVS before 2.14), or a revalidation whose stale result its next pass corrects anyway.  And
+once the daemon is about to be stopped (`stop_following`) nothing it does is followed.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import logging
+import time
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 
@@ -34,6 +38,7 @@ from dpif.netlink.wire import WireError, iter_attrs, u32
 LOG = logging.getLogger(__name__)
 
 SUSPECT_GRACE = 0.5  # seconds a flow nobody pinned may live before it is a suspect
+IDLE_MS = 1000  # an old daemon's delete is followed only for a flow idle at least this long
 
 
 @dataclass(frozen=True)
@@ -183,6 +188,10 @@ class Pinner:
             elif ev.kind is EventKind.DATAPATH and ev.cmd is EventCmd.DEL:
                 LOG.error(kv("pin.datapath_deleted", name=self.dp.name))
 
+    def stop_following(self) -> None:
+        """The old daemon is about to be stopped: from now on, its deletes are undone like anyone's."""
+        self.old_daemons = frozenset()
+
     def _from_old_daemon(self, portid: int) -> bool:
         """Whether a request came from the old daemon (each portid is looked up once)."""
         if not self.old_daemons or portid == 0 or portid in self._other_portids:
@@ -202,7 +211,7 @@ class Pinner:
             flow = self.flows.get(fid)
             if flow is None or fid in self.broken:
                 return
-            if self.frozen and self._from_old_daemon(sender):
+            if self.frozen and _idle(record) and self._from_old_daemon(sender):
                 del self.flows[fid]
                 self.stats.deletes_accepted += 1
                 return
@@ -266,6 +275,12 @@ class Pinner:
             return
         self.stats.vports_recreated += 1
         LOG.info(kv("pin.vport_recreated", port=port_no, name=vport.name))
+
+
+def _idle(record: Flow) -> bool:
+    """Whether a deleted flow (its final stats ride on the DEL notification) had stopped carrying traffic."""
+    used = record.stats.used_ms
+    return not used or time.monotonic() * 1000 - used >= IDLE_MS
 
 
 def recirculating(flows: Iterable[Flow]) -> list[Flow]:

@@ -142,6 +142,8 @@ class FreezeService:
         if self.state.state is not State.FROZEN or self.handover is None:
             raise TransitionRefused(f"cannot take the upcalls while {self.state.state.value}")
         self.handover.take_now.set()
+        if self.pinner is not None:
+            self.pinner.stop_following()
         with trio.fail_after(10):
             while not self.handover.stats.taken_over:
                 await trio.sleep(0.01)

@@ -38,6 +38,7 @@ from dpif.model import (
     EventKind,
     ExecuteRequest,
     Flow,
+    FlowStats,
     Meter,
     MeterStats,
     Resync,
@@ -530,26 +531,42 @@ async def test_pids_reset_by_an_exiting_per_vport_daemon_are_taken_again(tmp_pat
         assert all(v.upcall_pids == (0,) for v in dp.vports.values())
 
 
-async def test_the_old_daemon_is_followed_until_it_exits(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Its deletes leave the pin set, its new forwarding flows join it; anyone else's deletes come back."""
+async def test_the_old_daemon_is_followed_until_it_is_stopped(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its deletes of idle flows leave the pin set and its new forwarding flows join it; its deletes of
+    busy flows (a teardown), anyone else's deletes, and all of its deletes once it is being stopped are
+    undone."""
+    import time
+
+    def ufid(n: int) -> bytes:
+        return bytes([n]) * 16
+
+    def deleted(n: int, used_ms: int = 0) -> Flow:
+        return Flow(b"", None, None, ufid=ufid(n), stats=FlowStats(used_ms=used_ms))  # terse, final stats
+
     dp = FakeDatapath()
-    for n in (1, 2):
-        dp.table[bytes([n]) * 16] = flow(n)
+    for n in (1, 2, 3, 4):
+        dp.table[ufid(n)] = flow(n)
     monkeypatch.setattr(pin_mod, "process_portids", lambda pid: {77} if pid == OLD_DAEMON else set())
     pinner = pin_mod.Pinner(dp, PinSet(await dp.info(), (), tuple(dp.table.values())), poll_interval=0.005)
     pinner.old_daemons = frozenset({OLD_DAEMON})
+    busy = int(time.monotonic() * 1000) - 10
     async with trio.open_nursery() as nursery:
         await nursery.start(pinner.run)
-        for n, sender in ((1, 77), (2, 55)):
-            del dp.table[bytes([n]) * 16]
-            dp.notify(EventKind.FLOW, EventCmd.DEL, Flow(b"", None, None, ufid=bytes([n]) * 16), sender)
-        dp.table[bytes([3]) * 16] = flow(3)
-        dp.notify(EventKind.FLOW, EventCmd.NEW, flow(3), 77)
+        for n, sender, used in ((1, 77, 0), (2, 55, 0), (3, 77, busy)):
+            del dp.table[ufid(n)]
+            dp.notify(EventKind.FLOW, EventCmd.DEL, deleted(n, used), sender)
+        dp.table[ufid(5)] = flow(5)
+        dp.notify(EventKind.FLOW, EventCmd.NEW, flow(5), 77)
         await trio.sleep(0.05)
-        assert sorted(dp.table) == [bytes([2]) * 16, bytes([3]) * 16]  # 1 accepted, 2 re-installed
-        dp.table.clear()  # a flush: the adopted flow comes back with the pinned one
+        assert sorted(dp.table) == [ufid(2), ufid(3), ufid(4), ufid(5)]  # only the idle 1 stays deleted
+        dp.table.clear()  # a flush: the adopted flow comes back with the pinned ones
         await trio.sleep(0.05)
-        assert sorted(dp.table) == [bytes([2]) * 16, bytes([3]) * 16]
+        assert sorted(dp.table) == [ufid(2), ufid(3), ufid(4), ufid(5)]
+        pinner.stop_following()
+        del dp.table[ufid(4)]
+        dp.notify(EventKind.FLOW, EventCmd.DEL, deleted(4), 77)
+        await trio.sleep(0.05)
+        assert ufid(4) in dp.table
         assert (pinner.stats.deletes_accepted, pinner.stats.flows_adopted) == (1, 1)
         nursery.cancel_scope.cancel()
 
