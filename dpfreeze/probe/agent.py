@@ -20,7 +20,7 @@ import sys
 import time
 from array import array
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any, cast
 
@@ -116,17 +116,23 @@ async def _recv_frames(sock: socket.socket) -> AsyncIterator[tuple[bytes, int]]:
     """
     while True:
         await trio.lowlevel.wait_readable(sock)
-        while True:
-            try:
-                data, anc, _flags, addr = sock.recvmsg(2048, socket.CMSG_SPACE(TIMESPEC.size))
-            except BlockingIOError:
-                break
-            except OSError as exc:
-                if exc.errno == errno.ENETDOWN:
-                    continue
-                raise
-            if cast(tuple[Any, ...], addr)[2] != PACKET_OUTGOING:
-                yield data, _rx_time(anc)
+        for frame in _drain(sock):
+            yield frame
+
+
+def _drain(sock: socket.socket) -> Iterator[tuple[bytes, int]]:
+    """Every incoming frame queued on a non-blocking capture socket now, with its receive time."""
+    while True:
+        try:
+            data, anc, _flags, addr = sock.recvmsg(2048, socket.CMSG_SPACE(TIMESPEC.size))
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            if exc.errno == errno.ENETDOWN:
+                continue
+            raise
+        if cast(tuple[Any, ...], addr)[2] != PACKET_OUTGOING:
+            yield data, _rx_time(anc)
 
 
 class Sender:
@@ -325,18 +331,8 @@ class Receiver:
 
     def finish(self) -> None:
         """Take what is still queued (a slow agent lags its socket), then the kernel's drop count."""
-        self.rx.setblocking(False)
-        while True:
-            try:
-                data, anc, _flags, addr = self.rx.recvmsg(2048, socket.CMSG_SPACE(TIMESPEC.size))
-            except BlockingIOError:
-                break
-            except OSError as exc:
-                if exc.errno == errno.ENETDOWN:
-                    continue
-                raise
-            if addr[2] != PACKET_OUTGOING:
-                self._record(data, _rx_time(anc))
+        for data, when in _drain(self.rx):
+            self._record(data, when)
         self.drops = struct.unpack("II", self.rx.getsockopt(SOL_PACKET, PACKET_STATISTICS, 8))[1]
 
     async def tcp_server(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
