@@ -28,7 +28,15 @@ from dpfreeze.service import (
     SystemBackend,
     render_status,
 )
-from dpfreeze.upgrade import FreezeApi, UpgradeReport, upgrade
+from dpfreeze.snapshot import SnapshotError
+from dpfreeze.upgrade import (
+    FreezeApi,
+    UpgradeError,
+    UpgradeReport,
+    restore_openflow,
+    upgrade,
+    wait_new_daemon,
+)
 
 
 class RemoteApi:
@@ -110,9 +118,29 @@ async def cmd_renew(args: argparse.Namespace) -> int:
 
 
 async def cmd_thaw(args: argparse.Namespace) -> int:
-    doc = await RemoteApi(Path(args.socket)).thaw(wait=not args.no_wait)
+    """Restore the saved OpenFlow state into the running daemon first (as `upgrade` does), then thaw.
+
+    Why here too: on the systemd path (`systemctl restart`) ovs-ctl starts the new daemon with empty
+    OpenFlow tables, and clearing flow-restore-wait then would make its revalidators judge the re-installed
+    kernel flows against nothing.  A restore that fails is reported, and the thaw happens anyway: a freeze
+    is never left in place because of it.
+    """
+    api = RemoteApi(Path(args.socket))
+    failed = ""
+    if not args.no_openflow:
+        status = await api.status()
+        if status.get("state") == machine.State.FROZEN.value and status.get("snapshot_path"):
+            try:
+                with trio.fail_after(args.openflow_timeout):
+                    await wait_new_daemon(ovsenv.current(), 0, args.openflow_timeout)
+                    for line in await restore_openflow(status["snapshot_path"]):
+                        print(f"openflow: {line}")
+            except (OSError, UpgradeError, trio.TooSlowError, SnapshotError) as exc:
+                failed = f"OpenFlow state not restored: {exc or 'timed out'}"
+                print(f"dpfreeze: {failed}", file=sys.stderr)
+    doc = await api.thaw(wait=not args.no_wait)
     _emit(doc, args.json, render_status(doc))
-    return 1 if doc.get("error") else 0
+    return 1 if doc.get("error") or failed else 0
 
 
 async def cmd_status(args: argparse.Namespace) -> int:
@@ -211,6 +239,10 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p = sub.add_parser("thaw", help="clear flow-restore-wait, repair the new daemon's flush, hand over")
     _common(p)
     p.add_argument("--no-wait", action="store_true", help="return once the thaw has started")
+    p.add_argument("--no-openflow", action="store_true",
+                   help="do not restore the snapshot's OpenFlow state into the daemon first")
+    p.add_argument("--openflow-timeout", type=float, default=60.0, metavar="S",
+                   help="how long to wait for the daemon and the restore (default 60)")
     p.set_defaults(handler=cmd_thaw)
 
     p = sub.add_parser("status", help="state, lease, pinned flows, upcalls, owners of the upcall pids")

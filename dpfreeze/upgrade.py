@@ -150,6 +150,15 @@ async def wait_new_daemon(env: OvsEnv, old_pid: int, timeout: float) -> int:
     raise UpgradeError(f"no new {VSWITCHD} answered within {timeout:g} s")
 
 
+async def restore_openflow(snapshot_path: str | Path) -> list[str]:
+    """Give the running daemon the OpenFlow state the snapshot saved (ovs-save's restore, plus what it
+    misses); one line per change, none when the daemon already has it (e.g. its controller re-sent it)."""
+    changes: list[str] = []
+    for bridge in Snapshot.load(snapshot_path).openflow:
+        changes += await openflow.restore_bridge(bridge)
+    return changes
+
+
 def verify(status: dict[str, Any], new_pid: int) -> list[str]:
     """What is wrong after the thaw: not thawed, upcalls not owned by the new daemon, losses."""
     problems = []
@@ -194,8 +203,7 @@ async def upgrade(
             raise UpgradeError(f"{exc}: nothing to restart") from exc
     argv = daemon_argv(rep.old_pid) if rep.old_pid else []
     frozen = await api.freeze(ttl, datapath)
-    saved = Snapshot.load(frozen["snapshot_path"]).openflow  # ovs-save's job, done by the snapshot
-    rep.step("freeze", t, bridges=len(saved))
+    rep.step("freeze", t)
     try:
         t = time.monotonic()
         await api.take_upcalls()  # misses of the old daemon's exit are buffered for the new one, not lost
@@ -214,8 +222,7 @@ async def upgrade(
         rep.new_pid = await wait_new_daemon(env, rep.old_pid or 0, daemon_timeout)
         rep.step("new-daemon", t, pid=rep.new_pid)
         t = time.monotonic()
-        for bridge in saved:
-            rep.openflow_changes += await openflow.restore_bridge(bridge)
+        rep.openflow_changes = await restore_openflow(frozen["snapshot_path"])
         rep.step("restore-openflow", t, changes=len(rep.openflow_changes))
     except Exception as exc:
         rep.error = f"{type(exc).__name__}: {exc}"

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import trio
 from test_freeze import FLUSH_REPAIRED, freeze_service, pinging
 
 from dpfreeze import ovsdb
+from dpfreeze.bench_upgrade import CTL_OPTS
+from dpfreeze.freeze_cli import RemoteApi, cmd_thaw
 from dpfreeze.sandbox import Sandbox
 from dpfreeze.upgrade import upgrade
 
 pytestmark = pytest.mark.kernel
+
+CUSTOM_ACTIONS = "NORMAL"  # behaves like the default flow, so traffic works either way; the cookie tells
 
 
 async def test_upgrade_restarts_the_daemon_without_losing_established_traffic(
@@ -53,3 +59,33 @@ async def test_failed_restart_command_thaws_and_clears_flow_restore_wait(
     assert not await ovsdb.get_flow_restore_wait(ovs.env, timeout=30)
     a, b = ovs.ports
     await ovs.ping(a, b)
+
+
+async def test_systemd_restart_path_restores_openflow_and_keeps_traffic(
+    ovs: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The drop-in's `systemctl restart`, hook by hook: ExecStop `freeze --take-upcalls` then Debian's
+    `ovs-ctl stop`, ExecStart `ovs-ctl start` (empty OpenFlow tables, flow-restore-wait set), ExecStartPost
+    `thaw`, which must give the new daemon the saved OpenFlow flows before it clears flow-restore-wait."""
+    a, b = ovs.ports
+    br = ovs.bridges[0]
+    await ovs.run("ovs-ofctl", "add-flow", br, f"cookie=0x5eed,priority=10,ip,actions={CUSTOM_ACTIONS}")
+    await ovs.ping(a, b)
+    ctl = [str(ovs.env.pkgdatadir / "scripts" / "ovs-ctl"), *CTL_OPTS]
+    async with freeze_service(ovs, tmp_path / "st", monkeypatch, handover_timeout=30) as svc, \
+            pinging(a, b.ipv4) as established:  # fmt: skip
+        api = RemoteApi(svc.config.socket_path)
+        await api.freeze(300, "ovs-system")
+        await api.take_upcalls()
+        await trio.run_process([*ctl[:2], "stop"], capture_stdout=True)
+        await trio.run_process([*ctl, "start"], capture_stdout=True)
+        args = argparse.Namespace(socket=str(svc.config.socket_path), no_wait=False, no_openflow=False,
+                                  openflow_timeout=60.0, json=False)
+        assert await cmd_thaw(args) == 0
+        out = capsys.readouterr().out
+        assert f"openflow: {br}: replace-flows" in out, out  # the new daemon had started with empty tables
+    assert "cookie=0x5eed" in await ovs.run("ovs-ofctl", "dump-flows", br)
+    assert not await ovsdb.get_flow_restore_wait(ovs.env, timeout=30)
+    assert (await svc.status())["state"] == "thawed"
+    sent, received = established
+    assert sent > 100 and received == sent, established
