@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shlex
 import signal
 import time
@@ -109,11 +110,26 @@ async def _run(argv: list[str], env: OvsEnv, timeout: float) -> int:
     return proc.returncode
 
 
+def exit_keeps_flows(version_text: str) -> bool:
+    """Whether `ovs-appctl exit` leaves the kernel flows alone: OVS 2.14 and later (before, a graceful
+    exit flushed every one of them; research/ovs-restart.md §1.1).  Unknown versions are assumed new."""
+    m = re.search(r"\(Open vSwitch\) (\d+)\.(\d+)", version_text)
+    return m is None or (int(m.group(1)), int(m.group(2))) >= (2, 14)
+
+
 async def stop_vswitchd(env: OvsEnv, pid: int) -> str:
-    """As ovs-ctl's stop_daemon: `ovs-appctl exit` (keeps kernel flows on OVS >= 2.14), TERM, KILL."""
-    await _run(["ovs-appctl", "-T", "1", "-t", VSWITCHD, "exit"], env, 5)
-    if await _wait_gone(pid, 2.0):
-        return "exit"
+    """As ovs-ctl's stop_daemon: `ovs-appctl exit`, TERM, KILL; straight to TERM (which never touches the
+    datapath) for a daemon older than 2.14, whose graceful exit would flush the kernel flows."""
+    version = ""
+    with trio.move_on_after(5):
+        res = await trio.run_process(["ovs-appctl", "-T", "2", "-t", VSWITCHD, "version"], check=False,
+                                     env={**os.environ, **env.environ()}, capture_stdout=True,
+                                     capture_stderr=True)
+        version = res.stdout.decode(errors="replace")
+    if exit_keeps_flows(version):
+        await _run(["ovs-appctl", "-T", "1", "-t", VSWITCHD, "exit"], env, 5)
+        if await _wait_gone(pid, 2.0):
+            return "exit"
     os.kill(pid, signal.SIGTERM)
     if await _wait_gone(pid, 5.0):
         return "SIGTERM"

@@ -600,3 +600,13 @@ async def test_drop_suspects_get_a_grace_period(monkeypatch: pytest.MonkeyPatch)
         assert dels == [stuck.ufid] and dp.table == {}
         assert pinner.stats.suspects_removed == 1 and pinner.stats.suspects == {}
         nursery.cancel_scope.cancel()
+
+
+def test_exit_is_used_only_where_it_keeps_the_kernel_flows() -> None:
+    from dpfreeze.upgrade import exit_keeps_flows
+
+    assert exit_keeps_flows("ovs-vswitchd (Open vSwitch) 3.1.0\n")
+    assert exit_keeps_flows("ovs-vswitchd (Open vSwitch) 2.14.0\n")
+    assert not exit_keeps_flows("ovs-vswitchd (Open vSwitch) 2.13.8\n")
+    assert not exit_keeps_flows("ovs-vswitchd (Open vSwitch) 2.9.2\n")
+    assert exit_keeps_flows("")  # unknown (no answer): assume a current daemon
