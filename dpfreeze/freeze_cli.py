@@ -86,6 +86,7 @@ def upgrade_text(rep: UpgradeReport) -> str:
     ]
     lines += [f"  openflow: {c}" for c in rep.openflow_changes]
     lines += [f"  problem: {p}" for p in rep.verify]
+    lines += [f"  caution: {c}" for c in rep.cautions]
     if rep.error:
         lines.append(f"  error: {rep.error}")
     if rep.status:

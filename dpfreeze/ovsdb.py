@@ -120,10 +120,10 @@ def _root_row(idl: ovs.db.idl.Idl) -> Any:
     return rows[0]
 
 
-def _read_frw(env: OvsEnv, timeout: float) -> bool:
+def _read_other_config(env: OvsEnv, timeout: float) -> dict[str, str]:
     idl = _open_idl(env, time.monotonic() + timeout, ["other_config"])
     try:
-        return bool(_root_row(idl).other_config.get(FRW_KEY) == "true")
+        return dict(_root_row(idl).other_config)
     finally:
         idl.close()
 
@@ -183,8 +183,13 @@ def _read_db_version(env: OvsEnv, timeout: float) -> str | None:
         idl.close()
 
 
+async def get_other_config(env: OvsEnv | None = None, timeout: float = DEFAULT_TIMEOUT) -> dict[str, str]:
+    """Open_vSwitch:other_config, the global knobs (flow-restore-wait, hw-offload, flow-limit, ...)."""
+    return await trio.to_thread.run_sync(_read_other_config, env or current(), timeout)
+
+
 async def get_flow_restore_wait(env: OvsEnv | None = None, timeout: float = DEFAULT_TIMEOUT) -> bool:
-    return await trio.to_thread.run_sync(_read_frw, env or current(), timeout)
+    return (await get_other_config(env, timeout)).get(FRW_KEY) == "true"
 
 
 async def set_flow_restore_wait(value: bool, env: OvsEnv | None = None,

@@ -8,6 +8,7 @@ flow-restore-wait is a total outage for new flows.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -20,7 +21,7 @@ from typing import Any, Protocol
 
 import trio
 
-from dpfreeze import openflow
+from dpfreeze import openflow, ovsdb
 from dpfreeze.log import kv
 from dpfreeze.ovsenv import DaemonNotRunning, OvsEnv
 from dpfreeze.snapshot import Snapshot
@@ -53,6 +54,7 @@ class UpgradeReport:
     steps: list[dict[str, Any]] = field(default_factory=list)
     openflow_changes: list[str] = field(default_factory=list)
     verify: list[str] = field(default_factory=list)  # problems found by the verification; empty = good
+    cautions: list[str] = field(default_factory=list)  # known effects of any restart here (see cautions())
     status: dict[str, Any] = field(default_factory=dict)
     error: str = ""
 
@@ -175,6 +177,24 @@ async def restore_openflow(snapshot_path: str | Path) -> list[str]:
     return changes
 
 
+STARTUP_FLOW_LIMIT = 10000  # udpif's first flow limit, min(other_config:flow-limit, 10000)
+
+
+def cautions(other_config: dict[str, str], flows: int) -> list[str]:
+    """What a restart will do anyway, whatever dpfreeze pins (research/ovs-restart.md §1.2, §1.4)."""
+    out = []
+    if other_config.get("hw-offload") == "true":
+        out.append("hw-offload=true: the new daemon deletes every TC-offloaded flow when it starts; those "
+                   "live outside the kernel datapath, so they are neither pinned nor restored")
+    configured = other_config.get("flow-limit", "")
+    limit = min(int(configured) if configured.isdigit() else STARTUP_FLOW_LIMIT, STARTUP_FLOW_LIMIT)
+    if flows > limit:
+        what = "deletes them all" if flows > 2 * limit else "expires them after 100 ms idle"
+        out.append(f"{flows} datapath flows: the new daemon starts with a flow limit of {limit} and, until "
+                   f"it has measured its dump rate, {what} after the hand-over")
+    return out
+
+
 def verify(status: dict[str, Any], new_pid: int) -> list[str]:
     """What is wrong after the thaw: not thawed, upcalls not owned by the new daemon, losses."""
     problems = []
@@ -220,6 +240,10 @@ async def upgrade(
     argv = daemon_argv(rep.old_pid) if rep.old_pid else []
     frozen = await api.freeze(ttl, datapath)
     rep.step("freeze", t)
+    with contextlib.suppress(ovsdb.OvsdbError, trio.TooSlowError):
+        rep.cautions = cautions(await ovsdb.get_other_config(env), int(frozen["counters"]["flows"]))
+    for caution in rep.cautions:
+        LOG.warning(kv("upgrade.caution", text=caution))
     try:
         t = time.monotonic()
         await api.take_upcalls()  # misses of the old daemon's exit are buffered for the new one, not lost

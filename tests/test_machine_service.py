@@ -610,3 +610,16 @@ def test_exit_is_used_only_where_it_keeps_the_kernel_flows() -> None:
     assert not exit_keeps_flows("ovs-vswitchd (Open vSwitch) 2.13.8\n")
     assert not exit_keeps_flows("ovs-vswitchd (Open vSwitch) 2.9.2\n")
     assert exit_keeps_flows("")  # unknown (no answer): assume a current daemon
+
+
+def test_cautions_name_what_any_restart_does_here() -> None:
+    from dpfreeze.upgrade import cautions
+
+    assert cautions({}, 9000) == []
+    (offload,) = cautions({"hw-offload": "true"}, 10)
+    assert "TC-offloaded" in offload
+    (limit,) = cautions({}, 15000)
+    assert "flow limit of 10000" in limit and "100 ms" in limit
+    (kill,) = cautions({"flow-limit": "5000"}, 12000)
+    assert "flow limit of 5000" in kill and "deletes them all" in kill
+    assert len(cautions({"hw-offload": "true", "flow-limit": "junk"}, 25000)) == 2
