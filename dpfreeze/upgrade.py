@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+import outcome
 import trio
 
 from dpfreeze import openflow, ovsdb
@@ -238,10 +239,20 @@ async def upgrade(
         if restart_command is None:
             raise UpgradeError(f"{exc}: nothing to restart") from exc
     argv = daemon_argv(rep.old_pid) if rep.old_pid else []
-    frozen = await api.freeze(ttl, datapath)
+    other_config: dict[str, str] = {}
+
+    async def read_other_config() -> None:  # beside the freeze: seconds of IDL work under emulation
+        with contextlib.suppress(ovsdb.OvsdbError, trio.TooSlowError):
+            other_config.update(await ovsdb.get_other_config(env))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(read_other_config)
+        result = await outcome.acapture(api.freeze, ttl, datapath)  # its error stays itself, no group
+        if isinstance(result, outcome.Error):
+            nursery.cancel_scope.cancel()
+    frozen = result.unwrap()
     rep.step("freeze", t)
-    with contextlib.suppress(ovsdb.OvsdbError, trio.TooSlowError):
-        rep.cautions = cautions(await ovsdb.get_other_config(env), int(frozen["counters"]["flows"]))
+    rep.cautions = cautions(other_config, int(frozen["counters"]["flows"]))
     for caution in rep.cautions:
         LOG.warning(kv("upgrade.caution", text=caution))
     try:
