@@ -21,7 +21,7 @@ from typing import Any
 import trio
 
 MAX_LINE = 1 << 20
-COMMANDS = frozenset({"freeze", "thaw", "status", "renew", "take-upcalls"})
+COMMANDS = frozenset({"freeze", "thaw", "status", "renew", "take-upcalls", "detach", "reattach"})
 _PEERCRED = struct.Struct("=iII")  # struct ucred: pid, uid, gid
 
 

@@ -65,6 +65,12 @@ class RemoteApi:
     async def take_upcalls(self) -> dict[str, Any]:
         return await self._call("take-upcalls")
 
+    async def detach(self) -> dict[str, Any]:
+        return await self._call("detach")
+
+    async def reattach(self) -> dict[str, Any]:
+        return await self._call("reattach")
+
     async def status(self) -> dict[str, Any]:
         return await self._call("status")
 
@@ -87,6 +93,7 @@ def upgrade_text(rep: UpgradeReport) -> str:
     lines += [f"  openflow: {c}" for c in rep.openflow_changes]
     lines += [f"  problem: {p}" for p in rep.verify]
     lines += [f"  caution: {c}" for c in rep.cautions]
+    lines += [f"  restore: {r}" for r in rep.restore]
     if rep.error:
         lines.append(f"  error: {rep.error}")
     if rep.status:
@@ -187,7 +194,8 @@ async def _service_api(args: argparse.Namespace) -> AsyncIterator[FreezeApi]:
 async def cmd_upgrade(args: argparse.Namespace) -> int:
     async with _service_api(args) as api:
         rep = await upgrade(
-            api, ovsenv.current(), ttl=args.ttl, datapath=args.datapath, restart_command=args.restart_command
+            api, ovsenv.current(), ttl=args.ttl, datapath=args.datapath, restart_command=args.restart_command,
+            reload_kmod=args.reload_kmod,
         )
     if args.report:
         Path(args.report).write_text(json.dumps(rep.to_json(), indent=1, sort_keys=True) + "\n")
@@ -264,5 +272,8 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         metavar="CMD",
         help="shell command that restarts ovs-vswitchd (default: stop and start it like ovs-ctl)",
     )
+    p.add_argument("--reload-kmod", action="store_true",
+                   help="also reload the openvswitch module (as ovs-ctl force-reload-kmod), restoring the "
+                        "datapath, its port numbers and its flows before the new daemon starts")
     p.add_argument("--report", metavar="FILE", help="also write the JSON report to FILE")
     p.set_defaults(handler=cmd_upgrade)

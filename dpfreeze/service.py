@@ -90,6 +90,7 @@ class FreezeService:
         self._thaw = trio.Event()
         self._idle = trio.Event()  # set when no session runs
         self._idle.set()
+        self._session_scope = trio.CancelScope()
         self._lock = trio.Lock()  # one command at a time
 
     # --- state -----------------------------------------------------------------------------------
@@ -132,10 +133,36 @@ class FreezeService:
     async def thaw(self, *, wait: bool = True) -> dict[str, Any]:
         async with self._lock:
             self._apply(Event.THAW)
+            await self._attach_for_hand_over()
         if wait:
             with trio.fail_after(self.config.handover_timeout + 30):
                 await self._idle.wait()
         return self.status_doc()
+
+    async def detach(self) -> dict[str, Any]:
+        """Let go of the datapath while staying frozen (flow-restore-wait set, lease running): the kernel
+        module is about to be reloaded, which would otherwise fail the session and thaw.  `reattach`
+        resumes, as a restarted service does."""
+        async with self._lock:
+            if self.state.state is not State.FROZEN or self._idle.is_set():
+                raise TransitionRefused(f"cannot detach while {self.state.state.value}"
+                                        + (" and detached" if self._idle.is_set() else ""))
+            self._session_scope.cancel()
+            with trio.fail_after(30):
+                await self._idle.wait()
+            LOG.info(kv("session.detached", datapath=self.state.datapath))
+            return self.status_doc()
+
+    async def reattach(self) -> dict[str, Any]:
+        """Pin and take the upcalls again, on the datapath as it is now (e.g. restored into a new module)."""
+        async with self._lock:
+            if self.state.state is not State.FROZEN or not self._idle.is_set():
+                raise TransitionRefused(f"cannot reattach while {self.state.state.value}"
+                                        + ("" if self._idle.is_set() else " and attached"))
+            await self._start_session()
+            if self.state.state is not State.FROZEN:
+                raise control.ControlError(f"reattach failed and thawed: {self.state.error}")
+            return self.status_doc()
 
     async def take_upcalls(self) -> dict[str, Any]:
         """The old daemon is about to be stopped: own the upcalls from now on (see Handover.take_now)."""
@@ -182,6 +209,10 @@ class FreezeService:
                 return await self.thaw(wait=bool(req.args.get("wait", True)))
             if req.cmd == "take-upcalls":
                 return await self.take_upcalls()
+            if req.cmd == "detach":
+                return await self.detach()
+            if req.cmd == "reattach":
+                return await self.reattach()
             return await self.status()
         except TransitionRefused as exc:
             raise control.ControlError(str(exc)) from exc
@@ -247,7 +278,14 @@ class FreezeService:
                     if self.state.state is State.FROZEN and self.state.expired(self.clock()):
                         LOG.warning(kv("lease.expired", ttl=self.state.ttl))
                         self._apply(Event.EXPIRE)
+                        await self._attach_for_hand_over()
             await trio.sleep(min(remaining, 0.5) if remaining and remaining > 0 else 0.5)
+
+    async def _attach_for_hand_over(self) -> None:
+        """A detached freeze still needs its hand-over (flow-restore-wait cleared, flush repaired); if the
+        datapath is gone, the session fails and `_fail` clears flow-restore-wait all the same."""
+        if self.state.state is State.HANDING_OVER and self._idle.is_set():
+            await self._start_session()
 
     async def _start_session(self) -> None:
         assert self._nursery is not None
@@ -259,32 +297,16 @@ class FreezeService:
 
     async def _session(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         started = False
+
+        def ready() -> None:
+            nonlocal started
+            started = True
+            task_status.started()
+
+        self._session_scope = trio.CancelScope()  # cancelled by `detach` only: no failure, no thaw
         try:
-            async with self.backend.open_datapath(self.state.datapath) as dp:
-                self._dp = dp
-                pins = self.backend.load_pins(Path(self.state.snapshot_path), self.state.datapath)
-                self.pinner = Pinner(dp, pins, poll_interval=self.config.poll_interval)
-                if self.state.state is State.FROZEN:
-                    self.pinner.old_daemons = await upcall_owners(dp)
-                self.handover = Handover(
-                    dp,
-                    pins,
-                    MissBuffer(self.config.max_buffer_packets, self.config.max_buffer_bytes),
-                    poll_interval=self.config.poll_interval,
-                )
-                async with trio.open_nursery() as nursery:
-                    await nursery.start(self.pinner.run)  # first: on resume, repairs are the most urgent
-                    if self.state.state is State.FROZEN:
-                        await nursery.start(self.handover.run)
-                        self.pinner.new_vport_pids = self.handover.ours  # re-created vports upcall to us
-                        await self.backend.set_flow_restore_wait(True)  # before freeze() returns
-                    task_status.started()
-                    started = True
-                    await self._thaw.wait()
-                    report = await self._hand_over(dp, pins, self.pinner, self.handover)
-                    nursery.cancel_scope.cancel()
-                self._apply(Event.DONE, report=report)
-                self._write_report()
+            with self._session_scope:
+                await self._attached(ready)
         except Exception as exc:
             LOG.error(kv("session.failed", error=describe(exc)))
             await self._fail(describe(exc))
@@ -293,6 +315,33 @@ class FreezeService:
             self._idle.set()
             if not started:
                 task_status.started()
+
+    async def _attached(self, ready: Callable[[], None]) -> None:
+        """The session proper: pin, take the upcalls, wait for the thaw, hand over."""
+        async with self.backend.open_datapath(self.state.datapath) as dp:
+            self._dp = dp
+            pins = self.backend.load_pins(Path(self.state.snapshot_path), self.state.datapath)
+            self.pinner = Pinner(dp, pins, poll_interval=self.config.poll_interval)
+            if self.state.state is State.FROZEN:
+                self.pinner.old_daemons = await upcall_owners(dp)
+            self.handover = Handover(
+                dp,
+                pins,
+                MissBuffer(self.config.max_buffer_packets, self.config.max_buffer_bytes),
+                poll_interval=self.config.poll_interval,
+            )
+            async with trio.open_nursery() as nursery:
+                await nursery.start(self.pinner.run)  # first: on resume, repairs are the most urgent
+                if self.state.state is State.FROZEN:
+                    await nursery.start(self.handover.run)
+                    self.pinner.new_vport_pids = self.handover.ours  # re-created vports upcall to us
+                    await self.backend.set_flow_restore_wait(True)  # before freeze() returns
+                ready()
+                await self._thaw.wait()
+                report = await self._hand_over(dp, pins, self.pinner, self.handover)
+                nursery.cancel_scope.cancel()
+            self._apply(Event.DONE, report=report)
+            self._write_report()
 
     async def _hand_over(
         self, dp: Datapath, pins: PinSet, pinner: Pinner, handover: Handover

@@ -22,10 +22,11 @@ from typing import Any, Protocol
 import outcome
 import trio
 
-from dpfreeze import openflow, ovsdb
+from dpfreeze import kmod, openflow, ovsdb
 from dpfreeze.log import kv
 from dpfreeze.ovsenv import DaemonNotRunning, OvsEnv
 from dpfreeze.snapshot import Snapshot
+from dpif.netlink_datapath import list_datapaths
 
 LOG = logging.getLogger(__name__)
 VSWITCHD = "ovs-vswitchd"
@@ -44,6 +45,10 @@ class FreezeApi(Protocol):
 
     async def take_upcalls(self) -> dict[str, Any]: ...
 
+    async def detach(self) -> dict[str, Any]: ...
+
+    async def reattach(self) -> dict[str, Any]: ...
+
     async def status(self) -> dict[str, Any]: ...
 
 
@@ -56,6 +61,7 @@ class UpgradeReport:
     openflow_changes: list[str] = field(default_factory=list)
     verify: list[str] = field(default_factory=list)  # problems found by the verification; empty = good
     cautions: list[str] = field(default_factory=list)  # known effects of any restart here (see cautions())
+    restore: list[str] = field(default_factory=list)  # what a module reload restored (RestoreReport lines)
     status: dict[str, Any] = field(default_factory=dict)
     error: str = ""
 
@@ -230,8 +236,16 @@ async def upgrade(
     datapath: str,
     restart_command: str | None = None,
     daemon_timeout: float = 60.0,
+    reload_kmod: bool = False,
 ) -> UpgradeReport:
     rep = UpgradeReport()
+    if reload_kmod:
+        if restart_command:
+            raise UpgradeError("--reload-kmod replaces the default restart; it takes no --restart-command")
+        others = sorted(d.name for d in await list_datapaths() if d.name != datapath)
+        if others:
+            raise UpgradeError(f"reloading the module would delete datapath(s) {', '.join(others)}, "
+                               f"which a freeze of {datapath} does not snapshot")
     t = time.monotonic()
     try:
         rep.old_pid = env.pid(VSWITCHD)
@@ -266,6 +280,15 @@ async def upgrade(
             assert rep.old_pid is not None
             how = await stop_vswitchd(env, rep.old_pid)
             rep.step("stop", t, how=how)
+            if reload_kmod:
+                t = time.monotonic()
+                await api.detach()  # the module reload would fail the session, and a failure thaws
+                restored = await kmod.reload_and_restore(frozen["snapshot_path"])
+                await api.reattach()
+                rep.restore = [line for r in restored for line in r.lines()]
+                rep.step("reload-kmod", t, vports=sum(len(r.vports_added) for r in restored),
+                         flows=sum(r.flows_added for r in restored),
+                         failures=sum(len(r.failures) for r in restored))
             t = time.monotonic()
             await start_vswitchd(env, argv)
             rep.step("start", t)

@@ -623,3 +623,50 @@ def test_cautions_name_what_any_restart_does_here() -> None:
     (kill,) = cautions({"flow-limit": "5000"}, 12000)
     assert "flow limit of 5000" in kill and "deletes them all" in kill
     assert len(cautions({"hw-offload": "true", "flow-limit": "junk"}, 25000)) == 2
+
+
+async def test_detach_stays_frozen_and_reattach_pins_again(tmp_path, fake_proc) -> None:
+    """What a module reload needs: let go of the datapath without thawing, then pin the restored one."""
+    dp = FakeDatapath()
+    dp.table[flow(1).ufid or b""] = flow(1)
+    backend = FakeBackend(dp)
+    svc = make_service(tmp_path, dp, backend)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(svc.run)
+        await svc.freeze(60, "ovs-system")
+        assert (await svc.detach())["state"] == "frozen"
+        await dp.flow_flush()  # the module went away with its flows
+        await trio.sleep(0.05)
+        assert dp.table == {} and backend.frw == [True]  # detached: nothing repaired, nothing thawed
+        with pytest.raises(ControlError):
+            await svc.handle(Request(1, "detach"))  # twice: refused
+        await svc.reattach()
+        await until(lambda: len(dp.table) == 1)
+        with pytest.raises(ControlError):
+            await svc.handle(Request(2, "reattach"))  # already attached
+        assert (await svc.thaw())["state"] == "thawed" and backend.frw[-1] is False
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_detached_freeze_still_thaws_and_clears_flow_restore_wait(tmp_path, fake_proc) -> None:
+    dp = FakeDatapath()
+    backend = FakeBackend(dp)
+    svc = make_service(tmp_path, dp, backend)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(svc.run)
+        await svc.freeze(60, "ovs-system")
+        await svc.detach()
+        assert (await svc.thaw())["state"] == "thawed"
+        assert backend.frw == [True, False]
+        nursery.cancel_scope.cancel()
+
+
+def test_module_dependents_from_proc_modules() -> None:
+    from dpfreeze.kmod import dependents
+
+    text = ("vport_vxlan 16384 1 - Live 0x0\n"
+            "openvswitch 192512 2 vport_vxlan,vport_geneve, Live 0x0\n"
+            "nf_conntrack 180224 1 openvswitch, Live 0x0\n")
+    assert dependents(text) == ["vport_vxlan", "vport_geneve"]
+    assert dependents("openvswitch 192512 0 - Live 0x0\n") == []
+    assert dependents("") == []

@@ -15,6 +15,7 @@ from dpfreeze.bench_upgrade import CTL_OPTS
 from dpfreeze.freeze_cli import RemoteApi, cmd_thaw
 from dpfreeze.sandbox import Sandbox
 from dpfreeze.upgrade import upgrade
+from dpif.netlink_datapath import open_datapath
 
 pytestmark = pytest.mark.kernel
 
@@ -89,3 +90,31 @@ async def test_systemd_restart_path_restores_openflow_and_keeps_traffic(
     assert (await svc.status())["state"] == "thawed"
     sent, received = established
     assert sent > 100 and received == sent, established
+
+
+async def test_upgrade_with_a_module_reload_keeps_port_numbers_and_flows(
+    ovs: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, record_property: Callable[..., None]
+) -> None:
+    """`upgrade --reload-kmod`: the datapath goes with the old module; the snapshot (datapath, vports with
+    their numbers, flows) is restored into the new one before the new daemon starts, so traffic resumes
+    without it and the daemon adopts the old port numbers (a stock force-reload-kmod renumbers them)."""
+    a, b = ovs.ports
+    await ovs.ping(a, b)
+    async with open_datapath("ovs-system") as dp:
+        before = {v.name: v.port_no for v in await dp.ports()}
+    async with freeze_service(ovs, tmp_path / "st", monkeypatch, handover_timeout=60) as svc, \
+            pinging(a, b.ipv4) as established:  # fmt: skip
+        rep = await upgrade(svc, ovs.env, ttl=300, datapath="ovs-system", reload_kmod=True)
+    record_property("upgrade report", str(rep.to_json()))
+    record_property("pings", f"sent, received {established}")
+    assert rep.ok, rep.to_json()
+    assert [s["step"] for s in rep.steps] == [
+        "freeze", "stop", "reload-kmod", "start", "new-daemon", "restore-openflow", "thaw"]
+    reload = rep.steps[2]
+    assert reload["vports"] == len(before) - 1 and reload["flows"] > 0 and reload["failures"] == 0, reload
+    async with open_datapath("ovs-system") as dp:
+        assert {v.name: v.port_no for v in await dp.ports()} == before
+    assert not await ovsdb.get_flow_restore_wait(ovs.env, timeout=30)
+    await ovs.ping(a, b)
+    sent, received = established
+    assert sent > 100 and received > sent // 2, established  # the module is gone for a moment, not longer

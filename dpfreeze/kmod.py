@@ -1,0 +1,74 @@
+"""Reload the openvswitch kernel module under a frozen datapath: what `ovs-ctl force-reload-kmod` does to the
+module (every datapath deleted, the vport modules and openvswitch removed, loaded again), with the
+snapshot put back into the new module before any daemon starts.
+
+Why restore before the daemon: a stock reload lets the new daemon re-add the ports in its own order, so
+odp port numbers change and every flow is relearned (research/restart-measurements.md); re-creating the
+datapath, the vports with their old numbers and the flows first means traffic resumes as soon as the
+module is back, and the new daemon, started with flow-restore-wait, adopts what it finds.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import trio
+
+from dpfreeze.log import kv
+from dpfreeze.snapshot import RestoreReport, Snapshot, restore
+from dpfreeze.snapshot_cli import open_or_create
+from dpif.netlink_datapath import delete_datapath, list_datapaths, open_datapath
+
+LOG = logging.getLogger(__name__)
+MODULE = "openvswitch"
+
+
+class ReloadError(Exception):
+    """The module could not be reloaded, or would take state with it that no snapshot holds."""
+
+
+def dependents(modules_text: str, module: str = MODULE) -> list[str]:
+    """The modules that use `module` (its "used by" column in /proc/modules), to be removed first."""
+    for line in modules_text.splitlines():
+        cols = line.split()
+        if len(cols) >= 4 and cols[0] == module:
+            return [m for m in cols[3].split(",") if m and m != "-"]
+    return []
+
+
+async def _run(*argv: str) -> None:
+    with trio.fail_after(60):
+        res = await trio.run_process(list(argv), check=False, capture_stdout=True, capture_stderr=True)
+    if res.returncode:
+        why = res.stderr.decode(errors="replace").strip() or f"exit status {res.returncode}"
+        raise ReloadError(f"{' '.join(argv)}: {why}")
+
+
+async def check_reloadable(snap: Snapshot) -> None:
+    """Refuse before anything changes: a datapath the snapshot lacks would be lost with the module."""
+    have = {d.name for d in await list_datapaths()}
+    missing = sorted(have - {d.name for d in snap.datapaths})
+    if missing:
+        raise ReloadError(f"reloading {MODULE} would delete datapath(s) {', '.join(missing)}, which the "
+                          "freeze did not snapshot")
+
+
+async def reload_and_restore(snapshot_path: str | Path, proc: Path = Path("/proc")) -> list[RestoreReport]:
+    """Delete every datapath, reload the module (and the vport modules that used it), restore them all."""
+    snap = Snapshot.load(snapshot_path)
+    await check_reloadable(snap)
+    for d in await list_datapaths():
+        await delete_datapath(d.name)
+    users = dependents((proc / "modules").read_text())
+    for m in [*users, MODULE]:
+        await _run("rmmod", m)
+    for m in [MODULE, *reversed(users)]:
+        await _run("modprobe", m)
+    LOG.info(kv("kmod.reloaded", module=MODULE, with_modules=",".join(users) or "-"))
+    reports = []
+    for dsnap in snap.datapaths:
+        await open_or_create(dsnap)
+        async with open_datapath(dsnap.name) as dp:
+            reports.append(await restore(dp, snap))
+    return reports
