@@ -206,7 +206,21 @@ class _Marks(logging.Handler):
             self.tl.mark(name)
 
 
-async def dpfreeze_upgrade(ctx: Ctx, tl: Timeline) -> None:
+async def ovs_ctl_reload_kmod(ctx: Ctx, tl: Timeline) -> None:
+    """`ovs-ctl force-reload-kmod`: save flows and interfaces, delete the datapaths, reload the module,
+    start with flow-restore-wait, restore, clear (the daemon re-adds the ports in its own order)."""
+    rc, _ = await stream([ctx.ovs_ctl, *CTL_OPTS, "force-reload-kmod"], ctx, tl, "ovs-ctl.log", 240,
+                         _ctl_mark)
+    if rc:
+        raise MethodFailed(f"ovs-ctl force-reload-kmod: exit {rc}")
+
+
+async def dpfreeze_upgrade_kmod(ctx: Ctx, tl: Timeline) -> None:
+    """`dpfreeze upgrade --reload-kmod`."""
+    await dpfreeze_upgrade(ctx, tl, reload_kmod=True)
+
+
+async def dpfreeze_upgrade(ctx: Ctx, tl: Timeline, *, reload_kmod: bool = False) -> None:
     """`dpfreeze upgrade` with its in-process service and default restart, as `cmd_upgrade` runs it.
 
     In-process, unlike the stock methods: importing dpfreeze costs minutes of CPU under a loaded TCG VM,
@@ -233,7 +247,8 @@ async def dpfreeze_upgrade(ctx: Ctx, tl: Timeline) -> None:
             with trio.fail_after(UPGRADE_TIMEOUT):
                 async with trio.open_nursery() as nursery:
                     await nursery.start(service.run)
-                    rep = await upgrade(service, ctx.sb.env, ttl=120, datapath=DATAPATH)
+                    rep = await upgrade(service, ctx.sb.env, ttl=120, datapath=DATAPATH,
+                                        reload_kmod=reload_kmod)
                     nursery.cancel_scope.cancel()
         except trio.TooSlowError:
             raise MethodFailed(f"dpfreeze upgrade still running after {UPGRADE_TIMEOUT:g} s "
@@ -253,7 +268,10 @@ async def dpfreeze_upgrade(ctx: Ctx, tl: Timeline) -> None:
 
 Method = Callable[[Ctx, Timeline], Awaitable[None]]
 METHODS: dict[str, Method] = {"baseline": baseline, "stop-start": stop_start,
-                              "ovs-ctl-restart": ovs_ctl_restart, "dpfreeze": dpfreeze_upgrade}
+                              "ovs-ctl-restart": ovs_ctl_restart, "dpfreeze": dpfreeze_upgrade,
+                              # module reloads: not in the default set (`--methods` picks them)
+                              "ovs-ctl-reload-kmod": ovs_ctl_reload_kmod,
+                              "dpfreeze-kmod": dpfreeze_upgrade_kmod}
 
 
 # -- the lab ---------------------------------------------------------------------------------------------
