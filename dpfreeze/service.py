@@ -91,6 +91,7 @@ class FreezeService:
         self._idle = trio.Event()  # set when no session runs
         self._idle.set()
         self._session_scope = trio.CancelScope()
+        self._carried: MissBuffer | None = None  # misses taken before a detach, replayed after the reattach
         self._lock = trio.Lock()  # one command at a time
 
     # --- state -----------------------------------------------------------------------------------
@@ -150,7 +151,9 @@ class FreezeService:
             self._session_scope.cancel()
             with trio.fail_after(30):
                 await self._idle.wait()
-            LOG.info(kv("session.detached", datapath=self.state.datapath))
+            self._carried = self.handover.buffer if self.handover is not None else None
+            LOG.info(kv("session.detached", datapath=self.state.datapath,
+                        misses_kept=len(self._carried.buffered) if self._carried else 0))
             return self.status_doc()
 
     async def reattach(self) -> dict[str, Any]:
@@ -324,12 +327,15 @@ class FreezeService:
             self.pinner = Pinner(dp, pins, poll_interval=self.config.poll_interval)
             if self.state.state is State.FROZEN:
                 self.pinner.old_daemons = await upcall_owners(dp)
+            carried, self._carried = self._carried, None
             self.handover = Handover(
                 dp,
                 pins,
-                MissBuffer(self.config.max_buffer_packets, self.config.max_buffer_bytes),
+                carried or MissBuffer(self.config.max_buffer_packets, self.config.max_buffer_bytes),
                 poll_interval=self.config.poll_interval,
             )
+            if carried is not None:  # the same port numbers were restored: they replay as they are
+                self.handover.stats.misses = len(carried.buffered)
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.pinner.run)  # first: on resume, repairs are the most urgent
                 if self.state.state is State.FROZEN:

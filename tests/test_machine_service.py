@@ -634,6 +634,9 @@ async def test_detach_stays_frozen_and_reattach_pins_again(tmp_path, fake_proc) 
     async with trio.open_nursery() as nursery:
         await nursery.start(svc.run)
         await svc.freeze(60, "ovs-system")
+        await svc.take_upcalls()
+        dp.upcall(1)  # a miss taken before the module reload: kept across it, replayed after
+        await until(lambda: svc.handover is not None and len(svc.handover.buffer.buffered) == 1)
         assert (await svc.detach())["state"] == "frozen"
         await dp.flow_flush()  # the module went away with its flows
         await trio.sleep(0.05)
@@ -645,6 +648,7 @@ async def test_detach_stays_frozen_and_reattach_pins_again(tmp_path, fake_proc) 
         with pytest.raises(ControlError):
             await svc.handle(Request(2, "reattach"))  # already attached
         assert (await svc.thaw())["state"] == "thawed" and backend.frw[-1] is False
+        assert len(dp.executed) == 1 and svc.handover is not None and svc.handover.stats.replayed == 1
         nursery.cancel_scope.cancel()
 
 
