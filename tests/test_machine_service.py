@@ -362,28 +362,33 @@ async def test_per_vport_takeover_and_give_back_without_restart(tmp_path, fake_p
         nursery.cancel_scope.cancel()
 
 
-async def test_lease_expiry_thaws_and_clears_flow_restore_wait(tmp_path, fake_proc) -> None:
+@asynccontextmanager
+async def frozen_service(
+    tmp_path: Path, ttl: float = 60.0, flows: Sequence[Flow] = ()
+) -> AsyncIterator[tuple[FreezeService, FakeDatapath, FakeBackend]]:
+    """A running service with a fresh fake datapath holding `flows`, frozen; stopped on exit as kill -9
+    stops it (the state file stays, nothing else)."""
     dp = FakeDatapath()
+    dp.table.update((f.ufid or b"", f) for f in flows)
     backend = FakeBackend(dp)
     svc = make_service(tmp_path, dp, backend)
     async with trio.open_nursery() as nursery:
         await nursery.start(svc.run)
-        await svc.freeze(0.2, "ovs-system")
-        await until(lambda: svc.state.state is State.THAWED)
-        assert svc.state.reason.startswith("done") and backend.frw == [True, False]
-        assert svc.store.load().state is State.THAWED
+        await svc.freeze(ttl, "ovs-system")
+        yield svc, dp, backend
         nursery.cancel_scope.cancel()
 
 
+async def test_lease_expiry_thaws_and_clears_flow_restore_wait(tmp_path, fake_proc) -> None:
+    async with frozen_service(tmp_path, ttl=0.2) as (svc, _, backend):
+        await until(lambda: svc.state.state is State.THAWED)
+        assert svc.state.reason.startswith("done") and backend.frw == [True, False]
+        assert svc.store.load().state is State.THAWED
+
+
 async def test_killed_service_resumes_the_freeze(tmp_path, fake_proc) -> None:
-    dp = FakeDatapath()
-    dp.table[flow(1).ufid or b""] = flow(1)
-    backend = FakeBackend(dp)
-    first = make_service(tmp_path, dp, backend)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(first.run)
-        await first.freeze(60, "ovs-system")
-        nursery.cancel_scope.cancel()  # what kill -9 leaves: the state file, nothing else
+    async with frozen_service(tmp_path, flows=[flow(1)]) as (first, dp, backend):
+        pass
     assert StateStore(first.config.state_file).load().state is State.FROZEN
     await dp.flow_flush()
     second = make_service(tmp_path, dp, backend)
@@ -627,13 +632,7 @@ def test_cautions_name_what_any_restart_does_here() -> None:
 
 async def test_detach_stays_frozen_and_reattach_pins_again(tmp_path, fake_proc) -> None:
     """What a module reload needs: let go of the datapath without thawing, then pin the restored one."""
-    dp = FakeDatapath()
-    dp.table[flow(1).ufid or b""] = flow(1)
-    backend = FakeBackend(dp)
-    svc = make_service(tmp_path, dp, backend)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(svc.run)
-        await svc.freeze(60, "ovs-system")
+    async with frozen_service(tmp_path, flows=[flow(1)]) as (svc, dp, backend):
         await svc.take_upcalls()
         dp.upcall(1)  # a miss taken before the module reload: kept across it, replayed after
         await until(lambda: svc.handover is not None and len(svc.handover.buffer.buffered) == 1)
@@ -649,20 +648,13 @@ async def test_detach_stays_frozen_and_reattach_pins_again(tmp_path, fake_proc) 
             await svc.handle(Request(2, "reattach"))  # already attached
         assert (await svc.thaw())["state"] == "thawed" and backend.frw[-1] is False
         assert len(dp.executed) == 1 and svc.handover is not None and svc.handover.stats.replayed == 1
-        nursery.cancel_scope.cancel()
 
 
 async def test_a_detached_freeze_still_thaws_and_clears_flow_restore_wait(tmp_path, fake_proc) -> None:
-    dp = FakeDatapath()
-    backend = FakeBackend(dp)
-    svc = make_service(tmp_path, dp, backend)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(svc.run)
-        await svc.freeze(60, "ovs-system")
+    async with frozen_service(tmp_path) as (svc, _, backend):
         await svc.detach()
         assert (await svc.thaw())["state"] == "thawed"
         assert backend.frw == [True, False]
-        nursery.cancel_scope.cancel()
 
 
 def test_module_dependents_from_proc_modules() -> None:
