@@ -11,6 +11,7 @@ module is back, and the new daemon, started with flow-restore-wait, adopts what 
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 from pathlib import Path
 
 import trio
@@ -45,10 +46,9 @@ async def _run(*argv: str) -> None:
         raise ReloadError(f"{' '.join(argv)}: {why}")
 
 
-async def check_reloadable(snap: Snapshot) -> None:
+async def check_reloadable(snapshotted: Collection[str]) -> None:
     """Refuse before anything changes: a datapath the snapshot lacks would be lost with the module."""
-    have = {d.name for d in await list_datapaths()}
-    missing = sorted(have - {d.name for d in snap.datapaths})
+    missing = sorted({d.name for d in await list_datapaths()} - set(snapshotted))
     if missing:
         raise ReloadError(f"reloading {MODULE} would delete datapath(s) {', '.join(missing)}, which the "
                           "freeze did not snapshot")
@@ -57,7 +57,7 @@ async def check_reloadable(snap: Snapshot) -> None:
 async def reload_and_restore(snapshot_path: str | Path, proc: Path = Path("/proc")) -> list[RestoreReport]:
     """Delete every datapath, reload the module (and the vport modules that used it), restore them all."""
     snap = Snapshot.load(snapshot_path)
-    await check_reloadable(snap)
+    await check_reloadable([d.name for d in snap.datapaths])
     for d in await list_datapaths():
         await delete_datapath(d.name)
     users = dependents((proc / "modules").read_text())

@@ -201,7 +201,8 @@ async def set_flow_restore_wait(value: bool, env: OvsEnv | None = None,
     return await trio.to_thread.run_sync(_write_frw, env or current(), value, timeout)
 
 
-async def _first_line(argv: list[str], timeout: float, env: OvsEnv) -> str | None:
+async def first_line(argv: list[str], timeout: float, env: OvsEnv) -> str | None:
+    """A tool's first line of output (e.g. a version), or None if it failed, said nothing or is missing."""
     try:
         with trio.move_on_after(timeout):
             proc = await trio.run_process(argv, capture_stdout=True, capture_stderr=True, check=False,
@@ -220,8 +221,8 @@ async def versions(env: OvsEnv | None = None, timeout: float = DEFAULT_TIMEOUT) 
     worth taking when ovs-vswitchd is down.
     """
     env = env or current()
-    binary = await _first_line(["ovs-vswitchd", "--version"], timeout, env)
-    running = await _first_line(["ovs-appctl", f"--timeout={max(1, int(timeout))}", "-t", "ovs-vswitchd",
+    binary = await first_line(["ovs-vswitchd", "--version"], timeout, env)
+    running = await first_line(["ovs-appctl", f"--timeout={max(1, int(timeout))}", "-t", "ovs-vswitchd",
                                  "version"], timeout, env)
     try:
         db_version = await trio.to_thread.run_sync(_read_db_version, env, timeout)

@@ -26,7 +26,6 @@ from dpfreeze import kmod, openflow, ovsdb
 from dpfreeze.log import kv
 from dpfreeze.ovsenv import DaemonNotRunning, OvsEnv
 from dpfreeze.snapshot import Snapshot
-from dpif.netlink_datapath import list_datapaths
 
 LOG = logging.getLogger(__name__)
 VSWITCHD = "ovs-vswitchd"
@@ -129,13 +128,8 @@ def exit_keeps_flows(version_text: str) -> bool:
 async def stop_vswitchd(env: OvsEnv, pid: int) -> str:
     """As ovs-ctl's stop_daemon: `ovs-appctl exit`, TERM, KILL; straight to TERM (which never touches the
     datapath) for a daemon older than 2.14, whose graceful exit would flush the kernel flows."""
-    version = ""
-    with trio.move_on_after(5):
-        res = await trio.run_process(["ovs-appctl", "-T", "2", "-t", VSWITCHD, "version"], check=False,
-                                     env={**os.environ, **env.environ()}, capture_stdout=True,
-                                     capture_stderr=True)
-        version = res.stdout.decode(errors="replace")
-    if exit_keeps_flows(version):
+    version = await ovsdb.first_line(["ovs-appctl", "-T", "2", "-t", VSWITCHD, "version"], 5, env)
+    if exit_keeps_flows(version or ""):
         await _run(["ovs-appctl", "-T", "1", "-t", VSWITCHD, "exit"], env, 5)
         if await _wait_gone(pid, 2.0):
             return "exit"
@@ -242,10 +236,10 @@ async def upgrade(
     if reload_kmod:
         if restart_command:
             raise UpgradeError("--reload-kmod replaces the default restart; it takes no --restart-command")
-        others = sorted(d.name for d in await list_datapaths() if d.name != datapath)
-        if others:
-            raise UpgradeError(f"reloading the module would delete datapath(s) {', '.join(others)}, "
-                               f"which a freeze of {datapath} does not snapshot")
+        try:
+            await kmod.check_reloadable({datapath})  # the freeze snapshots this datapath only
+        except kmod.ReloadError as exc:
+            raise UpgradeError(str(exc)) from None
     t = time.monotonic()
     try:
         rep.old_pid = env.pid(VSWITCHD)
