@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import outcome
 import trio
 
 from dpfreeze import control, machine, ovsenv
@@ -193,10 +194,15 @@ async def _service_api(args: argparse.Namespace) -> AsyncIterator[FreezeApi]:
 
 async def cmd_upgrade(args: argparse.Namespace) -> int:
     async with _service_api(args) as api:
-        rep = await upgrade(
-            api, ovsenv.current(), ttl=args.ttl, datapath=args.datapath, restart_command=args.restart_command,
-            reload_kmod=args.reload_kmod,
+        # Captured, not raised, in here: the in-process service's nursery would wrap a refusal in a group.
+        result = await outcome.acapture(
+            upgrade, api, ovsenv.current(), ttl=args.ttl, datapath=args.datapath,
+            restart_command=args.restart_command, reload_kmod=args.reload_kmod,
         )
+    try:
+        rep = result.unwrap()
+    except UpgradeError as exc:
+        raise UserError(str(exc)) from None
     if args.report:
         Path(args.report).write_text(json.dumps(rep.to_json(), indent=1, sort_keys=True) + "\n")
     if args.json:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -39,3 +40,15 @@ def test_unknown_command_is_one_usage_error(capsys: pytest.CaptureFixture[str]) 
         cli.main(["no-such-command"])
     assert exc.value.code == 2
     assert "invalid choice" in capsys.readouterr().err
+
+
+def test_a_refused_upgrade_is_one_line_and_changes_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Refused before the freeze, with the in-process service running: one line, exit 1, no state written."""
+    rc = cli.main(["upgrade", "--state-dir", str(tmp_path), "--socket", str(tmp_path / "c.sock"),
+                   "--reload-kmod", "--restart-command", "true"])
+    err = capsys.readouterr().err
+    assert rc == 1 and err.strip().splitlines() == [
+        "dpfreeze: error: --reload-kmod replaces the default restart; it takes no --restart-command"]
+    assert not (tmp_path / "state.json").exists()
