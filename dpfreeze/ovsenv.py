@@ -9,6 +9,7 @@ here, so a private OVS started with OVS_* variables is found by dpfreeze the way
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ DEFAULTS = {
     "OVS_BINDIR": "/usr/bin",
 }
 DEFAULT_DBDIR = "/etc/openvswitch"
+VSWITCHD = "ovs-vswitchd"
 
 
 class DaemonNotRunning(OSError):
@@ -88,6 +90,16 @@ class OvsEnv:
             return int(self.pidfile(daemon).read_text().split()[0])
         except (OSError, ValueError, IndexError) as exc:
             raise DaemonNotRunning(f"{daemon}: no readable pidfile {self.pidfile(daemon)}") from exc
+
+    def started(self, daemon: str, proc: Path = Path("/proc")) -> float | None:
+        """time.time() at which the daemon's running process started; None if it does not run."""
+        try:
+            stat = (proc / str(self.pid(daemon)) / "stat").read_text()
+        except OSError:
+            return None
+        ticks = int(stat.rsplit(")", 1)[1].split()[19])  # field 22 (after the parenthesised comm): since boot
+        age = time.clock_gettime(time.CLOCK_BOOTTIME) - ticks / os.sysconf("SC_CLK_TCK")
+        return time.time() - age
 
     def unixctl(self, target: str) -> Path:
         """The control socket ovs-appctl -t TARGET would use (an absolute TARGET is taken as is)."""

@@ -22,16 +22,16 @@ from typing import Any, Protocol
 
 import trio
 
-from dpfreeze import control, machine, ovsdb, ovsenv
+from dpfreeze import control, datapaths, machine, ovsdb, ovsenv
 from dpfreeze.handover import Handover, MissBuffer
 from dpfreeze.log import kv
 from dpfreeze.machine import ACTIVE, Event, State, StateStore, TransitionRefused
 from dpfreeze.ovsenv import OvsEnv
 from dpfreeze.pin import Pinner, PinSet, recirculating
 from dpfreeze.portids import portid_owners, upcall_owners, upcall_pids
+from dpfreeze.restorer import Restorer
 from dpfreeze.snapshot import Snapshot, take_snapshot
 from dpif.model import Datapath
-from dpif.netlink_datapath import open_datapath
 
 LOG = logging.getLogger(__name__)
 
@@ -53,6 +53,10 @@ class Backend(Protocol):
     def load_pins(self, path: Path, datapath: str) -> PinSet: ...
 
     async def set_flow_restore_wait(self, on: bool) -> None: ...
+
+    def daemon_started(self) -> float | None:
+        """time.time() at which the running ovs-vswitchd started; None if none runs."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -85,6 +89,7 @@ class FreezeService:
         self.state = self.store.load()
         self.pinner: Pinner | None = None
         self.handover: Handover | None = None
+        self.restorer: Restorer | None = None  # instead of both, for a datapath that lives in the daemon
         self._dp: Datapath | None = None
         self._nursery: trio.Nursery | None = None
         self._thaw = trio.Event()
@@ -169,6 +174,8 @@ class FreezeService:
 
     async def take_upcalls(self) -> dict[str, Any]:
         """The old daemon is about to be stopped: own the upcalls from now on (see Handover.take_now)."""
+        if self.state.state is State.FROZEN and self.restorer is not None:
+            return self.status_doc()  # a userspace datapath's upcalls never leave its daemon
         if self.state.state is not State.FROZEN or self.handover is None:
             raise TransitionRefused(f"cannot take the upcalls while {self.state.state.value}")
         self.handover.take_now.set()
@@ -196,6 +203,8 @@ class FreezeService:
             doc["pin"] = self.pinner.stats.as_dict()
         if self.handover is not None:
             doc["handover"] = self.handover.stats.as_dict(self.handover.buffer)
+        if self.restorer is not None:
+            doc["restorer"] = self.restorer.stats.as_dict()
         return doc
 
     async def handle(self, req: control.Request) -> dict[str, Any]:
@@ -324,6 +333,9 @@ class FreezeService:
         async with self.backend.open_datapath(self.state.datapath) as dp:
             self._dp = dp
             pins = self.backend.load_pins(Path(self.state.snapshot_path), self.state.datapath)
+            if dp.lives_in_daemon:
+                await self._restoring(dp, pins, ready)
+                return
             self.pinner = Pinner(dp, pins, poll_interval=self.config.poll_interval)
             if self.state.state is State.FROZEN:
                 self.pinner.old_daemons = await upcall_owners(dp)
@@ -348,6 +360,30 @@ class FreezeService:
                 nursery.cancel_scope.cancel()
             self._apply(Event.DONE, report=report)
             self._write_report()
+
+    async def _restoring(self, dp: Datapath, pins: PinSet, ready: Callable[[], None]) -> None:
+        """The session for a datapath that lives in the daemon (see `restorer`): flow-restore-wait set, the
+        snapshot put into the new daemon's datapath when it appears, flow-restore-wait cleared at the thaw."""
+        self.restorer = Restorer(dp, pins, frozen_at=self.state.frozen_at,
+                                 daemon_started=self.backend.daemon_started,
+                                 poll_interval=self.config.poll_interval)
+        async with trio.open_nursery() as nursery:
+            if self.state.state is State.FROZEN:
+                await nursery.start(self.restorer.run)
+                await self.backend.set_flow_restore_wait(True)
+            ready()
+            await self._thaw.wait()
+            nursery.cancel_scope.cancel()
+        await self.backend.set_flow_restore_wait(False)
+        stats = self.restorer.stats
+        outcome = ("snapshot restored into the new daemon's datapath" if self.restorer.done.is_set()
+                   else "no new daemon seen: nothing restored")
+        info = await dp.info()
+        report = {"outcome": outcome, "restorer": stats.as_dict(), "datapath_flows": info.stats.flows,
+                  "upcall_owners": []}
+        LOG.info(kv("handover.done", outcome=outcome))
+        self._apply(Event.DONE, report=report)
+        self._write_report()
 
     async def _hand_over(
         self, dp: Datapath, pins: PinSet, pinner: Pinner, handover: Handover
@@ -414,7 +450,10 @@ class SystemBackend:
         self.env = env or ovsenv.current()
 
     def open_datapath(self, name: str) -> AbstractAsyncContextManager[Datapath]:
-        return open_datapath(name)
+        return datapaths.open_any(name, self.env)
+
+    def daemon_started(self) -> float | None:
+        return self.env.started(ovsenv.VSWITCHD)
 
     async def snapshot(self, dp: Datapath, path: Path) -> PinSet:
         snap = await take_snapshot(dp, env=self.env)

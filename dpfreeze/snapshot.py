@@ -32,6 +32,7 @@ import trio
 from dpfreeze import netdevconf, openflow, ovsdb
 from dpfreeze.log import LOG, kv
 from dpfreeze.ovsenv import OvsEnv
+from dpfreeze.portmap import PortMap, UnmappedPort
 from dpif.model import Datapath, DatapathInfo, Flow, MetersUnsupported, Vport, VportType
 from dpif.netlink import actions as act
 from dpif.netlink import flowkey as fk
@@ -320,7 +321,9 @@ async def snapshot_datapath(dp: Datapath) -> DatapathSnapshot:
                         per_cpu_pids=info.per_cpu_pids, masks_cache_size=info.masks_cache_size)
     vports = [replace(v, stats=None, upcall_success=None, upcall_fail=None) for v in vports]
     ids = tuple(sorted(meters))
-    return DatapathSnapshot(info, tuple(vports), tuple(flows.values()), ids, await _read_meters(dp, ids))
+    # A userspace datapath's meters are the daemon's, re-created by the next one from the OpenFlow meters.
+    records = () if dp.lives_in_daemon else await _read_meters(dp, ids)
+    return DatapathSnapshot(info, tuple(vports), tuple(flows.values()), ids, records)
 
 
 async def _read_meters(dp: Datapath, ids: Iterable[int]) -> tuple[MeterRecord, ...] | None:
@@ -346,7 +349,9 @@ async def take_snapshot(*dps: Datapath, env: OvsEnv | None = None, with_openflow
     """Everything a restore needs.  Parts that cannot be read (no daemon) become `gaps`, not failures."""
     gaps: list[str] = []
     datapaths = [await snapshot_datapath(dp) for dp in dps]
-    internal = sorted({v.name for d in datapaths for v in d.vports if v.type == VportType.INTERNAL})
+    # A kernel internal port's netdev dies with its datapath; a userspace one is a persistent tap.
+    internal = sorted({v.name for dp, d in zip(dps, datapaths, strict=True) if not dp.lives_in_daemon
+                       for v in d.vports if v.type == VportType.INTERNAL})
     netdevs: list[netdevconf.NetdevConfig] = []
     for name in internal:
         try:
@@ -502,6 +507,7 @@ class RestoreReport:
     meters_present: int = 0
     meters_missing: list[int] = field(default_factory=list)
     netdev_changes: list[str] = field(default_factory=list)
+    ports_renumbered: list[str] = field(default_factory=list)  # userspace datapath: "name: old -> new"
     conflicts: list[str] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
 
@@ -519,6 +525,7 @@ class RestoreReport:
         out += [f"missing meter {m}: not re-created (the kernel does not report its rates); flows using it "
                 "pass unmetered until ovs-vswitchd re-creates it" for m in self.meters_missing]
         out += [f"netdev {c}" for c in self.netdev_changes]
+        out += [f"port {c} (flows rewritten)" for c in self.ports_renumbered]
         out += [f"conflict: {c}" for c in self.conflicts]
         out += [f"failed: {f}" for f in self.failures]
         return out
@@ -531,6 +538,9 @@ async def restore(dp: Datapath, snap: Snapshot | DatapathSnapshot, *, netdevs: b
     missing datapath is the provider's job: open it first.)"""
     dsnap = snap.datapath(dp.name) if isinstance(snap, Snapshot) else snap
     report = RestoreReport(dsnap.name)
+    if dp.lives_in_daemon:
+        await _restore_into_daemon(dp, dsnap, report)
+        return report
     info = await dp.info()
     want = dsnap.info
     # Per-CPU pids are put back only where none are set (a fresh datapath): live pids belong to whoever
@@ -552,6 +562,25 @@ async def restore(dp: Datapath, snap: Snapshot | DatapathSnapshot, *, netdevs: b
     LOG.info(kv("snapshot_restored", datapath=dsnap.name, vports=len(report.vports_added),
                 flows=report.flows_added, conflicts=len(report.conflicts), failures=len(report.failures)))
     return report
+
+
+async def _restore_into_daemon(dp: Datapath, dsnap: DatapathSnapshot, report: RestoreReport) -> None:
+    """A userspace datapath: its ports are the daemon's to add (from its bridges), and it may have numbered
+    them differently, so the flows are carried by port name (`portmap`); meters live in the daemon too."""
+    ports = PortMap.between(dsnap.vports, await dp.ports())
+    report.vports_present = len(ports.new)
+    report.ports_renumbered = ports.renamed()
+    report.conflicts += [f"port {name} is not in the datapath: its flows are not restored"
+                         for name in ports.missing()]
+    carried: list[Flow] = []
+    for f in dsnap.flows:
+        try:
+            carried.append(ports.carry(f))
+        except UnmappedPort as exc:
+            report.failures.append(f"flow {flow_text(f)}: {exc}")
+    await _restore_flows(dp, replace(dsnap, flows=tuple(carried)), report)
+    LOG.info(kv("snapshot_restored", datapath=dsnap.name, flows=report.flows_added,
+                renumbered=len(report.ports_renumbered), failures=len(report.failures)))
 
 
 async def _restore_vports(dp: Datapath, dsnap: DatapathSnapshot, report: RestoreReport) -> set[str]:

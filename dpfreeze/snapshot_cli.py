@@ -1,7 +1,8 @@
 """`dpfreeze snapshot save|show|diff|restore`: standalone, no service needed.
 
-These commands hold the kernel provider directly (the CLI is where a provider is chosen); the work itself
-is dpfreeze.snapshot's, the same functions the freeze service calls.
+The CLI is where a provider is chosen (`datapaths.open_any`: "netdev@NAME" is a userspace datapath in the
+running ovs-vswitchd, any other name a kernel one); the work itself is dpfreeze.snapshot's, the same
+functions the freeze service calls.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ from typing import Any
 
 import trio
 
-from dpfreeze import openflow
+from dpfreeze import datapaths, openflow
 from dpfreeze.cli import UserError
+from dpfreeze.ovsenv import DaemonNotRunning
 from dpfreeze.snapshot import (
     DatapathSnapshot,
     RestoreReport,
@@ -28,15 +30,17 @@ from dpfreeze.snapshot import (
     take_snapshot,
 )
 from dpif.model import DpFeature, VportType
+from dpif.netdev_datapath import NoSuchNetdevDatapath, is_netdev_name
 from dpif.netlink.wire import KernelError
-from dpif.netlink_datapath import NoSuchDatapath, create_datapath, list_datapaths, open_datapath
+from dpif.netlink_datapath import NoSuchDatapath, create_datapath, list_datapaths
+from dpif.unixctl import UnixctlUnreachable
 
 
 def add_commands(sub: Any) -> None:
-    p = sub.add_parser("snapshot", help="save, show, compare and restore kernel datapath snapshots")
+    p = sub.add_parser("snapshot", help="save, show, compare and restore datapath snapshots")
     ssub = p.add_subparsers(dest="snapshot_command", metavar="ACTION", required=True)
 
-    s = ssub.add_parser("save", help="snapshot the kernel datapath(s) and OpenFlow state to FILE")
+    s = ssub.add_parser("save", help="snapshot the datapath(s) and OpenFlow state to FILE")
     s.add_argument("file")
     s.add_argument("-d", "--datapath", action="append", help="only this datapath (repeatable; default all)")
     s.add_argument("--no-openflow", action="store_true", help="skip the OpenFlow state (no ovs-ofctl)")
@@ -77,16 +81,17 @@ def _select(snap: Snapshot, names: list[str] | None) -> list[DatapathSnapshot]:
 
 
 async def cmd_save(args: argparse.Namespace) -> int:
-    names = args.datapath or [d.name for d in await list_datapaths()]
+    names = args.datapath or await datapaths.all_names()
     if not names:
-        raise UserError("no kernel datapath exists: nothing to snapshot")
+        raise UserError("no datapath exists (kernel, or userspace in a running ovs-vswitchd): nothing to "
+                        "snapshot")
     async with AsyncExitStack() as stack:
         dps = []
         for name in names:
             try:
-                dps.append(await stack.enter_async_context(open_datapath(name)))
-            except NoSuchDatapath as exc:
-                raise UserError(str(exc)) from None
+                dps.append(await stack.enter_async_context(datapaths.open_any(name)))
+            except OSError as exc:
+                raise UserError(f"{name}: {exc}") from None
         snap = await take_snapshot(*dps, with_openflow=not args.no_openflow)
     try:
         await trio.to_thread.run_sync(snap.save, args.file)
@@ -159,11 +164,12 @@ async def cmd_restore(args: argparse.Namespace) -> int:
     reports: list[RestoreReport] = []
     for dsnap in targets:
         try:
-            await open_or_create(dsnap)
-            async with open_datapath(dsnap.name) as dp:
+            if not is_netdev_name(dsnap.name):  # a userspace datapath is its daemon's to create
+                await open_or_create(dsnap)
+            async with datapaths.open_any(dsnap.name) as dp:
                 reports.append(await restore(dp, snap))
-        except NoSuchDatapath as exc:
-            raise UserError(str(exc)) from None
+        except (NoSuchDatapath, NoSuchNetdevDatapath, UnixctlUnreachable, DaemonNotRunning) as exc:
+            raise UserError(f"{dsnap.name}: {exc}") from None
     of_lines: list[str] = []
     if args.openflow:
         try:

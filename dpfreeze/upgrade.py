@@ -26,6 +26,7 @@ from dpfreeze import kmod, openflow, ovsdb
 from dpfreeze.log import kv
 from dpfreeze.ovsenv import DaemonNotRunning, OvsEnv
 from dpfreeze.snapshot import Snapshot
+from dpif.netdev_datapath import is_netdev_name
 
 LOG = logging.getLogger(__name__)
 VSWITCHD = "ovs-vswitchd"
@@ -219,6 +220,9 @@ def verify(status: dict[str, Any], new_pid: int) -> list[str]:
     pin = report.get("pin") or {}
     if pin.get("reinstall_failed"):
         problems.append(f"{pin['reinstall_failed']} snapshot flows could not be re-installed")
+    restorer = report.get("restorer") or {}
+    if restorer.get("failures"):
+        problems.append(f"{restorer['failures']} snapshot flows could not be restored into the new daemon")
     return problems
 
 
@@ -234,6 +238,9 @@ async def upgrade(
 ) -> UpgradeReport:
     rep = UpgradeReport()
     if reload_kmod:
+        if is_netdev_name(datapath):
+            raise UpgradeError(f"--reload-kmod: {datapath} is a userspace datapath, it does not use the "
+                               "kernel module")
         if restart_command:
             raise UpgradeError("--reload-kmod replaces the default restart; it takes no --restart-command")
         try:

@@ -159,11 +159,22 @@ class MeterStats:
     bands: tuple[MeterBandStats, ...] = ()  # per band: what exceeded it
 
 
-class MetersUnsupported(OSError):
-    """The kernel has no ovs_meter family (openvswitch.ko older than Linux 4.15)."""
+class Unsupported(OSError):
+    """The provider cannot do this at all (lib/dpif.h providers answer EOPNOTSUPP); says what."""
 
-    def __init__(self) -> None:
-        super().__init__(errno.EOPNOTSUPP, "the kernel has no ovs_meter family (meters need Linux 4.15)")
+    def __init__(self, what: str) -> None:
+        super().__init__(errno.EOPNOTSUPP, f"not supported: {what}")
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+class MetersUnsupported(OSError):
+    """The datapath's meters cannot be reached: the kernel has no ovs_meter family (openvswitch.ko older
+    than Linux 4.15), or the datapath lives in ovs-vswitchd."""
+
+    def __init__(self, why: str = "the kernel has no ovs_meter family (meters need Linux 4.15)") -> None:
+        super().__init__(errno.EOPNOTSUPP, why)
 
     def __str__(self) -> str:
         return str(self.strerror)
@@ -243,9 +254,14 @@ class UpcallSocketInfo:
 
 
 class Datapath(Protocol):
-    """One OVS datapath, whichever provider implements it (cf. OVS lib/dpif.h)."""
+    """One OVS datapath, whichever provider implements it (cf. OVS lib/dpif.h).
+
+    `lives_in_daemon` is lib/dpif-provider.h's `cleanup_required`: the datapath is ovs-vswitchd's own
+    (userspace) and ends with it, so nothing can be kept across a restart, only restored into the new
+    daemon; and it has no notifications, upcall sockets or packet execution reachable from outside."""
 
     name: str
+    lives_in_daemon: bool
 
     async def info(self) -> DatapathInfo: ...
 

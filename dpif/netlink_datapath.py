@@ -122,6 +122,8 @@ async def open_datapath(
 class NetlinkDatapath:
     """One kernel datapath, addressed by its ifindex (re-looked-up by name after a module reload)."""
 
+    lives_in_daemon = False
+
     def __init__(self, name: str, ifindex: int, client: GenlClient, *, owns_client: bool = False) -> None:
         self.name = name
         self.ifindex = ifindex

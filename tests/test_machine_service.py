@@ -62,6 +62,7 @@ def flow(n: int, actions: bytes = attr(1, struct.pack("=I", 2))) -> Flow:
 
 class FakeDatapath:
     name = "ovs-system"
+    lives_in_daemon = False
 
     def __init__(self, per_cpu: bool = True) -> None:
         self.features = DpFeature.UNALIGNED | (DpFeature.DISPATCH_UPCALL_PER_CPU if per_cpu else 0)
@@ -223,6 +224,9 @@ class FakeBackend:
 
     async def set_flow_restore_wait(self, on: bool) -> None:
         self.frw.append(on)
+
+    def daemon_started(self) -> float | None:
+        return None
 
 
 class FakeProc:

@@ -216,6 +216,8 @@ def test_diff_ignoring_pids() -> None:
 class FakeDatapath:
     """Just the Datapath protocol calls restore makes, with the kernel's answers."""
 
+    lives_in_daemon = False
+
     def __init__(self, name: str = "ovs-system") -> None:
         self.name = name
         self.features = 0

@@ -1,0 +1,36 @@
+"""Which provider serves a datapath name, found the way OVS's tools find the daemon.
+
+"netdev@NAME" is a userspace datapath, reached through the running ovs-vswitchd's control socket
+(`ovsenv`); any other name ("ovs-system", "system@ovs-system") is a kernel datapath.  The rest of dpfreeze
+holds the `Datapath` it is given and never asks which one it is.
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractAsyncContextManager, suppress
+
+from dpfreeze import ovsenv
+from dpfreeze.ovsenv import OvsEnv
+from dpif.model import Datapath
+from dpif.netdev_datapath import is_netdev_name, list_netdev_datapaths, open_netdev_datapath
+from dpif.netlink_datapath import list_datapaths, open_datapath
+from dpif.transport import FamilyNotFound
+from dpif.unixctl import UnixctlUnreachable
+
+
+def open_any(name: str, env: OvsEnv | None = None) -> AbstractAsyncContextManager[Datapath]:
+    if is_netdev_name(name):
+        e = env or ovsenv.current()
+        return open_netdev_datapath(name, lambda: e.unixctl(ovsenv.VSWITCHD))
+    return open_datapath(name.removeprefix("system@"))
+
+
+async def all_names(env: OvsEnv | None = None) -> list[str]:
+    """The kernel's datapaths (if the module is loaded), then the running daemon's userspace ones."""
+    names: list[str] = []
+    with suppress(FamilyNotFound):
+        names += [d.name for d in await list_datapaths()]
+    e = env or ovsenv.current()
+    with suppress(ovsenv.DaemonNotRunning, UnixctlUnreachable):
+        names += await list_netdev_datapaths(lambda: e.unixctl(ovsenv.VSWITCHD))
+    return names
