@@ -378,8 +378,10 @@ class FreezeService:
         stats = self.restorer.stats
         outcome = ("snapshot restored into the new daemon's datapath" if self.restorer.done.is_set()
                    else "no new daemon seen: nothing restored")
-        info = await dp.info()
-        report = {"outcome": outcome, "restorer": stats.as_dict(), "datapath_flows": info.stats.flows,
+        flows = None
+        with suppress(OSError), trio.move_on_after(5):  # the daemon may be gone: the report still stands
+            flows = (await dp.info()).stats.flows
+        report = {"outcome": outcome, "restorer": stats.as_dict(), "datapath_flows": flows,
                   "upcall_owners": []}
         LOG.info(kv("handover.done", outcome=outcome))
         self._apply(Event.DONE, report=report)
