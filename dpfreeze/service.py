@@ -381,7 +381,7 @@ class FreezeService:
         flows = None
         with suppress(OSError), trio.move_on_after(5):  # the daemon may be gone: the report still stands
             flows = (await dp.info()).stats.flows
-        report = {"outcome": outcome, "restorer": stats.as_dict(), "datapath_flows": flows,
+        report: dict[str, Any] = {"outcome": outcome, "restorer": stats.as_dict(), "datapath_flows": flows,
                   "upcall_owners": []}
         LOG.info(kv("handover.done", outcome=outcome))
         self._apply(Event.DONE, report=report)
