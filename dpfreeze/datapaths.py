@@ -17,6 +17,13 @@ from dpif.netlink_datapath import list_datapaths, open_datapath
 from dpif.transport import FamilyNotFound
 from dpif.unixctl import UnixctlUnreachable
 
+AUTO = "auto"
+KERNEL_DEFAULT = "ovs-system"  # the one kernel datapath ovs-vswitchd makes (it deletes any other at start)
+
+
+class NoDatapath(Exception):
+    """`auto` found no datapath, or more than one: one line saying which."""
+
 
 def open_any(name: str, env: OvsEnv | None = None) -> AbstractAsyncContextManager[Datapath]:
     if is_netdev_name(name):
@@ -34,3 +41,17 @@ async def all_names(env: OvsEnv | None = None) -> list[str]:
     with suppress(ovsenv.DaemonNotRunning, UnixctlUnreachable):
         names += await list_netdev_datapaths(lambda: e.unixctl(ovsenv.VSWITCHD))
     return names
+
+
+async def resolve(name: str, env: OvsEnv | None = None) -> str:
+    """A `--datapath` argument: `auto` is ovs-vswitchd's datapath, kernel or userspace, when it has one;
+    any other name is taken as given.  A host with both (kernel and userspace bridges) must say which."""
+    if name != AUTO:
+        return name
+    found = [n for n in await all_names(env) if n == KERNEL_DEFAULT or is_netdev_name(n)]
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise NoDatapath(f"no datapath to freeze: no kernel {KERNEL_DEFAULT} and no userspace datapath in a "
+                         "running ovs-vswitchd (is it running?)")
+    raise NoDatapath(f"several datapaths ({', '.join(found)}): pass --datapath")

@@ -17,11 +17,10 @@ from typing import Any
 import outcome
 import trio
 
-from dpfreeze import control, machine, ovsenv
+from dpfreeze import control, datapaths, machine, ovsenv
 from dpfreeze.cli import UserError
 from dpfreeze.preflight import OvsdbFlowRestoreWait, preflight
 from dpfreeze.service import (
-    DEFAULT_DATAPATH,
     DEFAULT_SOCKET,
     DEFAULT_STATE_DIR,
     FreezeService,
@@ -113,7 +112,7 @@ async def cmd_serve(args: argparse.Namespace) -> int:
 
 async def cmd_freeze(args: argparse.Namespace) -> int:
     api = RemoteApi(Path(args.socket))
-    doc = await api.freeze(args.ttl, args.datapath)
+    doc = await api.freeze(args.ttl, await _datapath(args.datapath))
     if args.take_upcalls:
         doc = await api.take_upcalls()
     _emit(doc, args.json, render_status(doc))
@@ -192,11 +191,19 @@ async def _service_api(args: argparse.Namespace) -> AsyncIterator[FreezeApi]:
     yield remote
 
 
+async def _datapath(arg: str) -> str:
+    try:
+        return await datapaths.resolve(arg)
+    except datapaths.NoDatapath as exc:
+        raise UserError(str(exc)) from None
+
+
 async def cmd_upgrade(args: argparse.Namespace) -> int:
+    datapath = await _datapath(args.datapath)
     async with _service_api(args) as api:
         # Captured, not raised, in here: the in-process service's nursery would wrap a refusal in a group.
         result = await outcome.acapture(
-            upgrade, api, ovsenv.current(), ttl=args.ttl, datapath=args.datapath,
+            upgrade, api, ovsenv.current(), ttl=args.ttl, datapath=datapath,
             restart_command=args.restart_command, reload_kmod=args.reload_kmod,
         )
     try:
@@ -210,6 +217,10 @@ async def cmd_upgrade(args: argparse.Namespace) -> int:
     else:
         print(upgrade_text(rep), file=sys.stdout if rep.ok else sys.stderr)
     return 0 if rep.ok else 1
+
+
+DATAPATH_HELP = ("ovs-system (kernel), netdev@ovs-netdev (userspace, in ovs-vswitchd), or auto: the daemon's "
+                 "one datapath (default)")
 
 
 def _common(p: argparse.ArgumentParser, *, json_flag: bool = True) -> None:
@@ -240,7 +251,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p = sub.add_parser("freeze", help="snapshot, set flow-restore-wait, pin flows, take over upcalls")
     _common(p)
     _ttl(p)
-    p.add_argument("--datapath", default=DEFAULT_DATAPATH)
+    p.add_argument("--datapath", default=datapaths.AUTO, help=DATAPATH_HELP)
     p.add_argument("--take-upcalls", action="store_true",
                    help="own the upcalls now, not when the old daemon's sockets die: for a caller that stops "
                    "the daemon next (ExecStop), so the misses of its exit are kept for the new one")
@@ -272,7 +283,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p = sub.add_parser("upgrade", help="hitless ovs-vswitchd restart: freeze, restart, restore, thaw")
     _common(p)
     _ttl(p)
-    p.add_argument("--datapath", default=DEFAULT_DATAPATH)
+    p.add_argument("--datapath", default=datapaths.AUTO, help=DATAPATH_HELP)
     p.add_argument(
         "--restart-command",
         metavar="CMD",

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from dpfreeze import ovsdb, snapshot_cli
+from dpfreeze import freeze_cli, ovsdb, snapshot_cli
 from dpfreeze.sandbox import Sandbox, SandboxError
 from dpfreeze.service import FreezeService, ServiceConfig, SystemBackend
 from dpfreeze.upgrade import upgrade
@@ -195,3 +195,16 @@ async def test_snapshot_cli_saves_and_restores_a_userspace_datapath(
     assert await snapshot_cli.cmd_restore(args) == 0
     assert f"flows: {len(before)} added, 0 already present" in capsys.readouterr().out
     assert sorted((f.ufid, f.key, f.mask, f.actions) for f in [f async for f in dp.flows()]) == before
+
+
+async def test_freeze_cli_finds_the_userspace_datapath_by_itself(
+    ovs: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The systemd drop-in's `dpfreeze freeze` names no datapath: on a userspace-only host it is found."""
+    async with service(ovs, tmp_path / "st", monkeypatch) as svc:
+        args = argparse.Namespace(socket=str(svc.config.socket_path), ttl=60.0, datapath="auto",
+                                  take_upcalls=True, json=True)
+        assert await freeze_cli.cmd_freeze(args) == 0
+        assert (await svc.status())["datapath"] == DP
+        await svc.thaw()
+    assert not await ovsdb.get_flow_restore_wait(ovs.env, timeout=10)
