@@ -199,11 +199,10 @@ async def _datapath(arg: str) -> str:
 
 
 async def cmd_upgrade(args: argparse.Namespace) -> int:
-    datapath = await _datapath(args.datapath)
     async with _service_api(args) as api:
         # Captured, not raised, in here: the in-process service's nursery would wrap a refusal in a group.
         result = await outcome.acapture(
-            upgrade, api, ovsenv.current(), ttl=args.ttl, datapath=datapath,
+            upgrade, api, ovsenv.current(), ttl=args.ttl, datapath=args.datapath,
             restart_command=args.restart_command, reload_kmod=args.reload_kmod,
         )
     try:

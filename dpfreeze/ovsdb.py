@@ -23,6 +23,7 @@ import ovs.poller
 import ovs.stream
 import trio
 
+from dpfreeze import appctl, ovsenv
 from dpfreeze.ovsenv import OvsEnv, current
 
 FRW_KEY = "flow-restore-wait"
@@ -222,8 +223,7 @@ async def versions(env: OvsEnv | None = None, timeout: float = DEFAULT_TIMEOUT) 
     """
     env = env or current()
     binary = await first_line(["ovs-vswitchd", "--version"], timeout, env)
-    running = await first_line(["ovs-appctl", f"--timeout={max(1, int(timeout))}", "-t", "ovs-vswitchd",
-                                 "version"], timeout, env)
+    running = await appctl.version(env, ovsenv.VSWITCHD, timeout)
     try:
         db_version = await trio.to_thread.run_sync(_read_db_version, env, timeout)
     except OvsdbError:

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 import outcome
 import trio
 
-from dpfreeze import kmod, openflow, ovsdb
+from dpfreeze import appctl, datapaths, kmod, openflow, ovsdb
 from dpfreeze.log import kv
 from dpfreeze.ovsenv import DaemonNotRunning, OvsEnv
 from dpfreeze.snapshot import Snapshot
@@ -129,9 +129,10 @@ def exit_keeps_flows(version_text: str) -> bool:
 async def stop_vswitchd(env: OvsEnv, pid: int) -> str:
     """As ovs-ctl's stop_daemon: `ovs-appctl exit`, TERM, KILL; straight to TERM (which never touches the
     datapath) for a daemon older than 2.14, whose graceful exit would flush the kernel flows."""
-    version = await ovsdb.first_line(["ovs-appctl", "-T", "2", "-t", VSWITCHD, "version"], 5, env)
-    if exit_keeps_flows(version or ""):
-        await _run(["ovs-appctl", "-T", "1", "-t", VSWITCHD, "exit"], env, 5)
+    running = await appctl.version(env, VSWITCHD, 2)
+    if exit_keeps_flows(running or ""):
+        with contextlib.suppress(OSError, trio.TooSlowError):
+            await appctl.appctl(env, VSWITCHD, "exit", timeout=1)
         if await _wait_gone(pid, 2.0):
             return "exit"
     os.kill(pid, signal.SIGTERM)
@@ -159,14 +160,9 @@ async def wait_new_daemon(env: OvsEnv, old_pid: int, timeout: float) -> int:
                 pid = env.pid(VSWITCHD)
             except DaemonNotRunning:
                 pid = 0
-            if (
-                pid
-                and pid != old_pid
-                and _alive(pid)
-                and await _run(["ovs-appctl", "-T", "2", "-t", VSWITCHD, "version"], env, 5) == 0
-            ):
+            if pid and pid != old_pid and _alive(pid) and await appctl.version(env, VSWITCHD, 2):
                 return pid
-            await trio.sleep(0.1)
+            await trio.sleep(0.02)
     raise UpgradeError(f"no new {VSWITCHD} answered within {timeout:g} s")
 
 
@@ -237,12 +233,16 @@ async def upgrade(
     reload_kmod: bool = False,
 ) -> UpgradeReport:
     rep = UpgradeReport()
+    if reload_kmod and restart_command:
+        raise UpgradeError("--reload-kmod replaces the default restart; it takes no --restart-command")
+    try:
+        datapath = await datapaths.resolve(datapath, env)
+    except datapaths.NoDatapath as exc:
+        raise UpgradeError(str(exc)) from None
     if reload_kmod:
         if is_netdev_name(datapath):
             raise UpgradeError(f"--reload-kmod: {datapath} is a userspace datapath, it does not use the "
                                "kernel module")
-        if restart_command:
-            raise UpgradeError("--reload-kmod replaces the default restart; it takes no --restart-command")
         try:
             await kmod.check_reloadable({datapath})  # the freeze snapshots this datapath only
         except kmod.ReloadError as exc:

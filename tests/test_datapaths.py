@@ -34,3 +34,16 @@ async def test_auto_refuses_to_guess(monkeypatch: pytest.MonkeyPatch, names: lis
     monkeypatch.setattr(datapaths, "all_names", all_names)
     with pytest.raises(datapaths.NoDatapath, match=message.replace("(", r"\(").replace(")", r"\)")):
         await datapaths.resolve("auto")
+
+
+async def test_a_module_reload_of_a_userspace_datapath_is_refused_before_anything(tmp_path: object) -> None:
+    from dpfreeze.ovsenv import OvsEnv
+    from dpfreeze.upgrade import UpgradeError, upgrade
+
+    class NoApi:  # any call would be a change: the refusal must come first
+        def __getattr__(self, name: str) -> object:
+            raise AssertionError(f"api.{name} called")
+
+    env = OvsEnv.from_environ({"OVS_RUNDIR": "/nonexistent"})
+    with pytest.raises(UpgradeError, match="userspace datapath, it does not use the kernel module"):
+        await upgrade(NoApi(), env, ttl=60, datapath="netdev@ovs-netdev", reload_kmod=True)  # type: ignore[arg-type]
