@@ -13,6 +13,18 @@ the new flows' own misses (each new flow needs exactly one upcall) and, for dpfr
 re-injected (a buffered miss replayed to the new daemon misses a second time, by design).  What is left is
 the re-learning of flows that already had a datapath flow, plus the set-up of the probe's own flows (see
 `baseline`).
+
+`--datapath netdev` runs the same bench on the userspace datapath, natively (no kernel module needed).  The
+lab's daemons live in a private "switch" namespace (every netdev ovs-vswitchd creates the same tap device),
+so ovs-ctl runs inside it (`ip netns exec NS ovs-ctl ...`), and so does dpfreeze's restart (ovs-ctl stop,
+then start: the systemd path; its default restart would start the new daemon in the bench's namespace).
+Debian's `ovs-ctl start` runs `ovs-kmod-ctl insert`, i.e. `modprobe openvswitch`, which fails on a host
+whose kernel has module support but no openvswitch.ko, although a userspace datapath never uses it.  A
+workaround for such hosts, and the only thing changed about the stock methods: their PATH starts with a
+directory whose `modprobe` exits 0 (the only program ovs-kmod-ctl's insert runs; a kernel without module
+support, no /proc/modules, makes ovs-kmod-ctl skip modprobe by itself).  A userspace datapath dies with its
+daemon and the new one counts `missed` from zero, so the counter is polled during the run and summed over
+the daemons (the old daemon's misses of its last poll interval go uncounted); module reloads are refused.
 """
 
 from __future__ import annotations
@@ -22,6 +34,7 @@ import json
 import logging
 import os
 import re
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -43,6 +56,10 @@ from dpfreeze.probe.render import write
 from dpfreeze.sandbox import Sandbox, SandboxError
 
 DATAPATH = "ovs-system"
+NETDEV_DATAPATH = "netdev@ovs-netdev"  # the one userspace datapath of every netdev bridge of a daemon
+DATAPATH_TYPES = ("system", "netdev")
+KMOD_METHODS = ("ovs-ctl-reload-kmod", "dpfreeze-kmod")
+MISS_POLL = 0.1  # seconds between reads of a userspace datapath's `missed` (see `MissTally`)
 # The options of Debian's ovs-vswitchd.service for ExecStart / ExecReload.
 CTL_OPTS = ("--no-ovsdb-server", "--no-monitor", "--system-id=random", "--no-record-hostname")
 # Reading the UDP source port into a register un-wildcards it: every new probe flow (a fresh source port)
@@ -66,6 +83,7 @@ class BenchSpec:
     settle_s: float = 2.0  # after the method returns: the storm, if any, happens here
     tail_s: float = 0.5
     method_timeout: float = 180.0
+    datapath: str = "system"  # the lab's datapath type: system (openvswitch.ko) or netdev (userspace)
 
 
 @dataclass
@@ -85,6 +103,8 @@ class RunResult:
     excess_misses: int | None = None
     method_s: float | None = None
     report: str = ""
+    upgrade_report: str = ""  # dpfreeze: its upgrade report, <stem>-upgrade.json
+    restorer: dict[str, Any] | None = None  # dpfreeze on netdev: the hand-over outcome and restorer stats
 
 
 @dataclass
@@ -96,24 +116,70 @@ class Ctx:
     scratch: Path  # local: unix sockets, the freeze snapshot, probe raw logs
     endpoints: tuple[Endpoint, Endpoint]
     extra: dict[str, Any] = field(default_factory=dict)  # per-method output (e.g. the upgrade report)
+    shim: Path | None = None  # netdev: a directory whose `modprobe` exits 0, first on ovs-ctl's PATH
 
     @property
     def ovs_ctl(self) -> str:
         return str(self.sb.env.pkgdatadir / "scripts" / "ovs-ctl")
+
+    @property
+    def netdev(self) -> bool:
+        return self.sb.datapath_type == "netdev"
+
+    @property
+    def datapath(self) -> str:
+        return NETDEV_DATAPATH if self.netdev else DATAPATH
+
+    def ctl(self, *args: str) -> list[str]:
+        """ovs-ctl ARGS where the lab's daemons run (the switch namespace of a netdev lab)."""
+        return self.sb._in_switch([self.ovs_ctl, *args])
+
+    def ctl_env(self) -> dict[str, str]:
+        """What ovs-ctl runs with besides the lab's OVS_* directories: the modprobe shim, if any."""
+        return {"PATH": shim_path(self.shim)} if self.shim else {}
+
+    def restart_command(self) -> str | None:
+        """dpfreeze's restart for a netdev lab: ovs-ctl stop, then start (the systemd path), in the switch
+        namespace; None (dpfreeze's default restart) on the kernel datapath."""
+        if not self.netdev:
+            return None
+        env = ["env", *(f"{k}={v}" for k, v in self.ctl_env().items())]
+        stop = shlex.join([*env, *self.ctl(*CTL_OPTS[:1], "stop")])
+        start = shlex.join([*env, *self.ctl(*CTL_OPTS, "start")])
+        return f"{stop}; {start}"  # as systemd's restart: ExecStart runs whatever ExecStop returned
+
+
+def make_modprobe_shim(directory: Path) -> Path:
+    """A directory with a `modprobe` that does nothing: for ovs-ctl on a host without openvswitch.ko."""
+    directory.mkdir(parents=True, exist_ok=True)
+    shim = directory / "modprobe"
+    shim.write_text("#!/bin/sh\n# dpfreeze bench upgrade --datapath netdev: no module needed\nexit 0\n")
+    shim.chmod(0o755)
+    return directory
+
+
+def shim_path(shim: Path) -> str:
+    """PATH with the shim first.  ovs-ctl puts its sbindir/bindir in front of PATH when PATH lacks them,
+    which would put the real modprobe before the shim: so they are in it already."""
+    dirs = [d for d in os.environ.get("PATH", "").split(":") if d]
+    dirs += [d for d in ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin")
+             if d not in dirs]
+    return ":".join([str(shim), *dirs])
 
 
 # -- running a method ------------------------------------------------------------------------------------
 
 
 async def stream(argv: Sequence[str], ctx: Ctx, tl: Timeline, log_name: str, timeout: float,
-                 mark: Callable[[str], str | None]) -> tuple[int, list[str]]:
+                 mark: Callable[[str], str | None],
+                 extra_env: dict[str, str] | None = None) -> tuple[int, list[str]]:
     """Run argv with the lab's OVS env, log its output, and mark a timeline event when `mark(line)` names one.
 
     Output is read as it comes so events land on the timeline when they happen.  The command is done when
     it exits, not at end-of-file: a daemon it started (ovs-ctl start) may hold the pipe open for ever.
     """
     lines: list[str] = []
-    env = {**os.environ, **ctx.sb.env.environ()}
+    env = {**os.environ, **ctx.sb.env.environ(), **(extra_env or {})}
 
     async def read(proc: trio.Process, log: TextIO) -> None:
         assert proc.stdout is not None
@@ -167,25 +233,29 @@ async def baseline(ctx: Ctx, tl: Timeline) -> None:
 async def stop_start(ctx: Ctx, tl: Timeline) -> None:
     """`systemctl restart ovs-vswitchd`: ExecStop then ExecStart, no flow save, no flow-restore-wait."""
     for action, opts in (("stop", CTL_OPTS[:1]), ("start", CTL_OPTS)):
-        rc, _ = await stream([ctx.ovs_ctl, *opts, action], ctx, tl, "ovs-ctl.log", 120, _ctl_mark)
+        rc, _ = await stream(ctx.ctl(*opts, action), ctx, tl, "ovs-ctl.log", 120, _ctl_mark, ctx.ctl_env())
         if rc:
             raise MethodFailed(f"ovs-ctl {action}: exit {rc}")
 
 
 async def ovs_ctl_restart(ctx: Ctx, tl: Timeline) -> None:
     """`systemctl reload ovs-vswitchd`: ovs-ctl restart (save, flow-restore-wait, restart, restore, clear)."""
-    rc, _ = await stream([ctx.ovs_ctl, *CTL_OPTS, "restart"], ctx, tl, "ovs-ctl.log", 240, _ctl_mark)
+    rc, _ = await stream(ctx.ctl(*CTL_OPTS, "restart"), ctx, tl, "ovs-ctl.log", 240, _ctl_mark,
+                         ctx.ctl_env())
     if rc:
         raise MethodFailed(f"ovs-ctl restart: exit {rc}")
 
 
 _STEP = re.compile(r"\bupgrade\.step\b.*\bstep=(\S+)")
 _STATE = re.compile(r"\bstate reason=.*\bstate=(\S+)|\bstate state=(\S+)")
+_RESTORED = re.compile(r"\brestorer\.restored\b.*\bflows=(\d+)")
 
 
 def _upgrade_mark(line: str) -> str | None:
     if m := _STEP.search(line):
         return f"upgrade: {m.group(1)}"
+    if m := _RESTORED.search(line):
+        return f"restorer: {m.group(1)} flows restored"
     if m := _STATE.search(line):
         return f"state: {m.group(1) or m.group(2)}"
     return None
@@ -209,8 +279,8 @@ class _Marks(logging.Handler):
 async def ovs_ctl_reload_kmod(ctx: Ctx, tl: Timeline) -> None:
     """`ovs-ctl force-reload-kmod`: save flows and interfaces, delete the datapaths, reload the module,
     start with flow-restore-wait, restore, clear (the daemon re-adds the ports in its own order)."""
-    rc, _ = await stream([ctx.ovs_ctl, *CTL_OPTS, "force-reload-kmod"], ctx, tl, "ovs-ctl.log", 240,
-                         _ctl_mark)
+    rc, _ = await stream(ctx.ctl(*CTL_OPTS, "force-reload-kmod"), ctx, tl, "ovs-ctl.log", 240,
+                         _ctl_mark, ctx.ctl_env())
     if rc:
         raise MethodFailed(f"ovs-ctl force-reload-kmod: exit {rc}")
 
@@ -221,7 +291,8 @@ async def dpfreeze_upgrade_kmod(ctx: Ctx, tl: Timeline) -> None:
 
 
 async def dpfreeze_upgrade(ctx: Ctx, tl: Timeline, *, reload_kmod: bool = False) -> None:
-    """`dpfreeze upgrade` with its in-process service and default restart, as `cmd_upgrade` runs it.
+    """`dpfreeze upgrade` with its in-process service and default restart, as `cmd_upgrade` runs it (on a
+    netdev lab: with `--restart-command`, ovs-ctl stop and start in the switch namespace).
 
     In-process, unlike the stock methods: importing dpfreeze costs minutes of CPU under a loaded TCG VM,
     time a production run spends before the freeze anyway.
@@ -247,8 +318,8 @@ async def dpfreeze_upgrade(ctx: Ctx, tl: Timeline, *, reload_kmod: bool = False)
             with trio.fail_after(UPGRADE_TIMEOUT):
                 async with trio.open_nursery() as nursery:
                     await nursery.start(service.run)
-                    rep = await upgrade(service, ctx.sb.env, ttl=120, datapath=DATAPATH,
-                                        reload_kmod=reload_kmod)
+                    rep = await upgrade(service, ctx.sb.env, ttl=120, datapath=ctx.datapath,
+                                        restart_command=ctx.restart_command(), reload_kmod=reload_kmod)
                     nursery.cancel_scope.cancel()
         except trio.TooSlowError:
             raise MethodFailed(f"dpfreeze upgrade still running after {UPGRADE_TIMEOUT:g} s "
@@ -277,10 +348,62 @@ METHODS: dict[str, Method] = {"baseline": baseline, "stop-start": stop_start,
 # -- the lab ---------------------------------------------------------------------------------------------
 
 
-async def missed() -> int:
+async def missed(ctx: Ctx) -> int:
+    """The datapath's `missed` counter now (of the running daemon's datapath, on netdev)."""
+    if ctx.netdev:
+        from dpif.netdev_datapath import NetdevDatapath
+
+        env = ctx.sb.env
+        dp = NetdevDatapath(NETDEV_DATAPATH, lambda: env.unixctl("ovs-vswitchd"), timeout=5.0)
+        return (await dp.info()).stats.missed
     from dpif.netlink_datapath import get_datapath
 
     return (await get_datapath(DATAPATH)).stats.missed
+
+
+_GONE = (OSError, ValueError, trio.BrokenResourceError)
+
+
+@dataclass
+class MissTally:
+    """`missed` over a run that may restart the daemon of a userspace datapath: the datapath dies with its
+    daemon and the new one counts from zero, so the last value read of each daemon is summed.  Polled every
+    MISS_POLL: an old daemon's misses after its last read are not counted."""
+
+    ctx: Ctx
+    start: int = 0
+    last: dict[int, int] = field(default_factory=dict)  # daemon pid -> its last `missed`
+    reads: int = 0
+
+    async def read(self) -> None:
+        try:
+            pid = self.ctx.sb.env.pid("ovs-vswitchd")
+            with trio.move_on_after(1.0):
+                value = await missed(self.ctx)
+                if self.ctx.sb.env.pid("ovs-vswitchd") == pid:  # the same daemon answered
+                    self.last[pid] = value
+                    self.reads += 1
+        except _GONE:  # no daemon (restarting), or one not serving its socket yet
+            pass
+        except ExceptionGroup as group:  # a daemon that exits mid-call: dpif.unixctl's nursery wraps it
+            if group.split(_GONE)[1] is not None:
+                raise
+
+    async def begin(self) -> None:
+        self.last.clear()
+        await self.read()
+        if not self.last:
+            raise OSError("no ovs-vswitchd answers")
+        self.start = sum(self.last.values())
+
+    async def poll(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        while True:
+            await trio.sleep(MISS_POLL)
+            await self.read()
+
+    def total(self) -> int:
+        return sum(self.last.values()) - self.start
 
 
 def vswitchd_alive(sb: Sandbox) -> bool:
@@ -334,18 +457,26 @@ async def measure(ctx: Ctx, spec: BenchSpec, method: str, run: int, out: Path,
         tl.mark(f"{method} {'failed' if res.error else 'done'}")
         await trio.sleep(spec.settle_s)
 
-    m0 = await missed()
+    tally = MissTally(ctx)
+    await tally.begin()
     try:
-        report = await run_probes(probe_spec(spec, ctx.endpoints), disrupt, workdir=ctx.scratch)
+        async with trio.open_nursery() as nursery:
+            if ctx.netdev:
+                await nursery.start(tally.poll)
+            report = await run_probes(probe_spec(spec, ctx.endpoints), disrupt, workdir=ctx.scratch)
+            nursery.cancel_scope.cancel()
     except ProbeError as exc:
         res.error = (res.error + "; " if res.error else "") + f"probes: {exc}"
         return res, None
     est, new = report.cls("established"), report.cls("newflow")
     # The sender's pace drops under load, so count the new flows it really sent: one miss each.
-    res.missed = await missed() - m0
+    await tally.read()
+    res.missed = tally.total()
     res.expected_misses = new.sent
-    handover = (((ctx.extra.get("upgrade") or {}).get("status") or {}).get("report") or {}).get("handover")
-    res.replayed = int((handover or {}).get("replayed", 0))
+    hand_over = ((ctx.extra.get("upgrade") or {}).get("status") or {}).get("report") or {}
+    res.replayed = int((hand_over.get("handover") or {}).get("replayed", 0))
+    if hand_over.get("restorer") is not None:
+        res.restorer = {"outcome": hand_over.get("outcome"), **hand_over["restorer"]}
     res.excess_misses = res.missed - new.sent - res.replayed
     res.established_sent, res.established_lost = est.sent, est.lost
     res.newflow_sent, res.newflow_lost = new.sent, new.lost
@@ -396,11 +527,21 @@ def _cell(entry: dict[str, Any], metric: str, digits: int = 0) -> str:
     return Stat(**s).text(digits) if s else "—"
 
 
+def where(meta: dict[str, Any]) -> str:
+    """"netdev datapath, natively on the host" / "system datapath, in the VM, one VM boot"."""
+    dp = meta.get("datapath", "system")
+    what = "kernel (system) datapath" if dp == "system" else f"userspace ({dp}) datapath"
+    return f"{what}, {'in the VM, one VM boot' if meta.get('in_vm', True) else 'natively on the host'}"
+
+
 def markdown(summary: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
     """The results table for docs/benchmarks.md: medians with (low-high) ranges over the runs."""
-    lines = [f"Measured {meta['date']} by `dpfreeze bench upgrade` (kernel {meta['kernel']}, "
-             f"{meta['ovs']}, {meta['cpu']}); {meta['runs']} run(s) per method, alternating, one VM boot; "
-             f"{meta['rate']:g} pps established, a new flow every {meta['newflow_ms']:g} ms.",
+    dp = meta.get("datapath", "system")
+    load = f", load average {' '.join(meta['loadavg'])} at the start" if meta.get("loadavg") else ""
+    lines = [f"Measured {meta['date']} by `dpfreeze bench upgrade --datapath {dp}` ({where(meta)}; "
+             f"kernel {meta['kernel']}, {meta['ovs']}, {meta['cpu']}{load}); {meta['runs']} run(s) per "
+             f"method, alternating; {meta['rate']:g} pps established, a new flow every "
+             f"{meta['newflow_ms']:g} ms.",
              "",
              "| method | runs (failed) | established lost / sent | new-flow lost / sent | largest gap, ms "
              "| excess misses (storm) |",
@@ -422,7 +563,8 @@ async def meta(spec: BenchSpec) -> dict[str, Any]:
     return {"date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), "kernel": os.uname().release,
             "ovs": ovs.decode().splitlines()[0].strip() if ovs else "ovs-vswitchd ?", "cpu": cpu,
             "cpus": os.cpu_count(), "in_vm": bool(os.environ.get("DPFREEZE_IN_VM")), "runs": spec.runs,
-            "rate": spec.rate, "newflow_ms": spec.newflow_ms}
+            "rate": spec.rate, "newflow_ms": spec.newflow_ms, "datapath": spec.datapath,
+            "loadavg": Path("/proc/loadavg").read_text().split()[:3]}
 
 
 # -- the bench -------------------------------------------------------------------------------------------
@@ -435,14 +577,15 @@ def need_kernel_datapath(what: str) -> None:
                         "--out /results")
 
 
-async def lab_ctx(name: str, workdir: Path, scratch: Path) -> tuple[Any, Ctx]:
-    """A two-namespace lab on the kernel datapath with the bench's OpenFlow table."""
+async def lab_ctx(name: str, workdir: Path, scratch: Path, datapath: str = "system") -> tuple[Any, Ctx]:
+    """A two-namespace lab on the kernel (or userspace) datapath with the bench's OpenFlow table."""
     from dpfreeze.lab import lab_up
 
-    st = await lab_up(name, datapath="system", namespaces=2)
+    st = await lab_up(name, datapath=datapath, namespaces=2)
     sb = st.sandbox()
     a, b = st.endpoints()[:2]
-    ctx = Ctx(sb, workdir, scratch, (a, b))
+    shim = make_modprobe_shim(scratch / "modprobe-shim") if datapath == "netdev" else None
+    ctx = Ctx(sb, workdir, scratch, (a, b), shim=shim)
     patient_probes()
     await prepare(sb)
     await sb.ping(sb.ports[0], sb.ports[1], count=2)  # ARP and MAC learning done before any probe
@@ -458,7 +601,7 @@ async def bench(spec: BenchSpec, out: Path, progress: Callable[[str], None] = pr
     results: list[RunResult] = []
     scratch = Path(tempfile.mkdtemp(prefix="dpfz-bench-"))
     try:
-        _, ctx = await lab_ctx(name, out, scratch)
+        _, ctx = await lab_ctx(name, out, scratch, spec.datapath)
         for k in range(spec.runs):
             order = list(spec.methods[k % len(spec.methods):]) + list(spec.methods[:k % len(spec.methods)])
             for method in order:
@@ -468,6 +611,9 @@ async def bench(spec: BenchSpec, out: Path, progress: Callable[[str], None] = pr
                     results.append(RunResult(method, k + 1, error=f"could not prepare the lab: {exc}"))
                     continue
                 res, _ = await measure(ctx, spec, method, k + 1, out)
+                if upgrade := ctx.extra.get("upgrade"):
+                    res.upgrade_report = f"run{k + 1}-{method}-upgrade.json"
+                    (out / res.upgrade_report).write_text(json.dumps(upgrade, indent=1, default=str) + "\n")
                 results.append(res)
                 progress(_line(res))
     finally:
@@ -488,6 +634,8 @@ def _line(r: RunResult) -> str:
             f"new-flow lost {r.newflow_lost}/{r.newflow_sent}, gap {r.largest_gap_ms:.1f} ms, "
             f"excess misses {r.excess_misses} (missed {r.missed}, replayed {r.replayed}), "
             f"method {r.method_s} s"
+            + (f", restorer: {r.restorer.get('flows_restored')} flows {r.restorer.get('restored_after_s')} s "
+               f"after the new daemon answered ({r.restorer.get('outcome')})" if r.restorer else "")
             + (f"  FAILED: {r.error}" if r.error else ""))
 
 
@@ -505,7 +653,8 @@ def _subparsers_of(sub: Any, name: str, help_text: str) -> Any:
 
 def add_commands(sub: Any) -> None:
     p = _subparsers_of(sub, "bench", "benchmarks").add_parser(
-        "upgrade", help="stock OVS restarts vs dpfreeze upgrade, same traffic (kernel datapath, in the VM)")
+        "upgrade", help="stock OVS restarts vs dpfreeze upgrade, same traffic (kernel datapath in the VM, "
+        "or --datapath netdev natively)")
     p.add_argument("--out", type=Path, default=Path("bench-upgrade"), help="results directory")
     p.add_argument("--runs", type=int, default=BenchSpec.runs, help="runs per method (default 3)")
     p.add_argument("--methods", default=",".join(BenchSpec.methods),
@@ -513,6 +662,9 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--rate", type=float, default=BenchSpec.rate, help="established pps (500)")
     p.add_argument("--newflow-ms", type=float, default=BenchSpec.newflow_ms,
                    help="a new flow every T ms (20)")
+    p.add_argument("--datapath", choices=DATAPATH_TYPES, default=BenchSpec.datapath,
+                   help="system: openvswitch.ko (in the test VM, default); netdev: the userspace datapath, "
+                        "runs natively without the module")
     p.set_defaults(handler=cmd_bench)
 
 
@@ -522,8 +674,13 @@ async def cmd_bench(args: argparse.Namespace) -> int:
         raise UserError(f"unknown method {bad[0]!r}: {', '.join(METHODS)}")
     if not methods or not 1 <= args.runs <= 50 or args.rate <= 0 or args.newflow_ms <= 0:
         raise UserError("need at least one method, --runs 1..50, positive --rate and --newflow-ms")
-    need_kernel_datapath("bench upgrade")
-    spec = BenchSpec(runs=args.runs, methods=methods, rate=args.rate, newflow_ms=args.newflow_ms)
+    if args.datapath == "system":
+        need_kernel_datapath("bench upgrade")
+    elif kmod := [m for m in methods if m in KMOD_METHODS]:
+        raise UserError(f"method {kmod[0]} reloads openvswitch.ko; a userspace datapath (--datapath netdev) "
+                        "does not use the module")
+    spec = BenchSpec(runs=args.runs, methods=methods, rate=args.rate, newflow_ms=args.newflow_ms,
+                     datapath=args.datapath)
     try:
         doc = await bench(spec, args.out)
     except SandboxError as exc:
