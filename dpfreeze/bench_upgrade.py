@@ -30,6 +30,8 @@ the daemons (the old daemon's misses of its last poll interval go uncounted); mo
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
 import json
 import logging
 import os
@@ -50,7 +52,7 @@ from typing import Any, TextIO
 import trio
 
 from dpfreeze.cli import UserError
-from dpfreeze.ovsenv import DaemonNotRunning
+from dpfreeze.ovsenv import DaemonNotRunning, OvsEnv, process_alive
 from dpfreeze.probe import Endpoint, ProbeError, ProbeSpec, Report, Timeline, run_probes
 from dpfreeze.probe.render import write
 from dpfreeze.sandbox import Sandbox, SandboxError
@@ -59,6 +61,7 @@ DATAPATH = "ovs-system"
 NETDEV_DATAPATH = "netdev@ovs-netdev"  # the one userspace datapath of every netdev bridge of a daemon
 DATAPATH_TYPES = ("system", "netdev")
 KMOD_METHODS = ("ovs-ctl-reload-kmod", "dpfreeze-kmod")
+PR_SET_CHILD_SUBREAPER = 36  # <linux/prctl.h>
 MISS_POLL = 0.1  # seconds between reads of a userspace datapath's `missed` (see `MissTally`)
 # The options of Debian's ovs-vswitchd.service for ExecStart / ExecReload.
 CTL_OPTS = ("--no-ovsdb-server", "--no-monitor", "--system-id=random", "--no-record-hostname")
@@ -84,6 +87,7 @@ class BenchSpec:
     tail_s: float = 0.5
     method_timeout: float = 180.0
     datapath: str = "system"  # the lab's datapath type: system (openvswitch.ko) or netdev (userspace)
+    openflow_rules: int = 0  # extra OpenFlow rules that no probe matches (see filler_rules)
 
 
 @dataclass
@@ -117,6 +121,7 @@ class Ctx:
     endpoints: tuple[Endpoint, Endpoint]
     extra: dict[str, Any] = field(default_factory=dict)  # per-method output (e.g. the upgrade report)
     shim: Path | None = None  # netdev: a directory whose `modprobe` exits 0, first on ovs-ctl's PATH
+    filler: Path | None = None  # extra OpenFlow rules (`--openflow-rules`), re-added before each run
 
     @property
     def ovs_ctl(self) -> str:
@@ -406,21 +411,77 @@ class MissTally:
         return sum(self.last.values()) - self.start
 
 
+class DaemonReaper:
+    """Collect the lab's exited OVS daemons at once, as systemd (their parent on a real host) does.
+
+    `ovs-ctl stop` (and any `kill -0` check) takes an exited daemon for a running one until its parent
+    collects it, and a non-reaping init collects orphans only now and then (here: every ~1.5 s), which
+    added seconds of "no daemon" to every method.  The bench becomes the child subreaper, so the detached
+    daemons started under it (by the lab, ovs-ctl, dpfreeze) are re-parented to it, and it collects the
+    ones named in the lab's pidfiles within 20 ms of their exit.
+    """
+
+    def __init__(self) -> None:
+        self.env: OvsEnv | None = None
+        self.known: set[int] = set()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
+        task_status.started()
+        try:
+            while True:
+                self.collect()
+                await trio.sleep(0.02)
+        finally:
+            libc.prctl(PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)  # orphans started later go to init again
+
+    def collect(self) -> None:
+        if self.env is not None:
+            for daemon in ("ovs-vswitchd", "ovsdb-server"):
+                with contextlib.suppress(DaemonNotRunning):
+                    self.known.add(self.env.pid(daemon))
+        for pid in list(self.known):
+            if not process_alive(pid):
+                with contextlib.suppress(ChildProcessError):  # not ours: nothing to collect
+                    os.waitpid(pid, os.WNOHANG)
+                if not Path(f"/proc/{pid}").exists() or not _child(pid):
+                    self.known.discard(pid)
+
+
+def _child(pid: int) -> bool:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1]) == os.getpid()
+    except (OSError, ValueError, IndexError):
+        return False
+
+
 def vswitchd_alive(sb: Sandbox) -> bool:
     try:
-        os.kill(sb.env.pid("ovs-vswitchd"), 0)
-    except (DaemonNotRunning, ProcessLookupError):
+        return process_alive(sb.env.pid("ovs-vswitchd"))
+    except DaemonNotRunning:
         return False
-    return True
 
 
-async def prepare(sb: Sandbox) -> None:
-    """Make the lab ready for the next run, whatever the last method left: daemon up, FRW clear, flows."""
+async def prepare(sb: Sandbox, filler: Path | None = None) -> None:
+    """Make the lab ready for the next run, whatever the last method left: daemon up, FRW clear, flows
+    (the bench flow, and the filler rules if any: a stop-start loses the OpenFlow table)."""
     if not vswitchd_alive(sb):
         await sb.start_vswitchd()
     await sb.vsctl("--if-exists", "remove", "Open_vSwitch", ".", "other_config", "flow-restore-wait")
     for br in sb.bridges:
         await sb.run("ovs-ofctl", "add-flow", br, BENCH_FLOW)
+        if filler is not None:
+            await sb.run("ovs-ofctl", "add-flows", br, str(filler), timeout=300)
+
+
+def filler_rules(path: Path, n: int) -> Path:
+    """n OpenFlow rules the probe traffic never matches (TCP to 10.200/16), as a controller-programmed
+    host carries thousands: what `ovs-ctl restart` must restore before it clears flow-restore-wait."""
+    path.write_text("".join(f"priority=5,tcp,nw_dst=10.200.{i >> 8 & 255}.{i & 255},"
+                            f"tp_dst={1000 + (i >> 16)},actions=drop\n" for i in range(n)))
+    return path
 
 
 def patient_probes() -> None:
@@ -541,7 +602,8 @@ def markdown(summary: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
     lines = [f"Measured {meta['date']} by `dpfreeze bench upgrade --datapath {dp}` ({where(meta)}; "
              f"kernel {meta['kernel']}, {meta['ovs']}, {meta['cpu']}{load}); {meta['runs']} run(s) per "
              f"method, alternating; {meta['rate']:g} pps established, a new flow every "
-             f"{meta['newflow_ms']:g} ms.",
+             f"{meta['newflow_ms']:g} ms"
+             + (f"; {meta['openflow_rules']} extra OpenFlow rules." if meta.get("openflow_rules") else "."),
              "",
              "| method | runs (failed) | established lost / sent | new-flow lost / sent | largest gap, ms "
              "| excess misses (storm) |",
@@ -564,6 +626,7 @@ async def meta(spec: BenchSpec) -> dict[str, Any]:
             "ovs": ovs.decode().splitlines()[0].strip() if ovs else "ovs-vswitchd ?", "cpu": cpu,
             "cpus": os.cpu_count(), "in_vm": bool(os.environ.get("DPFREEZE_IN_VM")), "runs": spec.runs,
             "rate": spec.rate, "newflow_ms": spec.newflow_ms, "datapath": spec.datapath,
+            "openflow_rules": spec.openflow_rules,
             "loadavg": Path("/proc/loadavg").read_text().split()[:3]}
 
 
@@ -577,7 +640,8 @@ def need_kernel_datapath(what: str) -> None:
                         "--out /results")
 
 
-async def lab_ctx(name: str, workdir: Path, scratch: Path, datapath: str = "system") -> tuple[Any, Ctx]:
+async def lab_ctx(name: str, workdir: Path, scratch: Path, datapath: str = "system",
+                  openflow_rules: int = 0) -> tuple[Any, Ctx]:
     """A two-namespace lab on the kernel (or userspace) datapath with the bench's OpenFlow table."""
     from dpfreeze.lab import lab_up
 
@@ -586,8 +650,10 @@ async def lab_ctx(name: str, workdir: Path, scratch: Path, datapath: str = "syst
     a, b = st.endpoints()[:2]
     shim = make_modprobe_shim(scratch / "modprobe-shim") if datapath == "netdev" else None
     ctx = Ctx(sb, workdir, scratch, (a, b), shim=shim)
+    if openflow_rules:
+        ctx.filler = filler_rules(scratch / "filler.flows", openflow_rules)
     patient_probes()
-    await prepare(sb)
+    await prepare(sb, ctx.filler)
     await sb.ping(sb.ports[0], sb.ports[1], count=2)  # ARP and MAC learning done before any probe
     return st, ctx
 
@@ -600,31 +666,44 @@ async def bench(spec: BenchSpec, out: Path, progress: Callable[[str], None] = pr
     name = f"bench{os.getpid()}"
     results: list[RunResult] = []
     scratch = Path(tempfile.mkdtemp(prefix="dpfz-bench-"))
+    reaper = DaemonReaper()
     try:
-        _, ctx = await lab_ctx(name, out, scratch, spec.datapath)
-        for k in range(spec.runs):
-            order = list(spec.methods[k % len(spec.methods):]) + list(spec.methods[:k % len(spec.methods)])
-            for method in order:
-                try:
-                    await prepare(ctx.sb)
-                except SandboxError as exc:
-                    results.append(RunResult(method, k + 1, error=f"could not prepare the lab: {exc}"))
-                    continue
-                res, _ = await measure(ctx, spec, method, k + 1, out)
-                if upgrade := ctx.extra.get("upgrade"):
-                    res.upgrade_report = f"run{k + 1}-{method}-upgrade.json"
-                    (out / res.upgrade_report).write_text(json.dumps(upgrade, indent=1, default=str) + "\n")
-                results.append(res)
-                progress(_line(res))
+        async with trio.open_nursery() as nursery:
+            await nursery.start(reaper.run)
+            try:
+                _, ctx = await lab_ctx(name, out, scratch, spec.datapath, spec.openflow_rules)
+                reaper.env = ctx.sb.env
+                await _runs(ctx, spec, out, results, progress)
+            finally:
+                with trio.CancelScope(shield=True):
+                    await lab_down(name)
+                    await trio.sleep(0.1)  # the reaper collects the daemons lab_down stopped
+                nursery.cancel_scope.cancel()
     finally:
-        with trio.CancelScope(shield=True):
-            await lab_down(name)
         shutil.rmtree(scratch, ignore_errors=True)
     summary = summarize(results, spec.methods)
     doc = {"meta": info, "spec": asdict(spec), "runs": [asdict(r) for r in results], "summary": summary}
     (out / "bench-upgrade.json").write_text(json.dumps(doc, indent=1) + "\n")
     (out / "bench-upgrade.md").write_text(markdown(summary, info))
     return doc
+
+
+async def _runs(ctx: Ctx, spec: BenchSpec, out: Path, results: list[RunResult],
+                progress: Callable[[str], None]) -> None:
+    for k in range(spec.runs):
+        order = list(spec.methods[k % len(spec.methods):]) + list(spec.methods[:k % len(spec.methods)])
+        for method in order:
+            try:
+                await prepare(ctx.sb, ctx.filler)
+            except SandboxError as exc:
+                results.append(RunResult(method, k + 1, error=f"could not prepare the lab: {exc}"))
+                continue
+            res, _ = await measure(ctx, spec, method, k + 1, out)
+            if upgrade := ctx.extra.get("upgrade"):
+                res.upgrade_report = f"run{k + 1}-{method}-upgrade.json"
+                (out / res.upgrade_report).write_text(json.dumps(upgrade, indent=1, default=str) + "\n")
+            results.append(res)
+            progress(_line(res))
 
 
 def _line(r: RunResult) -> str:
@@ -662,6 +741,8 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--rate", type=float, default=BenchSpec.rate, help="established pps (500)")
     p.add_argument("--newflow-ms", type=float, default=BenchSpec.newflow_ms,
                    help="a new flow every T ms (20)")
+    p.add_argument("--openflow-rules", type=int, default=0, metavar="N",
+                   help="add N OpenFlow rules no probe matches, as a controller-programmed host has (0)")
     p.add_argument("--datapath", choices=DATAPATH_TYPES, default=BenchSpec.datapath,
                    help="system: openvswitch.ko (in the test VM, default); netdev: the userspace datapath, "
                         "runs natively without the module")
@@ -674,13 +755,15 @@ async def cmd_bench(args: argparse.Namespace) -> int:
         raise UserError(f"unknown method {bad[0]!r}: {', '.join(METHODS)}")
     if not methods or not 1 <= args.runs <= 50 or args.rate <= 0 or args.newflow_ms <= 0:
         raise UserError("need at least one method, --runs 1..50, positive --rate and --newflow-ms")
+    if not 0 <= args.openflow_rules <= 1_000_000:
+        raise UserError("--openflow-rules: 0..1000000")
     if args.datapath == "system":
         need_kernel_datapath("bench upgrade")
     elif kmod := [m for m in methods if m in KMOD_METHODS]:
         raise UserError(f"method {kmod[0]} reloads openvswitch.ko; a userspace datapath (--datapath netdev) "
                         "does not use the module")
     spec = BenchSpec(runs=args.runs, methods=methods, rate=args.rate, newflow_ms=args.newflow_ms,
-                     datapath=args.datapath)
+                     datapath=args.datapath, openflow_rules=args.openflow_rules)
     try:
         doc = await bench(spec, args.out)
     except SandboxError as exc:

@@ -25,6 +25,16 @@ DEFAULT_DBDIR = "/etc/openvswitch"
 VSWITCHD = "ovs-vswitchd"
 
 
+def process_alive(pid: int, proc: Path = Path("/proc")) -> bool:
+    """True unless the process is gone or a zombie: a daemon that exited is not running, even while its
+    parent (a non-reaping init, as in many containers) has not collected it yet."""
+    try:
+        stat = (proc / str(pid) / "stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
 class DaemonNotRunning(OSError):
     """The daemon's pidfile is missing or unreadable: it is not running under this rundir."""
 

@@ -80,7 +80,12 @@ class Restorer:
                 self.stats.daemon_seen_after_s = round(now - t0, 3)
             if not wanted <= present and now - first_answer < PORTS_WAIT:
                 continue
-            report = await restore(self.dp, self.snapshot)
+            try:
+                report = await restore(self.dp, self.snapshot)  # idempotent: present flows are skipped
+            except OSError as exc:  # the daemon went away (a crash loop): wait for the next one
+                LOG.warning(kv("restorer.retry", error=str(exc)))
+                first_answer = None
+                continue
             self._record(report, time.monotonic() - first_answer)
             self.done.set()
             return

@@ -25,7 +25,7 @@ from typing import Literal
 
 import trio
 
-from dpfreeze.ovsenv import DaemonNotRunning, OvsEnv
+from dpfreeze.ovsenv import DaemonNotRunning, OvsEnv, process_alive
 
 log = logging.getLogger(__name__)
 
@@ -78,15 +78,6 @@ async def run(
 
 def uptime() -> float:
     return float(Path("/proc/uptime").read_text().split()[0])
-
-
-def _alive(pid: int) -> bool:
-    """True unless the process is gone or a zombie (a detached daemon's parent may be a non-reaping init)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 @dataclass
@@ -164,7 +155,7 @@ class Sandbox:
             pid = self.env.pid(daemon)
         except DaemonNotRunning:
             return
-        if not _alive(pid):
+        if not process_alive(pid):
             return
         if mode in ("exit", "cleanup"):
             args = ["exit", "--cleanup"] if mode == "cleanup" else ["exit"]
@@ -174,13 +165,13 @@ class Sandbox:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM if mode == "term" else signal.SIGKILL)
         with trio.move_on_after(timeout):
-            while _alive(pid):
+            while process_alive(pid):
                 await trio.sleep(0.05)
-        if _alive(pid):
+        if process_alive(pid):
             log.warning("%s (pid %d) ignored %s; killing it", daemon, pid, mode)
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            while _alive(pid):
+            while process_alive(pid):
                 await trio.sleep(0.05)
         self.env.pidfile(daemon).unlink(missing_ok=True)
 
@@ -265,7 +256,7 @@ class Sandbox:
 
 def _running(env: OvsEnv, daemon: str) -> bool:
     try:
-        return _alive(env.pid(daemon))
+        return process_alive(env.pid(daemon))
     except DaemonNotRunning:
         return False
 

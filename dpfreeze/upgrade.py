@@ -24,7 +24,7 @@ import trio
 
 from dpfreeze import appctl, datapaths, kmod, openflow, ovsdb
 from dpfreeze.log import kv
-from dpfreeze.ovsenv import DaemonNotRunning, OvsEnv
+from dpfreeze.ovsenv import DaemonNotRunning, OvsEnv, process_alive
 from dpfreeze.snapshot import Snapshot
 from dpif.netdev_datapath import is_netdev_name
 
@@ -79,19 +79,9 @@ def daemon_argv(pid: int, proc: Path = Path("/proc")) -> list[str]:
     return [a.decode() for a in raw.split(b"\0") if a]
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 async def _wait_gone(pid: int, timeout: float) -> bool:
     with trio.move_on_after(timeout):
-        while _alive(pid):
+        while process_alive(pid):
             await trio.sleep(0.05)
         return True
     return False
@@ -160,7 +150,7 @@ async def wait_new_daemon(env: OvsEnv, old_pid: int, timeout: float) -> int:
                 pid = env.pid(VSWITCHD)
             except DaemonNotRunning:
                 pid = 0
-            if pid and pid != old_pid and _alive(pid) and await appctl.version(env, VSWITCHD, 2):
+            if pid and pid != old_pid and process_alive(pid) and await appctl.version(env, VSWITCHD, 2):
                 return pid
             await trio.sleep(0.02)
     raise UpgradeError(f"no new {VSWITCHD} answered within {timeout:g} s")

@@ -92,8 +92,13 @@ class ReplyReader:
             out.append(_reply(obj))
         return out
 
+    @property
+    def partial(self) -> bool:
+        """Part of a reply has been read."""
+        return any(p.strip() for p in self._parts) or bool(self._pending)
+
     def finish(self) -> None:
-        if any(p.strip() for p in self._parts) or self._pending:
+        if self.partial:
             raise ProtocolError("connection closed in the middle of a reply")
 
 
@@ -131,18 +136,38 @@ class UnixctlClient:
         data = b"".join(encode_request(i, m, params) for i, (m, params) in zip(ids, calls, strict=True))
         replies: dict[int, Reply] = {}
         reader = ReplyReader()
-        with trio.fail_after(timeout):
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self.stream.send_all, data)  # the daemon answers while we still send
+        failure: list[BaseException] = []  # the first one, raised as itself (not in an exception group)
+
+        async def send() -> None:  # the daemon answers while we still send
+            try:
+                await self.stream.send_all(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                failure.append(UnixctlUnreachable(self.path, f"sending: {exc or type(exc).__name__}"))
+                nursery.cancel_scope.cancel()
+
+        async def receive() -> None:
+            try:
                 while len(replies) < len(calls):
                     chunk = await self.stream.receive_some(RECV_SIZE)
-                    if not chunk:
-                        reader.finish()
-                        raise UnixctlUnreachable(self.path, "the daemon closed the connection")
+                    if not chunk:  # a daemon exiting mid-answer is gone, not confused
+                        where = " in the middle of a reply" if reader.partial else ""
+                        raise UnixctlUnreachable(self.path, f"the daemon closed the connection{where}")
                     for reply in reader.feed(chunk):
                         if reply.id not in methods:
                             raise ProtocolError(f"reply to unknown request {reply.id}")
                         replies[reply.id] = reply
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                failure.append(UnixctlUnreachable(self.path, f"receiving: {exc or type(exc).__name__}"))
+            except (UnixctlUnreachable, ProtocolError, OSError) as exc:
+                failure.append(exc)
+            nursery.cancel_scope.cancel()
+
+        with trio.fail_after(timeout):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(send)
+                nursery.start_soon(receive)
+        if failure:
+            raise failure[0]
         out: list[str | UnixctlError] = []
         for i in ids:
             r = replies[i]

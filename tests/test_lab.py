@@ -15,7 +15,7 @@ import trio
 
 from dpfreeze.cli import UserError
 from dpfreeze.lab import LabState, lab_down, lab_up, load, state_path
-from dpfreeze.sandbox import _alive
+from dpfreeze.ovsenv import process_alive
 
 
 @pytest.fixture(autouse=True)
@@ -36,7 +36,7 @@ def links() -> set[str]:
 
 def leftovers(st: LabState, pids: list[int]) -> list[str]:
     left = [n for n in netns() if n.startswith(st.prefix)] + [k for k in links() if k.startswith(st.prefix)]
-    left += [f"pid {p}" for p in pids if _alive(p)]
+    left += [f"pid {p}" for p in pids if process_alive(p)]
     left += [st.base] if Path(st.base).exists() else []
     left += [str(state_path(st.name))] if state_path(st.name).exists() else []
     return left
@@ -101,6 +101,6 @@ async def test_down_cleans_up_after_an_up_that_was_killed(labdir: Path) -> None:
     st = load("k")
     assert len(st.ports) < 6, "up finished before it was killed: the test proved nothing"
     pids = [int(f.read_text()) for f in Path(st.env["rundir"]).glob("*.pid")]
-    assert pids and any(_alive(p) for p in pids)
+    assert pids and any(process_alive(p) for p in pids)
     assert await lab_down("k") == []
     assert leftovers(st, pids) == []

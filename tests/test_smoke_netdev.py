@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from dpfreeze.sandbox import Sandbox, SandboxError, _alive, sandbox
+from dpfreeze.ovsenv import process_alive
+from dpfreeze.sandbox import Sandbox, SandboxError, sandbox
 
 pytestmark = pytest.mark.netdev
 
@@ -30,7 +31,7 @@ async def test_vswitchd_restart_keeps_forwarding(ovs: Sandbox) -> None:
     old = ovs.env.pid("ovs-vswitchd")
     await ovs.restart_vswitchd()
     assert ovs.env.pid("ovs-vswitchd") != old
-    assert not _alive(old)
+    assert not process_alive(old)
     await ovs.ping(a, b)
 
 
@@ -45,5 +46,5 @@ async def test_teardown_removes_everything_even_on_failure() -> None:
             assert names <= _netns()
             raise SandboxError("boom")
     assert not names & _netns()
-    assert not any(_alive(p) for p in pids)
+    assert not any(process_alive(p) for p in pids)
     assert not Path(sb.base).exists()

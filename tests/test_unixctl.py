@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
+import trio
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dpif.unixctl import ProtocolError, Reply, ReplyReader, UnixctlError, encode_request
+from dpif.unixctl import (
+    ProtocolError,
+    Reply,
+    ReplyReader,
+    UnixctlError,
+    UnixctlUnreachable,
+    call,
+    encode_request,
+)
 
 
 def stream(*replies: dict[str, object]) -> bytes:
@@ -57,3 +67,40 @@ def test_a_reply_cut_by_the_end_of_the_stream_is_an_error() -> None:
 def test_invalid_utf8_is_refused_not_buffered_forever() -> None:
     with pytest.raises(ProtocolError):
         ReplyReader().feed(b'{"id": 0, "result": "\xff\xfe\xfd\xfc\xfb"}')
+
+
+async def _serve_once(path: Path, answer: bytes, nursery: trio.Nursery) -> None:
+    """A unix socket that reads one request, writes `answer` and hangs up."""
+    sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
+    await sock.bind(str(path))
+    sock.listen(1)
+
+    async def once() -> None:
+        conn, _ = await sock.accept()
+        with conn:
+            await conn.recv(65536)
+            if answer:
+                await conn.send(answer)
+        sock.close()
+
+    nursery.start_soon(once)
+
+
+@pytest.mark.parametrize(("answer", "error"), [
+    (b"", UnixctlUnreachable),  # hung up mid-call: a daemon restarting
+    (b'{"id": 0, "result": "half', UnixctlUnreachable),
+    (b'{"id": 99, "result": "x", "error": null}', ProtocolError),
+])
+async def test_a_broken_conversation_raises_one_plain_error(tmp_path: Path, answer: bytes,
+                                                            error: type[Exception]) -> None:
+    """Never an exception group: callers (the restorer's poll) catch OSError to retry."""
+    path = tmp_path / "d.ctl"
+    async with trio.open_nursery() as nursery:
+        await _serve_once(path, answer, nursery)
+        with pytest.raises(error):
+            await call(path, "version", timeout=5)
+
+
+async def test_no_daemon_is_unreachable(tmp_path: Path) -> None:
+    with pytest.raises(UnixctlUnreachable, match="cannot reach"):
+        await call(tmp_path / "none.ctl", "version")
