@@ -122,6 +122,7 @@ class Ctx:
     extra: dict[str, Any] = field(default_factory=dict)  # per-method output (e.g. the upgrade report)
     shim: Path | None = None  # netdev: a directory whose `modprobe` exits 0, first on ovs-ctl's PATH
     filler: Path | None = None  # extra OpenFlow rules (`--openflow-rules`), re-added before each run
+    probe_runs: int = 0
 
     @property
     def ovs_ctl(self) -> str:
@@ -496,9 +497,15 @@ def patient_probes() -> None:
     run.STOP_TIMEOUT = max(run.STOP_TIMEOUT, 120.0)
 
 
-def probe_spec(spec: BenchSpec, endpoints: tuple[Endpoint, Endpoint]) -> ProbeSpec:
+NEWFLOW_STRIDE = 2500  # new flows per run at most (a long TCG run sends ~1800) before ports are reused
+
+
+def probe_spec(spec: BenchSpec, endpoints: tuple[Endpoint, Endpoint], run_index: int = 0) -> ProbeSpec:
+    """Each run's new flows start where the last one's ended (8 runs before a port comes back, far beyond
+    the 10 s a datapath flow lives idle): a new flow must not hit a flow left by the previous run."""
     return ProbeSpec(src=endpoints[0], dst=endpoints[1], rate=spec.rate, newflow_ms=spec.newflow_ms,
-                     newflow_hosts=False, lead_s=spec.lead_s, tail_s=spec.tail_s)
+                     newflow_hosts=False, lead_s=spec.lead_s, tail_s=spec.tail_s,
+                     newflow_first=run_index * NEWFLOW_STRIDE % 20000)
 
 
 async def measure(ctx: Ctx, spec: BenchSpec, method: str, run: int, out: Path,
@@ -524,7 +531,9 @@ async def measure(ctx: Ctx, spec: BenchSpec, method: str, run: int, out: Path,
         async with trio.open_nursery() as nursery:
             if ctx.netdev:
                 await nursery.start(tally.poll)
-            report = await run_probes(probe_spec(spec, ctx.endpoints), disrupt, workdir=ctx.scratch)
+            ctx.probe_runs += 1
+            report = await run_probes(probe_spec(spec, ctx.endpoints, ctx.probe_runs), disrupt,
+                                      workdir=ctx.scratch)
             nursery.cancel_scope.cancel()
     except ProbeError as exc:
         res.error = (res.error + "; " if res.error else "") + f"probes: {exc}"

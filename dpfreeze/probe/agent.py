@@ -63,6 +63,7 @@ class SenderConfig:
     newflow_ms: float = 50.0
     newflow_hosts: bool = True
     newflow_ip_base: str | None = None
+    newflow_first: int = 0
     tcp_port: int = 0
     tcp_ms: float = 10.0
     arp_ms: float = 100.0
@@ -203,7 +204,7 @@ class Sender:
                 base = int.from_bytes(socket.inet_aton(cfg.newflow_ip_base), "big")
                 src_ip = socket.inet_ntoa((base + k % 64).to_bytes(4, "big"))
         return frames.variant(self.newflow_template, src_mac=src_mac, src_ip=src_ip,
-                              sport=cfg.sport_base + 1000 + k % 20000, flow=k & 0xFFFF)
+                              sport=cfg.sport_base + 1000 + (cfg.newflow_first + k) % 20000, flow=k & 0xFFFF)
 
     async def newflows(self) -> None:
         """One packet of a brand-new flow every `newflow_ms`: each one needs an upcall."""

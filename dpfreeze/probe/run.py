@@ -63,6 +63,7 @@ class ProbeSpec:
     newflow_ms: float = 50.0
     newflow_hosts: bool = True
     newflow_ip_base: str | None = None
+    newflow_first: int = 0  # the first new flow's index: runs close together use different source ports
     tcp_port: int = 47001  # 0: no TCP probe
     tcp_ms: float = 10.0
     arp_ms: float = 100.0  # 0: no ARP attempts
@@ -161,7 +162,8 @@ async def run_probes(spec: ProbeSpec, disruption: Disruption, *, workdir: Path |
                             src_ip6=src.ip6, dst_ip6=dst.ip6, out=f"{tmp}/sender.json", rate=spec.rate,
                             flows=spec.flows, udp_port=spec.udp_port, newflow_ms=spec.newflow_ms,
                             newflow_hosts=spec.newflow_hosts, newflow_ip_base=spec.newflow_ip_base,
-                            tcp_port=spec.tcp_port, tcp_ms=spec.tcp_ms, arp_ms=spec.arp_ms, nd_ms=spec.nd_ms)
+                            newflow_first=spec.newflow_first, tcp_port=spec.tcp_port, tcp_ms=spec.tcp_ms,
+                            arp_ms=spec.arp_ms, nd_ms=spec.nd_ms)
         timeline = Timeline()
         # An error or cancellation in here cancels the nursery, and trio.run_process then stops both agents.
         try:
