@@ -233,9 +233,21 @@ async def cmd_dump_flows(args: argparse.Namespace) -> int:
         async with open_datapath(name, client=client) as dp:
             ports = (await _port_maps(dp))[0] if names else None
             now = _now_ms()
-            out = sys.stdout
-            async for flow in dp.flows():
-                out.write(format_flow_line(flow, ports, verbosity, now) + "\n")
+            verbose = verbosity > 0
+            fmt = flowtext.format_flow
+            lines: list[str] = []  # written 1024 at a time (and whatever was formatted, on an error)
+            try:
+                async for _, key, mask, actions, ufid, stats in dp.flow_rows():
+                    lines.append(fmt(key, mask, actions, ufid, stats, now_ms=now, verbose=verbose,
+                                     port_names=ports))
+                    if len(lines) >= 1024:
+                        lines.append("")
+                        sys.stdout.write("\n".join(lines))
+                        lines.clear()
+            finally:
+                if lines:
+                    lines.append("")
+                    sys.stdout.write("\n".join(lines))
     return 0
 
 

@@ -179,16 +179,24 @@ class NetlinkDatapath:
     async def flows(self) -> AsyncIterator[Flow]:
         """Full dump.  A flow whose actions did not fit its dump chunk is re-fetched in place (by UFID, else
         by key) on the request socket, as dpif-netlink does: same order as ovs-dpctl's dump."""
+        async for _, key, mask, actions, ufid, stats in self.flow_rows():
+            yield Flow(key, mask, actions, ufid, stats)
+
+    async def flow_rows(self) -> AsyncIterator[m.FlowRow]:
+        """`flows()` as `messages.decode_flow_row` tuples, for readers that build no records (dump-flows)."""
         async for payload in self.client.dump(m.flow_dump(self.ifindex)):
-            _, flow = m.decode_flow(payload)
-            if flow.actions is not None:
-                yield flow
+            row = m.decode_flow_row(payload)
+            if row[3] is not None:
+                yield row
                 continue
+            ufid = row[4]
             try:
-                yield await self.flow_get(ufid=flow.ufid, key=None if flow.ufid else flow.key)
+                replies = await self._call(m.flow_get(self.ifindex, ufid=ufid, key=None if ufid else row[1]))
             except KernelError as exc:
                 if exc.code != errno.ENOENT:  # deleted since the dump: nothing to report
                     raise
+                continue
+            yield m.decode_flow_row(replies[0].payload)
 
     async def flow_get(self, *, ufid: bytes | None = None, key: bytes | None = None) -> Flow:
         replies = await self._call(m.flow_get(self.ifindex, ufid=ufid, key=key))

@@ -141,3 +141,45 @@ def test_stats_and_split() -> None:
     assert split_flow(line) == ("<empty>", "drop")
     with pytest.raises(ParseError):
         split_flow("in_port(1)")
+
+
+def _walk_values(key: bytes, nested: bool = True) -> list[int]:
+    """Offsets of every attribute payload byte of a key (headers excluded), nested ones included."""
+    out: list[int] = []
+
+    def walk(base: int, buf: bytes) -> None:
+        off = 0
+        while len(buf) - off >= 4:
+            ln, t = struct.unpack_from("=HH", buf, off)
+            if ln < 4 or ln > len(buf) - off:
+                return
+            if t & 0x8000 or (nested and t & 0x7FFF in (1, 16, 29)):  # encap, tunnel, nsh: nested
+                walk(base + off + 4, buf[off + 4 : off + ln])
+            else:
+                out.extend(range(base + off + 4, base + off + ln))
+            off += (ln + 3) & ~3
+
+    walk(0, key)
+    return out
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_key_plans_format_like_the_generic_walk(verbose: bool) -> None:
+    """The per-(mask, layout) plans of a dump give, for every kernel flow and for variations of its values
+    under the same layout (so that the plan built by the first is reused), the generic walk's text."""
+    import random
+
+    from dpif.netlink import flowkey as fk
+
+    rnd = random.Random(7)
+    ports = PORTS if verbose else None
+    for a in dumped_flows((DATA / "flows-6.1.dump.bin").read_bytes()):
+        key, mask = a[FLOW_KEY], a.get(FLOW_MASK)
+        offsets = _walk_values(key)
+        for variant in range(6):
+            k = bytearray(key)
+            for o in rnd.sample(offsets, min(len(offsets), variant)):
+                k[o] = rnd.choice((0, 1, 2, 3, 0x7F, 0xFF, rnd.randrange(256)))
+            kb = bytes(k)
+            planned = fk._flow_format(kb, mask, verbose, ports)
+            assert planned == fk._flow_format_generic(kb, mask, verbose, ports)

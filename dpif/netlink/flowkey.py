@@ -17,7 +17,7 @@ import struct
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 from dpif.netlink.wire import NLA_HDR, NLA_TYPE_MASK, WireError, align4
 
@@ -603,10 +603,164 @@ def format_key(key: bytes | memoryview, mask: bytes | memoryview | None = None, 
 
 
 def _flow_format(key: bytes, mask: bytes | None, verbose: bool, ports: Mapping[int, str] | None) -> str:
-    """The hot loop of a dump: plain bytes, one header unpack per attribute, memoized attribute text."""
+    """The hot path of a dump.  Flows that share a mask nearly always share the key's layout too (the same
+    attribute types at the same offsets), and with it everything the text shows except the shown attributes'
+    values: that is worked out once per (mask, layout) as a `_KeyPlan`; a key is checked against its plan's
+    attribute headers with one struct unpack, and then only its shown attributes are rendered (memoized per
+    attribute position).  Keys whose layout has no plan yet, or cannot have one, take the generic walk."""
     n = len(key)
     if not n:
         return "<empty>"
+    pk = (mask, n, verbose, ports is None)
+    plan = _KEY_PLANS.get(pk)
+    if plan is None or plan.heads.unpack_from(key) != plan.expect:
+        plan = _key_plan(key, mask, verbose, ports)
+        if plan is None:
+            return _flow_format_generic(key, mask, verbose, ports)
+        if len(_KEY_PLANS) >= 1 << 10:
+            _KEY_PLANS.clear()
+        _KEY_PLANS[pk] = plan
+    out = []
+    for prefix, start, end, render, cache in plan.shown:
+        a = key[start:end]
+        text = cache.get(a) if cache is not None else None
+        if text is None:
+            text = render(a)
+            if cache is not None:
+                if len(cache) >= _SHOWN_CACHE_MAX:
+                    cache.clear()
+                cache[a] = text
+        out.append(prefix)
+        out.append(text)
+    out.append(plan.suffix)
+    return "".join(out)
+
+
+Shown = tuple[str, int, int, Callable[[bytes], str], "dict[bytes, str] | None"]
+
+
+class _KeyPlan(NamedTuple):
+    """What a key of one layout shows under one mask: `shown` attributes, each (constant text before it,
+    start, end, value -> text, memo of value -> text or None), then the constant `suffix`.  `heads`
+    unpacks the top-level attribute headers that `expect` holds."""
+
+    heads: struct.Struct
+    expect: tuple[int, ...]
+    shown: tuple[Shown, ...]
+    suffix: str
+
+
+_KEY_PLANS: dict[tuple[bytes | None, int, bool, bool], _KeyPlan] = {}
+_SHOWN_CACHE_MAX = 1 << 12
+
+
+def _key_plan(key: bytes, mask: bytes | None, verbose: bool,
+              ports: Mapping[int, str] | None) -> _KeyPlan | None:
+    """The plan of `key`'s layout, or None for a key that the generic walk must render (an attribute of
+    the wrong length, leftover bytes): each decision below is `_flow_format_generic`'s, in its order."""
+    n = len(key)
+    has_mask = bool(mask)
+    masks = _mask_attrs(mask) if mask else {}
+    has_ethtype = has_packet_type = False
+    first = True
+    fmt = ["="]
+    heads_end = 0  # where the last header unpacked by the plan's struct ends
+    shown: list[Shown] = []
+    pending = ""  # constant text since the last shown attribute
+    off = 0
+    while n - off >= 4:
+        ln, t = _HDR(key, off)
+        if ln < 4 or ln > n - off:
+            return None
+        fmt.append(f"{off - heads_end}xI" if off > heads_end else "I")
+        heads_end = off + 4
+        t &= NLA_TYPE_MASK
+        start, end = off + 4, off + ln
+        off += (ln + 3) & ~3
+        ma, wildcard = masks.get(t, _ABSENT) if has_mask else _EXACT
+        exp = _KEY_LEN[t] if t <= KEY_ATTR_MAX else None
+        if exp is not None and exp >= 0 and (end - start != exp or (ma is not None and len(ma) != exp)):
+            return None
+        if t == ETHERTYPE:
+            has_ethtype = True
+        elif t == PACKET_TYPE:
+            has_packet_type = True
+        if verbose or not wildcard or exp == NESTED:
+            if wildcard and ma is None and exp != NESTED:
+                ma = bytes(end - start)
+            render = _attr_renderer(t, ma, wildcard and ma is None, verbose, ports)
+            cache: dict[bytes, str] | None = None if t == IN_PORT and ports else {}
+            shown.append((pending if first else pending + ",", start, end, render, cache))
+            pending = ""
+            first = False
+        elif t == ETHERNET and not has_packet_type:
+            pending += "eth()" if first else ",eth()"
+            first = False
+        elif t == PACKET_TYPE and wildcard:
+            has_packet_type = False
+    if off < n:
+        return None
+    if not has_ethtype and mask is not None:
+        me = masks.get(ETHERTYPE, _ABSENT)[0]
+        if me is not None and len(me) >= 2:
+            pending += f",eth_type(0/0x{int.from_bytes(me[:2], 'big'):04x})"
+    if len(fmt) == 1:
+        return None
+    heads = struct.Struct("".join(fmt))
+    return _KeyPlan(heads, heads.unpack_from(key), tuple(shown), pending)
+
+
+def _attr_renderer(t: int, ma: bytes | None, zero: bool, verbose: bool,
+                   ports: Mapping[int, str] | None) -> Callable[[bytes], str]:
+    """format_key_attr for one attribute position of a plan: struct attributes compiled for their mask,
+    the others through format_key_attr (`zero`: a nested attribute's all-wildcard mask, which depends on
+    the value)."""
+    if zero:
+        return lambda a: format_key_attr(t, a, _zero_mask(KEY_ATTRS, KEY_ATTR_MAX, t, memoryview(a)), verbose,
+                                         ports)
+    if t <= KEY_ATTR_MAX and _ATTR_FORMATTERS.get(t) is _fmt_struct_attr:
+        return _struct_renderer(KEY_ATTRS[t], ma, verbose)
+    return lambda a: format_key_attr(t, a, ma, verbose, ports)
+
+
+def _struct_renderer(spec: AttrSpec, mask: bytes | None, verbose: bool) -> Callable[[bytes], str]:
+    """_fmt_struct_attr with its StructPlan unrolled: constant text and one member function per shown
+    member (same text as _member_text, tests compare them)."""
+    const = spec.name + "("
+    parts: list[tuple[str, Callable[[bytes], str]]] = []
+    for i, (f, text) in enumerate(_struct_plan(spec, mask, verbose)):
+        sep = "," if i else ""
+        if f is None:
+            const += sep + text
+        else:
+            parts.append((const + sep + f.name + "=", _member_fn(f)))
+            const = text
+    tail = const + ")"
+    if len(parts) == 1:
+        (p0, f0), = parts
+        return lambda kb: p0 + f0(kb) + tail
+    return lambda kb: "".join([p + fn(kb) for p, fn in parts]) + tail
+
+
+def _member_fn(f: Field) -> Callable[[bytes], str]:
+    o, kind, n = f.offset, f.kind, f.size
+    if kind == "frag":
+        return lambda kb: FRAG_NAMES[kb[o]] if kb[o] < 3 else "<error>"
+    if kind == "eth":
+        return lambda kb: kb[o : o + 6].hex(":")
+    if kind == "in6":
+        return lambda kb: ip6(kb[o : o + 16])
+    if kind == "ipv4":
+        return lambda kb: f"{kb[o]}.{kb[o + 1]}.{kb[o + 2]}.{kb[o + 3]}"
+    if kind in ("u8u", "be16"):
+        return lambda kb: str(int.from_bytes(kb[o : o + n], "big"))
+    return lambda kb: hx(int.from_bytes(kb[o : o + n], "big"))
+
+
+def _flow_format_generic(key: bytes, mask: bytes | None, verbose: bool,
+                         ports: Mapping[int, str] | None) -> str:
+    """odp_flow_format's walk, one attribute at a time, for any key (malformed ones included)."""
+    n = len(key)
     out: list[str] = []
     has_mask = bool(mask)
     masks = _mask_attrs(mask) if mask else {}

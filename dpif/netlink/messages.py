@@ -288,54 +288,66 @@ def _need_id(ufid: bytes | None, key: bytes | None) -> None:
 
 
 def decode_flow(payload: bytes | memoryview) -> tuple[int, Flow]:
-    """(dp_ifindex, flow).  A missing KEY is allowed (terse notifications carry only the UFID).
+    """(dp_ifindex, flow).  A missing KEY is allowed (terse notifications carry only the UFID)."""
+    row = decode_flow_row(payload)
+    return row[0], Flow(row[1], row[2], row[3], row[4], row[5])
+
+
+FlowRow = tuple[int, bytes, "bytes | None", "bytes | None", "bytes | None", FlowStats]
+
+
+def decode_flow_row(payload: bytes | memoryview) -> FlowRow:
+    """decode_flow's fields as a plain tuple (dp_ifindex, key, mask, actions, ufid, stats), for callers
+    that only read them (dump-flows text): no record built per flow.
 
     The dump hot path: one pass over the attributes with the table's numbers, no intermediate dict
     (tests check it against the generic table decoder).
     """
-    mv = memoryview(payload)
-    end = len(mv)
+    buf = bytes(payload)  # one copy; attribute payloads are then plain slices of it
+    end = len(buf)
     if end < _FLOW_HDR_LEN:
         raise WireError(f"ovs_flow: {end}-byte message is shorter than its {_FLOW_HDR_LEN}-byte header")
-    dp_ifindex = _S32.unpack_from(mv, GENL_HDR.size)[0]
+    dp_ifindex = _S32.unpack_from(buf, _GENL_LEN)[0]
     key = b""
     mask = actions = ufid = None
     packets = nbytes = used = tcp_flags = 0
     off = _FLOW_HDR_LEN
+    nla = _NLA.unpack_from
     while off < end:
         if end - off < 4:
             raise WireError(f"truncated attribute header at offset {off}")
-        length, atype = _NLA.unpack_from(mv, off)
+        length, atype = nla(buf, off)
         if length < 4 or off + length > end:
             raise WireError(f"attribute length {length} at offset {off} exceeds {end - off} bytes")
         t = atype & NLA_TYPE_MASK
-        start, off = off + 4, off + ((length + 3) & ~3)
+        start, stop, off = off + 4, off + length, off + ((length + 3) & ~3)
         if t == _F_KEY:
-            key = bytes(mv[start : start + length - 4])
+            key = buf[start:stop]
         elif t == _F_MASK:
-            mask = bytes(mv[start : start + length - 4])
+            mask = buf[start:stop]
         elif t == _F_ACTIONS:
-            actions = bytes(mv[start : start + length - 4])
+            actions = buf[start:stop]
         elif t == _F_UFID:
-            ufid = bytes(mv[start : start + length - 4])
+            ufid = buf[start:stop]
         elif t == _F_STATS:
             if length - 4 < 16:
                 raise WireError(f"stats: expected 16 bytes, got {length - 4}")
-            packets, nbytes = _QQ.unpack_from(mv, start)
+            packets, nbytes = _QQ.unpack_from(buf, start)
         elif t == _F_USED:
             if length != 12:
                 raise WireError(f"used: expected 8 bytes, got {length - 4}")
-            used = _Q.unpack_from(mv, start)[0]
+            used = _Q.unpack_from(buf, start)[0]
         elif t == _F_TCP_FLAGS:
             if length != 5:
                 raise WireError(f"tcp-flags: expected 1 byte, got {length - 4}")
-            tcp_flags = mv[start]
+            tcp_flags = buf[start]
     stats = (
         FlowStats(packets, nbytes, used, tcp_flags) if packets or nbytes or used or tcp_flags else _NO_STATS
     )
-    return dp_ifindex, Flow(key, mask, actions, ufid, stats)
+    return dp_ifindex, key, mask, actions, ufid, stats
 
 
+_GENL_LEN = GENL_HDR.size
 _FLOW_HDR_LEN = GENL_HDR.size + OVS_HDR.size
 _S32, _QQ, _Q, _NLA = struct.Struct("=i"), struct.Struct("=QQ"), struct.Struct("=Q"), struct.Struct("=HH")
 _NO_STATS = FlowStats()
