@@ -172,11 +172,12 @@ def test_key_plans_format_like_the_generic_walk(verbose: bool) -> None:
     from dpif.netlink import flowkey as fk
 
     rnd = random.Random(7)
-    ports = PORTS if verbose else None
     for a in dumped_flows((DATA / "flows-6.1.dump.bin").read_bytes()):
         key, mask = a[FLOW_KEY], a.get(FLOW_MASK)
         offsets = _walk_values(key)
         for variant in range(6):
+            # port names change between calls: a plan must not keep the names it was built with
+            ports = ({1: f"p{variant}", 2: "x"} if variant % 2 else PORTS) if verbose else None
             k = bytearray(key)
             for o in rnd.sample(offsets, min(len(offsets), variant)):
                 k[o] = rnd.choice((0, 1, 2, 3, 0x7F, 0xFF, rnd.randrange(256)))

@@ -625,7 +625,7 @@ def _flow_format(key: bytes, mask: bytes | None, verbose: bool, ports: Mapping[i
         a = key[start:end]
         text = cache.get(a) if cache is not None else None
         if text is None:
-            text = render(a)
+            text = render(a, ports)
             if cache is not None:
                 if len(cache) >= _SHOWN_CACHE_MAX:
                     cache.clear()
@@ -636,12 +636,14 @@ def _flow_format(key: bytes, mask: bytes | None, verbose: bool, ports: Mapping[i
     return "".join(out)
 
 
-Shown = tuple[str, int, int, Callable[[bytes], str], "dict[bytes, str] | None"]
+Render = Callable[[bytes, "Mapping[int, str] | None"], str]  # (value, port names) -> text
+Shown = tuple[str, int, int, Render, "dict[bytes, str] | None"]
 
 
 class _KeyPlan(NamedTuple):
     """What a key of one layout shows under one mask: `shown` attributes, each (constant text before it,
-    start, end, value -> text, memo of value -> text or None), then the constant `suffix`.  `heads`
+    start, end, (value, port names) -> text, memo of value -> text or None: in_port with port names,
+    which each call brings), then the constant `suffix`.  `heads`
     unpacks the top-level attribute headers that `expect` holds."""
 
     heads: struct.Struct
@@ -688,7 +690,7 @@ def _key_plan(key: bytes, mask: bytes | None, verbose: bool,
         if verbose or not wildcard or exp == NESTED:
             if wildcard and ma is None and exp != NESTED:
                 ma = bytes(end - start)
-            render = _attr_renderer(t, ma, wildcard and ma is None, verbose, ports)
+            render = _attr_renderer(t, ma, wildcard and ma is None, verbose)
             cache: dict[bytes, str] | None = None if t == IN_PORT and ports else {}
             shown.append((pending if first else pending + ",", start, end, render, cache))
             pending = ""
@@ -710,20 +712,19 @@ def _key_plan(key: bytes, mask: bytes | None, verbose: bool,
     return _KeyPlan(heads, heads.unpack_from(key), tuple(shown), pending)
 
 
-def _attr_renderer(t: int, ma: bytes | None, zero: bool, verbose: bool,
-                   ports: Mapping[int, str] | None) -> Callable[[bytes], str]:
+def _attr_renderer(t: int, ma: bytes | None, zero: bool, verbose: bool) -> Render:
     """format_key_attr for one attribute position of a plan: struct attributes compiled for their mask,
     the others through format_key_attr (`zero`: a nested attribute's all-wildcard mask, which depends on
     the value)."""
     if zero:
-        return lambda a: format_key_attr(t, a, _zero_mask(KEY_ATTRS, KEY_ATTR_MAX, t, memoryview(a)), verbose,
-                                         ports)
+        return lambda a, ports: format_key_attr(t, a, _zero_mask(KEY_ATTRS, KEY_ATTR_MAX, t, memoryview(a)),
+                                                verbose, ports)
     if t <= KEY_ATTR_MAX and _ATTR_FORMATTERS.get(t) is _fmt_struct_attr:
         return _struct_renderer(KEY_ATTRS[t], ma, verbose)
-    return lambda a: format_key_attr(t, a, ma, verbose, ports)
+    return lambda a, ports: format_key_attr(t, a, ma, verbose, ports)
 
 
-def _struct_renderer(spec: AttrSpec, mask: bytes | None, verbose: bool) -> Callable[[bytes], str]:
+def _struct_renderer(spec: AttrSpec, mask: bytes | None, verbose: bool) -> Render:
     """_fmt_struct_attr with its StructPlan unrolled: constant text and one member function per shown
     member (same text as _member_text, tests compare them)."""
     const = spec.name + "("
@@ -738,8 +739,8 @@ def _struct_renderer(spec: AttrSpec, mask: bytes | None, verbose: bool) -> Calla
     tail = const + ")"
     if len(parts) == 1:
         (p0, f0), = parts
-        return lambda kb: p0 + f0(kb) + tail
-    return lambda kb: "".join([p + fn(kb) for p, fn in parts]) + tail
+        return lambda kb, ports: p0 + f0(kb) + tail
+    return lambda kb, ports: "".join([p + fn(kb) for p, fn in parts]) + tail
 
 
 def _member_fn(f: Field) -> Callable[[bytes], str]:
