@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 import pytest
+import trio
 
 from dpfreeze import datapaths, snapshot_cli
 from dpfreeze.sandbox import Sandbox
@@ -22,6 +23,8 @@ async def test_auto_is_the_kernel_datapath_until_a_userspace_bridge_joins_it(
     assert await datapaths.resolve("auto", ovs.env) == "ovs-system"
     a, b = ovs.ports
     await ovs.ping(a, b)
+    if not Path("/dev/net/tun").exists():  # the userspace datapath's own port is a tap device
+        await trio.run_process(["modprobe", "tun"])
     await ovs.vsctl("add-br", f"{ovs.prefix}nd", "--", "set", "Bridge", f"{ovs.prefix}nd",
                     "datapath_type=netdev")
     assert sorted(await datapaths.all_names(ovs.env)) == ["netdev@ovs-netdev", "ovs-system"]
