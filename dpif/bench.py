@@ -48,9 +48,14 @@ class Timed:
     max_rss_mb: float
 
 
-def _vm_hwm_kb(pid: int) -> int | None:
-    """VmHWM of a running process (its own address space's peak RSS), None once it has exited."""
+def _vm_hwm_kb(pid: int, argv: Sequence[str] | None = None) -> int | None:
+    """VmHWM of a running process (its own address space's peak RSS), None once it has exited, or while its
+    command line is not yet `argv` (not exec'd yet: the address space is still the parent's)."""
     try:
+        if argv is not None:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if f.read().split(b"\0")[:-1] != [a.encode() for a in argv]:
+                    return None
         with open(f"/proc/{pid}/status", "rb") as f:
             for line in f:
                 if line.startswith(b"VmHWM:"):
@@ -66,14 +71,16 @@ def run_timed(argv: Sequence[str], sample_s: float = 0.02) -> Timed:
     The peak is the child's VmHWM, sampled until it exits, not wait4's ru_maxrss: Linux records into the
     child's ru_maxrss the peak RSS of the address space it leaves at exec, which after subprocess's vfork
     (or a fork) is *ours*, so ru_maxrss reports max(our peak, the child's) -- this bench's own 100k dumped
-    records showed up as the "add-flows" RSS.  Growth in the child's last `sample_s` before exit is missed.
+    records showed up as the "add-flows" RSS.  VmHWM read before the child's exec is the parent's too (seen
+    as a first sample larger than later ones), so samples count only once the child's command line is
+    argv.  Growth in the child's last `sample_s` before exit is missed.
     """
     start = time.perf_counter()
     hwm = 0
     with open(os.devnull, "wb") as null, tempfile.TemporaryFile() as err_file:
         proc = subprocess.Popen(argv, stdout=null, stderr=err_file)
         while True:
-            got = _vm_hwm_kb(proc.pid)
+            got = _vm_hwm_kb(proc.pid, argv)
             if got is not None:
                 hwm = max(hwm, got)
             pid, status = os.waitpid(proc.pid, os.WNOHANG)
