@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from dpfreeze.ovsenv import DaemonNotRunning, OvsEnv
+from dpfreeze.ovsenv import DaemonNotRunning, OvsEnv, process_alive
 from dpfreeze.sandbox import Sandbox
 
 
@@ -60,3 +60,27 @@ async def test_matches_ovs_appctl_for_a_running_daemon(ovs: Sandbox) -> None:
     assert sock.is_socket()
     assert (await ovs.run("ovs-appctl", "-t", str(sock), "version")).startswith("ovs-vswitchd")
     assert ovs.env.db_sock.is_socket()
+
+
+@pytest.mark.parametrize(("state", "alive"), [("S", True), ("R", True), ("Z", False)])
+def test_a_zombie_daemon_is_not_running(tmp_path: Path, state: str, alive: bool) -> None:
+    """An exited daemon its parent (a non-reaping init) has not collected yet: `kill -0` says alive."""
+    (tmp_path / "42").mkdir()
+    (tmp_path / "42" / "stat").write_text(f"42 (ovs-vswitchd) {state} 1 42 42 0 -1 4194560 0\n")
+    assert process_alive(42, tmp_path) is alive
+    assert not process_alive(43, tmp_path)
+
+
+def test_started_is_the_process_start_time(tmp_path: Path) -> None:
+    import subprocess
+    import time
+
+    env = OvsEnv.from_environ({"OVS_RUNDIR": str(tmp_path)})
+    assert env.started("ovs-vswitchd") is None  # no pidfile
+    time.sleep(0.3)
+    before = time.time()
+    with subprocess.Popen(["sleep", "5"]) as child:
+        env.pidfile("ovs-vswitchd").write_text(f"{child.pid}\n")
+        started = env.started("ovs-vswitchd")
+        child.kill()
+    assert started is not None and before - 0.05 <= started <= time.time() + 0.05
