@@ -56,6 +56,7 @@ from dpfreeze.ovsenv import DaemonNotRunning, OvsEnv, process_alive
 from dpfreeze.probe import Endpoint, ProbeError, ProbeSpec, Report, Timeline, run_probes
 from dpfreeze.probe.render import write
 from dpfreeze.sandbox import Sandbox, SandboxError
+from dpif.model import DpStats
 
 DATAPATH = "ovs-system"
 NETDEV_DATAPATH = "netdev@ovs-netdev"  # the one userspace datapath of every netdev bridge of a daemon
@@ -102,6 +103,7 @@ class RunResult:
     largest_gap_ms: float | None = None
     tcp_survived: bool | None = None
     missed: int | None = None  # datapath `missed` delta over the whole probe run
+    dp_lost: int | None = None  # datapath `lost` delta: upcalls that could not be delivered
     expected_misses: int | None = None  # one per new flow sent
     replayed: int = 0  # buffered misses dpfreeze re-injected: each counts as a second miss, by design
     excess_misses: int | None = None
@@ -354,17 +356,17 @@ METHODS: dict[str, Method] = {"baseline": baseline, "stop-start": stop_start,
 # -- the lab ---------------------------------------------------------------------------------------------
 
 
-async def missed(ctx: Ctx) -> int:
-    """The datapath's `missed` counter now (of the running daemon's datapath, on netdev)."""
+async def dp_stats(ctx: Ctx) -> DpStats:
+    """The datapath's counters now (of the running daemon's datapath, on netdev)."""
     if ctx.netdev:
         from dpif.netdev_datapath import NetdevDatapath
 
         env = ctx.sb.env
         dp = NetdevDatapath(NETDEV_DATAPATH, lambda: env.unixctl("ovs-vswitchd"), timeout=5.0)
-        return (await dp.info()).stats.missed
+        return (await dp.info()).stats
     from dpif.netlink_datapath import get_datapath
 
-    return (await get_datapath(DATAPATH)).stats.missed
+    return (await get_datapath(DATAPATH)).stats
 
 
 _GONE = (OSError, ValueError, trio.BrokenResourceError)
@@ -372,35 +374,32 @@ _GONE = (OSError, ValueError, trio.BrokenResourceError)
 
 @dataclass
 class MissTally:
-    """`missed` over a run that may restart the daemon of a userspace datapath: the datapath dies with its
-    daemon and the new one counts from zero, so the last value read of each daemon is summed.  Polled every
-    MISS_POLL: an old daemon's misses after its last read are not counted."""
+    """`missed` and `lost` over a run.  A kernel datapath's counters outlive the daemons: one delta.  A
+    userspace datapath dies with its daemon and the new one counts from zero, so the last values read of
+    each daemon are summed, polled every MISS_POLL (an old daemon's counts after its last read are lost)."""
 
     ctx: Ctx
-    start: int = 0
-    last: dict[int, int] = field(default_factory=dict)  # daemon pid -> its last `missed`
+    start: DpStats = field(default_factory=DpStats)
+    last: dict[int, DpStats] = field(default_factory=dict)  # daemon pid -> its last counters
     reads: int = 0
 
     async def read(self) -> None:
         try:
-            pid = self.ctx.sb.env.pid("ovs-vswitchd")
+            pid = self.ctx.sb.env.pid("ovs-vswitchd") if self.ctx.netdev else 0
             with trio.move_on_after(1.0):
-                value = await missed(self.ctx)
-                if self.ctx.sb.env.pid("ovs-vswitchd") == pid:  # the same daemon answered
+                value = await dp_stats(self.ctx)
+                if not self.ctx.netdev or self.ctx.sb.env.pid("ovs-vswitchd") == pid:  # the same daemon
                     self.last[pid] = value
                     self.reads += 1
         except _GONE:  # no daemon (restarting), or one not serving its socket yet
             pass
-        except ExceptionGroup as group:  # a daemon that exits mid-call: dpif.unixctl's nursery wraps it
-            if group.split(_GONE)[1] is not None:
-                raise
 
     async def begin(self) -> None:
         self.last.clear()
         await self.read()
         if not self.last:
             raise OSError("no ovs-vswitchd answers")
-        self.start = sum(self.last.values())
+        self.start = self._sum()
 
     async def poll(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
@@ -408,8 +407,13 @@ class MissTally:
             await trio.sleep(MISS_POLL)
             await self.read()
 
-    def total(self) -> int:
-        return sum(self.last.values()) - self.start
+    def _sum(self) -> DpStats:
+        return DpStats(missed=sum(v.missed for v in self.last.values()),
+                       lost=sum(v.lost for v in self.last.values()))
+
+    def total(self) -> DpStats:
+        now = self._sum()
+        return DpStats(missed=now.missed - self.start.missed, lost=now.lost - self.start.lost)
 
 
 class DaemonReaper:
@@ -541,7 +545,8 @@ async def measure(ctx: Ctx, spec: BenchSpec, method: str, run: int, out: Path,
     est, new = report.cls("established"), report.cls("newflow")
     # The sender's pace drops under load, so count the new flows it really sent: one miss each.
     await tally.read()
-    res.missed = tally.total()
+    counted = tally.total()
+    res.missed, res.dp_lost = counted.missed, counted.lost
     res.expected_misses = new.sent
     hand_over = ((ctx.extra.get("upgrade") or {}).get("status") or {}).get("report") or {}
     res.replayed = int((hand_over.get("handover") or {}).get("replayed", 0))
@@ -684,6 +689,10 @@ async def bench(spec: BenchSpec, out: Path, progress: Callable[[str], None] = pr
                 reaper.env = ctx.sb.env
                 await _runs(ctx, spec, out, results, progress)
             finally:
+                if reaper.env is not None:  # the daemons' own logs, beside the bench's
+                    for log in reaper.env.logdir.glob("*.log"):
+                        with contextlib.suppress(OSError):
+                            shutil.copyfile(log, out / f"lab-{log.name}")
                 with trio.CancelScope(shield=True):
                     await lab_down(name)
                     await trio.sleep(0.1)  # the reaper collects the daemons lab_down stopped
@@ -721,6 +730,7 @@ def _line(r: RunResult) -> str:
     return (f"run {r.run} {r.method:16} established lost {r.established_lost}/{r.established_sent}, "
             f"new-flow lost {r.newflow_lost}/{r.newflow_sent}, gap {r.largest_gap_ms:.1f} ms, "
             f"excess misses {r.excess_misses} (missed {r.missed}, replayed {r.replayed}), "
+            f"upcalls lost {r.dp_lost}, "
             f"method {r.method_s} s"
             + (f", restorer: {r.restorer.get('flows_restored')} flows {r.restorer.get('restored_after_s')} s "
                f"after the new daemon answered ({r.restorer.get('outcome')})" if r.restorer else "")
