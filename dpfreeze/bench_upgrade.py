@@ -51,6 +51,7 @@ from typing import Any, TextIO
 
 import trio
 
+from dpfreeze import appctl
 from dpfreeze.cli import UserError
 from dpfreeze.ovsenv import DaemonNotRunning, OvsEnv, process_alive
 from dpfreeze.probe import Endpoint, ProbeError, ProbeSpec, Report, Timeline, run_probes
@@ -689,7 +690,9 @@ async def bench(spec: BenchSpec, out: Path, progress: Callable[[str], None] = pr
                 reaper.env = ctx.sb.env
                 await _runs(ctx, spec, out, results, progress)
             finally:
-                if reaper.env is not None:  # the daemons' own logs, beside the bench's
+                if reaper.env is not None:  # the daemons' own logs and counters, beside the bench's
+                    with trio.CancelScope(shield=True):
+                        await _save_daemon_state(reaper.env, out)
                     for log in reaper.env.logdir.glob("*.log"):
                         with contextlib.suppress(OSError):
                             shutil.copyfile(log, out / f"lab-{log.name}")
@@ -722,6 +725,17 @@ async def _runs(ctx: Ctx, spec: BenchSpec, out: Path, results: list[RunResult],
                 (out / res.upgrade_report).write_text(json.dumps(upgrade, indent=1, default=str) + "\n")
             results.append(res)
             progress(_line(res))
+
+
+async def _save_daemon_state(env: OvsEnv, out: Path) -> None:
+    """The last daemon's coverage counters and datapath view (what its upcall handlers did)."""
+    parts = []
+    for command in ("coverage/show", "dpctl/show"):
+        try:
+            parts.append(f"$ ovs-appctl {command}\n" + await appctl.appctl(env, "ovs-vswitchd", command))
+        except (OSError, trio.TooSlowError) as exc:
+            parts.append(f"$ ovs-appctl {command}\n(failed: {exc})\n")
+    (out / "lab-daemon-state.txt").write_text("\n".join(parts))
 
 
 def _line(r: RunResult) -> str:
