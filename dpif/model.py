@@ -331,5 +331,11 @@ class Datapath(Protocol):
 
 class UpcallReceiver(Protocol):
     portids: tuple[int, ...]
+    delivered: int  # upcalls (and Resyncs) put into the stream so far
 
     def __aiter__(self) -> AsyncIterator[Upcall | Resync]: ...
+
+    async def flush(self) -> None:
+        """Move what the sockets hold right now into the stream (`delivered` counts it): upcalls still
+        queued in a socket when it is closed are lost without the kernel counting them."""
+        ...

@@ -313,6 +313,8 @@ class UpcallReceiver:
     socks: list[UpcallSocket]
     portids: tuple[int, ...] = field(init=False)
 
+    delivered: int = field(init=False, default=0)
+
     def __post_init__(self) -> None:
         self.portids = tuple(s.portid for s in self.socks)
         self._send, self._recv = trio.open_memory_channel[Upcall | Resync](4096)
@@ -320,26 +322,38 @@ class UpcallReceiver:
     async def pump(self, sock: UpcallSocket) -> None:
         while True:
             await trio.lowlevel.wait_readable(sock.sock)
-            lost = False
-            while True:
-                try:
-                    data = sock.recv_nowait()
-                except Overrun:
-                    lost = True
+            await self._read_all(sock)
+
+    async def flush(self) -> None:
+        for sock in self.socks:
+            await self._read_all(sock)
+
+    async def _read_all(self, sock: UpcallSocket) -> None:
+        """Every datagram queued on the socket now, decoded, into the stream."""
+        lost = False
+        while True:
+            try:
+                data = sock.recv_nowait()
+            except Overrun:
+                lost = True
+                continue
+            if data is None:
+                break
+            now = time.monotonic_ns()
+            for msg in iter_messages(data):
+                if msg.type < NLMSG_MIN_TYPE:
                     continue
-                if data is None:
-                    break
-                now = time.monotonic_ns()
-                for msg in iter_messages(data):
-                    if msg.type < NLMSG_MIN_TYPE:
-                        continue
-                    try:
-                        await self._send.send(m.decode_upcall(msg.payload, now))
-                    except WireError as exc:
-                        await self._send.send(Resync(f"undecodable upcall: {exc}"))
-            dropped = sock.new_drops()
-            if lost or dropped:
-                await self._send.send(Resync(f"upcall socket {sock.portid} overrun", dropped or None))
+                try:
+                    await self._put(m.decode_upcall(msg.payload, now))
+                except WireError as exc:
+                    await self._put(Resync(f"undecodable upcall: {exc}"))
+        dropped = sock.new_drops()
+        if lost or dropped:
+            await self._put(Resync(f"upcall socket {sock.portid} overrun", dropped or None))
+
+    async def _put(self, item: Upcall | Resync) -> None:
+        await self._send.send(item)
+        self.delivered += 1
 
     def __aiter__(self) -> AsyncIterator[Upcall | Resync]:
         return self._recv.__aiter__()
