@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import trio
+from servicetools import freeze_service, until
 
 from dpfreeze import freeze_cli, ovsdb, snapshot_cli
 from dpfreeze.sandbox import Sandbox, SandboxError
-from dpfreeze.service import FreezeService, ServiceConfig, SystemBackend
 from dpfreeze.upgrade import upgrade
 from dpif.model import Flow
 from dpif.netdev_datapath import NetdevDatapath, list_netdev_datapaths
@@ -74,28 +73,6 @@ async def test_flush_and_verbatim_reinstall_give_the_same_table(ovs: Sandbox) ->
     assert await dp.flow_del(ufid=before[0].ufid) is None
 
 
-@asynccontextmanager
-async def service(
-    sb: Sandbox, state_dir: Path, monkeypatch: pytest.MonkeyPatch
-) -> AsyncIterator[FreezeService]:
-    for k, v in sb.env.environ().items():
-        monkeypatch.setenv(k, v)  # ovs-ofctl/ovs-vsctl run by the snapshot find the sandbox's OVS
-    cfg = ServiceConfig(state_dir=state_dir, socket_path=state_dir / "c.sock", handover_timeout=10)
-    svc = FreezeService(cfg, SystemBackend(sb.env))
-    async with trio.open_nursery() as nursery:
-        await nursery.start(svc.run)
-        yield svc
-        nursery.cancel_scope.cancel()
-
-
-async def until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    with trio.move_on_after(timeout):
-        while not predicate():
-            await trio.sleep(0.05)
-        return
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
 async def ports_up(sb: Sandbox, n: int) -> None:
     with trio.fail_after(20):
         while True:
@@ -129,7 +106,7 @@ async def test_frozen_userspace_datapath_is_restored_into_the_new_daemon_before_
     dp = await learned(ovs)
     names_before = {p.port_no: p.name for p in await dp.ports()}
     before = ours([f async for f in dp.flows()], verbose=True, names=names_before)
-    async with service(ovs, tmp_path / "st", monkeypatch) as svc:
+    async with freeze_service(ovs, tmp_path / "st", monkeypatch, handover_timeout=10) as svc:
         doc = await svc.freeze(300, DP)
         assert doc["state"] == "frozen" and doc["counters"]["flows"] == len(before)
         await svc.take_upcalls()  # nothing to take in a userspace datapath: accepted, not an error
@@ -166,7 +143,7 @@ async def test_upgrade_of_a_userspace_datapath(
     pidfile = ovs.env.pidfile("ovs-vswitchd")
     restart = (f"pid=$(cat {pidfile}) && ovs-appctl -t ovs-vswitchd exit && "
                f"while kill -0 $pid 2>/dev/null; do sleep 0.05; done && {start}")
-    async with service(ovs, tmp_path / "st", monkeypatch) as svc:
+    async with freeze_service(ovs, tmp_path / "st", monkeypatch, handover_timeout=10) as svc:
         rep = await upgrade(svc, ovs.env, ttl=120, datapath=DP, restart_command=restart)
     record_property("upgrade report", str(rep.to_json()))
     assert rep.ok, rep.to_json()
@@ -201,7 +178,7 @@ async def test_freeze_cli_finds_the_userspace_datapath_by_itself(
     ovs: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The systemd drop-in's `dpfreeze freeze` names no datapath: on a userspace-only host it is found."""
-    async with service(ovs, tmp_path / "st", monkeypatch) as svc:
+    async with freeze_service(ovs, tmp_path / "st", monkeypatch, handover_timeout=10) as svc:
         args = argparse.Namespace(socket=str(svc.config.socket_path), ttl=60.0, datapath="auto",
                                   take_upcalls=True, json=True)
         assert await freeze_cli.cmd_freeze(args) == 0
