@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from dpif.model import Flow, Vport
 from dpif.netlink import actions as act
 from dpif.netlink import flowkey as fk
-from dpif.netlink.wire import NLA_HDR, NLA_TYPE_MASK, WireError, align4
+from dpif.netlink.wire import NLA_HDR, WireError, align4, iter_raw_attrs
 
 U32 = struct.Struct("=I")
 # action -> byte offsets of the port numbers in its payload (odp_port_t, host order)
@@ -105,23 +105,17 @@ def _port_at(payload: memoryview | bytes, offsets: tuple[int, ...], port: Callab
 
 
 def _walk(buf: bytes | memoryview, rewrite: Callable[[int, memoryview], bytes | None]) -> bytes:
-    """Rebuild a run of attributes, each kept byte for byte (header flags too) unless `rewrite` returns
-    a new payload for it."""
+    """Rebuild a run of attributes, each kept byte for byte (header flags and padding too) unless
+    `rewrite` returns a new payload for it."""
     mv = memoryview(buf)
     out: list[bytes] = []
     off = 0
-    while off < len(mv):
-        if len(mv) - off < NLA_HDR.size:
-            raise WireError(f"truncated attribute header at offset {off}")
-        length, atype = NLA_HDR.unpack_from(mv, off)
-        if length < NLA_HDR.size or off + length > len(mv):
-            raise WireError(f"attribute length {length} at offset {off} exceeds {len(mv) - off} bytes")
-        payload = mv[off + NLA_HDR.size : off + length]
-        new = rewrite(atype & NLA_TYPE_MASK, payload)
+    for t, raw in iter_raw_attrs(mv):
+        new = rewrite(t, raw[NLA_HDR.size :])
         if new is None:
-            out.append(bytes(mv[off : off + align4(length)]))
+            out.append(bytes(mv[off : off + align4(len(raw))]))
         else:
             n = NLA_HDR.size + len(new)
-            out.append(NLA_HDR.pack(n, atype) + new + b"\0" * (align4(n) - n))
-        off += align4(length)
+            out.append(NLA_HDR.pack(n, NLA_HDR.unpack_from(raw)[1]) + new + b"\0" * (align4(n) - n))
+        off += align4(len(raw))
     return b"".join(out)
