@@ -11,11 +11,10 @@ from __future__ import annotations
 import argparse
 import re
 import sys
-import time
 from collections.abc import Iterator, Sequence
 from typing import TextIO
 
-from dpif.model import DatapathInfo, Flow, Vport, VportType
+from dpif.model import DatapathInfo, Flow, Vport, VportType, monotonic_ms
 from dpif.netlink import actions as act
 from dpif.netlink import flowkey, flowtext
 from dpif.netlink.wire import KernelError
@@ -114,11 +113,6 @@ def _need(argv: Sequence[str], lo: int, hi: int, command: str) -> None:
 async def _port_maps(dp: NetlinkDatapath) -> tuple[dict[int, str], dict[str, int]]:
     ports = await dp.ports()
     return {p.port_no: p.name for p in ports}, {p.name: p.port_no for p in ports}
-
-
-def _now_ms() -> int:
-    """The kernel's `used` clock: CLOCK_MONOTONIC in milliseconds (OVS time_msec())."""
-    return time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1_000_000
 
 
 def format_flow_line(flow: Flow, ports: dict[int, str] | None, verbosity: int, now_ms: int) -> str:
@@ -232,7 +226,7 @@ async def cmd_dump_flows(args: argparse.Namespace) -> int:
             raise CommandError("datapath not found")
         async with open_datapath(name, client=client) as dp:
             ports = (await _port_maps(dp))[0] if names else None
-            now = _now_ms()
+            now = monotonic_ms()
             verbose = verbosity > 0
             fmt = flowtext.format_flow
             lines: list[str] = []  # written 1024 at a time (and whatever was formatted, on an error)
@@ -278,7 +272,7 @@ async def cmd_get_flow(args: argparse.Namespace) -> int:
             except KernelError as exc:
                 raise CommandError(f"getting flow ({exc.strerror})") from None
             ports = (await _port_maps(dp))[0] if names else None
-            print(format_flow_line(got, ports, verbosity, _now_ms()))
+            print(format_flow_line(got, ports, verbosity, monotonic_ms()))
     return 0
 
 

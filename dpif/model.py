@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import enum
 import errno
+import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
@@ -94,6 +95,11 @@ class Vport:
     stats: VportStats | None = None
     upcall_success: int | None = None
     upcall_fail: int | None = None
+
+
+def monotonic_ms() -> int:
+    """The clock `used_ms` is on: CLOCK_MONOTONIC in milliseconds (the kernel's, and OVS's time_msec())."""
+    return time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1_000_000
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,6 @@ across a restart: what a restore into the new daemon needs.
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
@@ -26,7 +25,6 @@ from dpif.model import (
     Event,
     ExecuteRequest,
     Flow,
-    FlowStats,
     MegaflowStats,
     Meter,
     MeterStats,
@@ -36,6 +34,7 @@ from dpif.model import (
     UpcallReceiver,
     Vport,
     VportType,
+    monotonic_ms,
 )
 from dpif.netlink import actions as act
 from dpif.netlink import flowkey, flowtext
@@ -45,19 +44,12 @@ PREFIX = "netdev@"
 # `ovs-appctl dpctl/show` type names -> vport types (a userspace "internal" port is a tap device)
 TYPE_OF = {"tap": VportType.INTERNAL, "internal": VportType.INTERNAL, "gre": VportType.GRE,
            "vxlan": VportType.VXLAN, "geneve": VportType.GENEVE}
-_TCP_LETTER_BITS = {"F": 0x001, "S": 0x002, "R": 0x004, "P": 0x008, ".": 0x010, "U": 0x020, "E": 0x040,
-                    "C": 0x080, "N": 0x100}
 _PORT_RE = re.compile(r"\s+port (\d+): (\S+)(?: \(([^:)]+)(?::[^)]*)?\))?$")
-_STATS_RE = re.compile(r"packets:(\d+), bytes:(\d+), used:(never|[\d.]+s)(?:, flags:(\S+))?")
 PUT_BATCH = 1024  # requests in flight per connection
 
 
 def is_netdev_name(name: str) -> bool:
     return name.startswith(PREFIX)
-
-
-def monotonic_ms() -> int:
-    return time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1_000_000
 
 
 @dataclass(frozen=True)
@@ -101,21 +93,6 @@ def parse_show(text: str) -> dict[str, Show]:
     return out
 
 
-def parse_stats(text: str, now_ms: int) -> FlowStats:
-    """`packets:N, bytes:N, used:X.XXXs|never[, flags:...]` -> FlowStats (`used` as an age from now)."""
-    m = _STATS_RE.search(text)
-    if m is None:
-        return FlowStats()
-    used = 0 if m.group(3) == "never" else max(1, now_ms - round(float(m.group(3)[:-1]) * 1000))
-    flags = 0
-    if m.group(4) and m.group(4) != "none":
-        for letter in m.group(4):
-            flags |= _TCP_LETTER_BITS.get(letter, 0)
-        for extra in re.findall(r"\[(\d+)\]", m.group(4)):
-            flags |= int(extra, 16)
-    return FlowStats(int(m.group(1)), int(m.group(2)), used, flags)
-
-
 def parse_dump(text: str, now_ms: int) -> list[Flow]:
     """`dpctl/dump-flows -m --no-names` -> flows, once each (a flow put on every PMD is dumped by each)."""
     seen: set[bytes] = set()
@@ -129,7 +106,8 @@ def parse_dump(text: str, now_ms: int) -> list[Flow]:
         if ident in seen:
             continue
         seen.add(ident)
-        out.append(Flow(parsed.key, parsed.mask, parsed.actions, parsed.ufid, parse_stats(line, now_ms)))
+        stats = flowtext.parse_stats(line, now_ms)
+        out.append(Flow(parsed.key, parsed.mask, parsed.actions, parsed.ufid, stats))
     return out
 
 

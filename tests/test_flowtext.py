@@ -23,7 +23,7 @@ import pytest
 
 from dpif.model import FlowStats
 from dpif.netlink import wire
-from dpif.netlink.flowtext import ParseError, format_flow, parse_flow, split_flow
+from dpif.netlink.flowtext import ParseError, format_flow, format_stats, parse_flow, parse_stats, split_flow
 
 DATA = Path(__file__).parent / "data"
 PORTS = {0: "cdx0", 1: "cdxa", 2: "cdxb"}
@@ -184,3 +184,11 @@ def test_key_plans_format_like_the_generic_walk(verbose: bool) -> None:
             kb = bytes(k)
             planned = fk._flow_format(kb, mask, verbose, ports)
             assert planned == fk._flow_format_generic(kb, mask, verbose, ports)
+
+
+@pytest.mark.parametrize("flags", [0, 0x12, 0x1FF, 0xE00, 0xFFF])
+def test_stats_read_back_as_printed(flags: int) -> None:
+    """parse_stats is format_stats read back: the userspace provider reads the daemon's dump with it."""
+    st = FlowStats(3, 300, 4000, flags)
+    assert parse_stats(format_stats(st, 5000), 5000) == st
+    assert parse_stats("packets:0, bytes:0, used:never", 5000) == FlowStats()

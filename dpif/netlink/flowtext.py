@@ -8,6 +8,7 @@ monotonic clock, so it is a parameter: the codec stays pure.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
@@ -53,6 +54,23 @@ def format_flow(key: bytes | memoryview, mask: bytes | memoryview | None, action
     tail = f", dp:{dp_layer}" if verbose and dp_layer else ""
     return (head + fk.format_key(key, mask, verbose=verbose, port_names=port_names) + ", "
             + format_stats(stats, now_ms) + tail + ", actions:" + act.format_actions(actions, port_names))
+
+
+_STATS_RE = re.compile(r"packets:(\d+), bytes:(\d+), used:(never|[\d.]+s)(?:, flags:(\S+))?")
+_TCP_BITS = {letter: bit for bit, letter in _TCP_LETTERS}
+
+
+def parse_stats(text: str, now_ms: int) -> FlowStats:
+    """format_stats read back (`used` is an age from `now_ms`); a line without stats reads as none."""
+    m = _STATS_RE.search(text)
+    if m is None:
+        return FlowStats()
+    used = 0 if m.group(3) == "never" else max(1, now_ms - round(float(m.group(3)[:-1]) * 1000))
+    flags = 0
+    if m.group(4) and m.group(4) != "none":
+        for letter in re.findall(r"\[\d+\]|.", m.group(4)):
+            flags |= _TCP_BITS.get(letter, 0)
+    return FlowStats(int(m.group(1)), int(m.group(2)), used, flags)
 
 
 @dataclass(frozen=True)
@@ -107,5 +125,5 @@ def strip_stats(line: str) -> str:
     return line[:i] + line[j:]
 
 
-__all__ = ["ParseError", "ParsedFlow", "format_flow", "format_stats", "parse_flow", "split_flow",
-           "strip_stats"]
+__all__ = ["ParseError", "ParsedFlow", "format_flow", "format_stats", "parse_flow", "parse_stats",
+           "split_flow", "strip_stats"]
