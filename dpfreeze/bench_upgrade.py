@@ -53,7 +53,7 @@ import trio
 
 from dpfreeze import appctl
 from dpfreeze.cli import UserError
-from dpfreeze.ovsenv import DaemonNotRunning, OvsEnv, process_alive
+from dpfreeze.ovsenv import DaemonNotRunning, OvsEnv, proc_stat, process_alive
 from dpfreeze.probe import Endpoint, ProbeError, ProbeSpec, Report, Timeline, run_probes
 from dpfreeze.probe.render import write
 from dpfreeze.sandbox import Sandbox, SandboxError
@@ -457,10 +457,8 @@ class DaemonReaper:
 
 
 def _child(pid: int) -> bool:
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1]) == os.getpid()
-    except (OSError, ValueError, IndexError):
-        return False
+    fields = proc_stat(pid)
+    return fields is not None and fields[1] == str(os.getpid())
 
 
 def vswitchd_alive(sb: Sandbox) -> bool:

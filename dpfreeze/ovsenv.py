@@ -25,14 +25,20 @@ DEFAULT_DBDIR = "/etc/openvswitch"
 VSWITCHD = "ovs-vswitchd"
 
 
+def proc_stat(pid: int, proc: Path = Path("/proc")) -> list[str] | None:
+    """/proc/PID/stat's fields after the parenthesised command name (state, ppid, ...; field 3 on is
+    index 0 on), None if there is no such process."""
+    try:
+        return (proc / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
 def process_alive(pid: int, proc: Path = Path("/proc")) -> bool:
     """True unless the process is gone or a zombie: a daemon that exited is not running, even while its
     parent (a non-reaping init, as in many containers) has not collected it yet."""
-    try:
-        stat = (proc / str(pid) / "stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+    fields = proc_stat(pid, proc)
+    return fields is not None and fields[0] != "Z"
 
 
 class DaemonNotRunning(OSError):
@@ -104,10 +110,12 @@ class OvsEnv:
     def started(self, daemon: str, proc: Path = Path("/proc")) -> float | None:
         """time.time() at which the daemon's running process started; None if it does not run."""
         try:
-            stat = (proc / str(self.pid(daemon)) / "stat").read_text()
-        except OSError:
+            fields = proc_stat(self.pid(daemon), proc)
+        except DaemonNotRunning:
             return None
-        ticks = int(stat.rsplit(")", 1)[1].split()[19])  # field 22 (after the parenthesised comm): since boot
+        if fields is None:
+            return None
+        ticks = int(fields[19])  # field 22, starttime: clock ticks since boot
         age = time.clock_gettime(time.CLOCK_BOOTTIME) - ticks / os.sysconf("SC_CLK_TCK")
         return time.time() - age
 
