@@ -7,6 +7,8 @@ start-up costs tens of milliseconds natively and a large part of a second under 
 
 from __future__ import annotations
 
+import trio
+
 from dpfreeze.ovsenv import OvsEnv
 from dpif.unixctl import call
 
@@ -17,9 +19,9 @@ async def appctl(env: OvsEnv, target: str, command: str, *args: str, timeout: fl
 
 
 async def version(env: OvsEnv, target: str, timeout: float = 5.0) -> str | None:
-    """`ovs-appctl version`'s first line, None if the daemon does not answer."""
+    """`ovs-appctl version`'s first line, None if the daemon does not answer (in time, or sensibly)."""
     try:
         text = await appctl(env, target, "version", timeout=timeout)
-    except (OSError, TimeoutError):
+    except (OSError, ValueError, trio.TooSlowError):
         return None
     return text.splitlines()[0].strip() if text.strip() else None

@@ -104,3 +104,25 @@ async def test_a_broken_conversation_raises_one_plain_error(tmp_path: Path, answ
 async def test_no_daemon_is_unreachable(tmp_path: Path) -> None:
     with pytest.raises(UnixctlUnreachable, match="cannot reach"):
         await call(tmp_path / "none.ctl", "version")
+
+
+async def test_a_daemon_that_never_answers_has_no_version(tmp_path: Path) -> None:
+    """What the upgrade's new-daemon poll asks: a hung daemon is "not answering", not an error."""
+    from dpfreeze import appctl
+    from dpfreeze.ovsenv import OvsEnv
+
+    env = OvsEnv.from_environ({"OVS_RUNDIR": str(tmp_path)})
+    env.pidfile("ovs-vswitchd").write_text("4242\n")
+    sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
+    await sock.bind(str(env.unixctl("ovs-vswitchd")))
+    sock.listen(1)
+    async with trio.open_nursery() as nursery:
+        async def hold() -> None:
+            conn, _ = await sock.accept()
+            with conn:
+                await trio.sleep_forever()
+
+        nursery.start_soon(hold)
+        assert await appctl.version(env, "ovs-vswitchd", timeout=0.3) is None
+        nursery.cancel_scope.cancel()
+    sock.close()
