@@ -239,20 +239,23 @@ async def baseline(ctx: Ctx, tl: Timeline) -> None:
     await trio.sleep(1.0)
 
 
+async def ovs_ctl(ctx: Ctx, tl: Timeline, timeout: float, *args: str) -> None:
+    """Debian's ovs-ctl ARGS (the last one the action) where the lab's daemons run, its steps onto the
+    timeline; MethodFailed on a non-zero exit."""
+    rc, _ = await stream(ctx.ctl(*args), ctx, tl, "ovs-ctl.log", timeout, _ctl_mark, ctx.ctl_env())
+    if rc:
+        raise MethodFailed(f"ovs-ctl {args[-1]}: exit {rc}")
+
+
 async def stop_start(ctx: Ctx, tl: Timeline) -> None:
     """`systemctl restart ovs-vswitchd`: ExecStop then ExecStart, no flow save, no flow-restore-wait."""
-    for action, opts in (("stop", CTL_OPTS[:1]), ("start", CTL_OPTS)):
-        rc, _ = await stream(ctx.ctl(*opts, action), ctx, tl, "ovs-ctl.log", 120, _ctl_mark, ctx.ctl_env())
-        if rc:
-            raise MethodFailed(f"ovs-ctl {action}: exit {rc}")
+    await ovs_ctl(ctx, tl, 120, *CTL_OPTS[:1], "stop")
+    await ovs_ctl(ctx, tl, 120, *CTL_OPTS, "start")
 
 
 async def ovs_ctl_restart(ctx: Ctx, tl: Timeline) -> None:
     """`systemctl reload ovs-vswitchd`: ovs-ctl restart (save, flow-restore-wait, restart, restore, clear)."""
-    rc, _ = await stream(ctx.ctl(*CTL_OPTS, "restart"), ctx, tl, "ovs-ctl.log", 240, _ctl_mark,
-                         ctx.ctl_env())
-    if rc:
-        raise MethodFailed(f"ovs-ctl restart: exit {rc}")
+    await ovs_ctl(ctx, tl, 240, *CTL_OPTS, "restart")
 
 
 _STEP = re.compile(r"\bupgrade\.step\b.*\bstep=(\S+)")
@@ -288,10 +291,7 @@ class _Marks(logging.Handler):
 async def ovs_ctl_reload_kmod(ctx: Ctx, tl: Timeline) -> None:
     """`ovs-ctl force-reload-kmod`: save flows and interfaces, delete the datapaths, reload the module,
     start with flow-restore-wait, restore, clear (the daemon re-adds the ports in its own order)."""
-    rc, _ = await stream(ctx.ctl(*CTL_OPTS, "force-reload-kmod"), ctx, tl, "ovs-ctl.log", 240,
-                         _ctl_mark, ctx.ctl_env())
-    if rc:
-        raise MethodFailed(f"ovs-ctl force-reload-kmod: exit {rc}")
+    await ovs_ctl(ctx, tl, 240, *CTL_OPTS, "force-reload-kmod")
 
 
 async def dpfreeze_upgrade_kmod(ctx: Ctx, tl: Timeline) -> None:
@@ -370,7 +370,7 @@ async def dp_stats(ctx: Ctx) -> DpStats:
     return (await get_datapath(DATAPATH)).stats
 
 
-_GONE = (OSError, ValueError, trio.BrokenResourceError)
+_GONE = (OSError, ValueError)  # no daemon, or one answering nonsense mid-restart (dpif.unixctl's errors)
 
 
 @dataclass
