@@ -1,0 +1,11 @@
+"""The C fast paths of the flow text codec (optional: without a compiler the pure-Python codec, which they
+must match byte for byte, does all the work)."""
+
+from setuptools import Extension, setup
+
+setup(
+    ext_modules=[
+        Extension("dpif.netlink._flowdump", ["dpif/netlink/_flowdump.c"], optional=True,
+                  extra_compile_args=["-O2", "-Wall", "-Wextra", "-Werror=implicit-function-declaration"]),
+    ]
+)
