@@ -5,7 +5,7 @@ from setuptools import Extension, setup
 
 setup(
     ext_modules=[
-        Extension("dpif.netlink._flowdump", ["dpif/netlink/_flowdump.c"], optional=True,
+        Extension("dpif.netlink._dump", ["dpif/netlink/_dump.c"], optional=True,
                   extra_compile_args=["-O2", "-Wall", "-Wextra", "-Werror=implicit-function-declaration"]),
     ]
 )

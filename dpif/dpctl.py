@@ -17,7 +17,8 @@ from typing import TextIO
 from dpif.model import DatapathInfo, Flow, Vport, VportType, monotonic_ms
 from dpif.netlink import actions as act
 from dpif.netlink import flowkey, flowtext
-from dpif.netlink.wire import KernelError
+from dpif.netlink.dumptext import DumpText
+from dpif.netlink.wire import NLMSG_HDR, KernelError, iter_messages
 from dpif.netlink_datapath import NetlinkDatapath, list_datapaths, open_datapath
 from dpif.transport import GenlClient, open_client
 
@@ -226,22 +227,19 @@ async def cmd_dump_flows(args: argparse.Namespace) -> int:
             raise CommandError("datapath not found")
         async with open_datapath(name, client=client) as dp:
             ports = (await _port_maps(dp))[0] if names else None
-            now = monotonic_ms()
-            verbose = verbosity > 0
-            fmt = flowtext.format_flow
-            lines: list[str] = []  # written 1024 at a time (and whatever was formatted, on an error)
-            try:
-                async for _, key, mask, actions, ufid, stats in dp.flow_rows():
-                    lines.append(fmt(key, mask, actions, ufid, stats, now_ms=now, verbose=verbose,
-                                     port_names=ports))
-                    if len(lines) >= 1024:
-                        lines.append("")
-                        sys.stdout.write("\n".join(lines))
-                        lines.clear()
-            finally:
-                if lines:
-                    lines.append("")
-                    sys.stdout.write("\n".join(lines))
+            text = DumpText(verbose=verbosity > 0, port_names=ports, now_ms=monotonic_ms())
+            out = sys.stdout
+            async for run in dp.flow_runs():
+                off = 0
+                while off < len(run):
+                    lines, off = text.lines(run, off)
+                    out.write(lines)
+                    if off < len(run):  # a flow the C loop left to the Python codec
+                        msg = next(iter_messages(run[off:]))
+                        off += (len(msg.payload) + NLMSG_HDR.size + 3) & ~3
+                        row = await dp.complete_row(msg.payload)
+                        if row is not None:
+                            out.write(text.line(*row[1:]) + "\n")
     return 0
 
 

@@ -31,10 +31,9 @@ from dpif.model import (
     VportType,
 )
 from dpif.netlink import messages as m
-from dpif.netlink.wire import KernelError, Message, WireError, iter_messages
+from dpif.netlink.wire import NLMSG_MIN_TYPE, KernelError, Message, WireError, iter_messages
 from dpif.transport import (
     DEFAULT_TIMEOUT,
-    NLMSG_MIN_TYPE,
     FamilyGone,
     FamilyNotFound,
     GenlClient,
@@ -183,20 +182,32 @@ class NetlinkDatapath:
             yield Flow(key, mask, actions, ufid, stats)
 
     async def flow_rows(self) -> AsyncIterator[m.FlowRow]:
-        """`flows()` as `messages.decode_flow_row` tuples, for readers that build no records (dump-flows)."""
-        async for payload in self.client.dump(m.flow_dump(self.ifindex)):
-            row = m.decode_flow_row(payload)
-            if row[3] is not None:
-                yield row
-                continue
-            ufid = row[4]
-            try:
-                replies = await self._call(m.flow_get(self.ifindex, ufid=ufid, key=None if ufid else row[1]))
-            except KernelError as exc:
-                if exc.code != errno.ENOENT:  # deleted since the dump: nothing to report
-                    raise
-                continue
-            yield m.decode_flow_row(replies[0].payload)
+        """`flows()` as `messages.decode_flow_row` tuples, for readers that build no records."""
+        async for run in self.flow_runs():
+            for msg in iter_messages(run):
+                row = await self.complete_row(msg.payload)
+                if row is not None:
+                    yield row
+
+    def flow_runs(self) -> AsyncIterator[memoryview]:
+        """The flow dump as runs of whole flow messages (`GenlClient.dump_runs`), for bulk readers (the
+        dump-flows text in C); each message goes through `complete_row` if the reader needs it decoded."""
+        return self.client.dump_runs(m.flow_dump(self.ifindex))
+
+    async def complete_row(self, payload: bytes | memoryview) -> m.FlowRow | None:
+        """A dumped flow message as a row, its actions fetched by UFID (or key) if the dump left them out;
+        None if the flow was deleted since."""
+        row = m.decode_flow_row(payload)
+        if row[3] is not None:
+            return row
+        ufid = row[4]
+        try:
+            replies = await self._call(m.flow_get(self.ifindex, ufid=ufid, key=None if ufid else row[1]))
+        except KernelError as exc:
+            if exc.code != errno.ENOENT:  # deleted since the dump: nothing to report
+                raise
+            return None
+        return m.decode_flow_row(replies[0].payload)
 
     async def flow_get(self, *, ufid: bytes | None = None, key: bytes | None = None) -> Flow:
         replies = await self._call(m.flow_get(self.ifindex, ufid=ufid, key=key))

@@ -34,6 +34,7 @@ from dpif.netlink.wire import (
     KernelError,
     Message,
     WireError,
+    data_run_end,
     iter_messages,
     pack_message,
     parse_error,
@@ -54,7 +55,6 @@ RECV_SIZE = 256 * 1024  # >= 32 KiB: the kernel sizes later dump chunks from our
 RCVBUF = 4 * 1024 * 1024  # what ovs-vswitchd uses
 SEND_CHUNK = 64 * 1024  # bytes of requests per sendmsg
 DEFAULT_TIMEOUT = 10.0
-NLMSG_MIN_TYPE = 16  # below: netlink control messages (NOOP, ERROR, DONE, OVERRUN)
 
 
 class _OneLine(OSError):
@@ -402,8 +402,15 @@ class GenlClient:
     # --- dumps ------------------------------------------------------------------------------------------
 
     async def dump(self, req: m.Request) -> AsyncIterator[memoryview]:
-        """Stream a dump's message payloads (after the nlmsghdr), chunk by chunk, on a pooled socket of
-        its own (callers may interleave other requests while iterating).  Each chunk has a deadline."""
+        """Stream a dump's message payloads (after the nlmsghdr)."""
+        async for run in self.dump_runs(req):
+            for msg in iter_messages(run):
+                yield msg.payload
+
+    async def dump_runs(self, req: m.Request) -> AsyncIterator[memoryview]:
+        """Stream a dump as runs of its data messages (whole messages, headers included), up to a datagram
+        each, for readers that walk them in bulk (dump-flows text); on a pooled socket of its own (callers
+        may interleave other requests while iterating).  Each datagram has a deadline."""
         family_id = (await self.family(req.family)).id
         sock = self._dump_socks.pop() if self._dump_socks else await self._primed_socket()
         seq = self._next_seq()
@@ -417,21 +424,24 @@ class GenlClient:
                     raise TimeoutError(errno.ETIMEDOUT, f"dump stalled for {self.timeout:g} s")
                 off, end = 0, len(data)
                 while off + NLMSG_HDR.size <= end:
-                    length, mtype, flags, mseq, pid = NLMSG_HDR.unpack_from(data, off)
-                    if length < NLMSG_HDR.size or off + length > end:
-                        raise WireError(f"netlink message length {length} at offset {off} exceeds bounds")
-                    start, off = off + NLMSG_HDR.size, off + ((length + 3) & ~3)
+                    stop = data_run_end(data, off, seq)
+                    if stop > off:
+                        yield memoryview(data)[off:stop]
+                    if stop + NLMSG_HDR.size > end:
+                        break
+                    length, mtype, flags, mseq, pid = NLMSG_HDR.unpack_from(data, stop)
+                    if length < NLMSG_HDR.size or stop + length > end:
+                        raise WireError(f"netlink message length {length} at offset {stop} exceeds bounds")
+                    start, off = stop + NLMSG_HDR.size, stop + ((length + 3) & ~3)
                     if mseq != seq:
                         continue
-                    if mtype >= NLMSG_MIN_TYPE:
-                        yield memoryview(data)[start : start - NLMSG_HDR.size + length]
-                    elif mtype == NLMSG_ERROR:
+                    if mtype == NLMSG_ERROR:
                         err = parse_error(Message(mtype, flags, mseq, pid, memoryview(data)[start:off]))
                         if err is not None:
                             raise err
                         clean = True
                         return
-                    elif mtype == NLMSG_DONE:
+                    if mtype == NLMSG_DONE:
                         if length >= NLMSG_HDR.size + 4:
                             code = int.from_bytes(data[start : start + 4], "little", signed=True)
                             if code < 0:

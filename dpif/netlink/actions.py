@@ -141,15 +141,15 @@ def format_actions(buf: bytes | memoryview | None, port_names: Mapping[int, str]
     if port_names:
         return _format_actions(memoryview(buf), port_names)
     data = bytes(buf)  # without port names the text depends on the bytes alone: memoize (dumps repeat them)
-    text = _ACTIONS_CACHE.get(data)
+    text = TEXT_MEMO.get(data)
     if text is None:
-        if len(_ACTIONS_CACHE) >= 1 << 14:
-            _ACTIONS_CACHE.clear()
-        text = _ACTIONS_CACHE[data] = _format_actions(memoryview(data), None)
+        if len(TEXT_MEMO) >= 1 << 14:
+            TEXT_MEMO.clear()
+        text = TEXT_MEMO[data] = _format_actions(memoryview(data), None)
     return text
 
 
-_ACTIONS_CACHE: dict[bytes, str] = {}
+TEXT_MEMO: dict[bytes, str] = {}  # actions bytes -> text (without port names); dumptext's C loop reads it
 
 
 def _format_actions(mv: memoryview, port_names: Mapping[int, str] | None) -> str:

@@ -605,21 +605,14 @@ def format_key(key: bytes | memoryview, mask: bytes | memoryview | None = None, 
 def _flow_format(key: bytes, mask: bytes | None, verbose: bool, ports: Mapping[int, str] | None) -> str:
     """The hot path of a dump.  Flows that share a mask nearly always share the key's layout too (the same
     attribute types at the same offsets), and with it everything the text shows except the shown attributes'
-    values: that is worked out once per (mask, layout) as a `_KeyPlan`; a key is checked against its plan's
+    values: that is worked out once per (mask, layout) as a `KeyPlan`; a key is checked against its plan's
     attribute headers with one struct unpack, and then only its shown attributes are rendered (memoized per
     attribute position).  Keys whose layout has no plan yet, or cannot have one, take the generic walk."""
-    n = len(key)
-    if not n:
+    if not key:
         return "<empty>"
-    pk = (mask, n, verbose, ports is None)
-    plan = _KEY_PLANS.get(pk)
-    if plan is None or plan.heads.unpack_from(key) != plan.expect:
-        plan = _key_plan(key, mask, verbose, ports)
-        if plan is None:
-            return _flow_format_generic(key, mask, verbose, ports)
-        if len(_KEY_PLANS) >= 1 << 10:
-            _KEY_PLANS.clear()
-        _KEY_PLANS[pk] = plan
+    plan = key_plan(key, mask, verbose, ports)
+    if plan is None:
+        return _flow_format_generic(key, mask, verbose, ports)
     out = []
     for prefix, start, end, render, cache in plan.shown:
         a = key[start:end]
@@ -636,28 +629,45 @@ def _flow_format(key: bytes, mask: bytes | None, verbose: bool, ports: Mapping[i
     return "".join(out)
 
 
+def key_plan(key: bytes, mask: bytes | None, verbose: bool,
+             ports: Mapping[int, str] | None) -> KeyPlan | None:
+    """The plan `key` is rendered by (worked out on first use of its (mask, layout)), or None when the
+    generic walk must render it."""
+    pk = (mask, len(key), verbose, ports is None)
+    plan = _KEY_PLANS.get(pk)
+    if plan is None or plan.heads.unpack_from(key) != plan.expect:
+        plan = _key_plan(key, mask, verbose, ports)
+        if plan is None:
+            return None
+        if len(_KEY_PLANS) >= 1 << 10:
+            _KEY_PLANS.clear()
+        _KEY_PLANS[pk] = plan
+    return plan
+
+
 Render = Callable[[bytes, "Mapping[int, str] | None"], str]  # (value, port names) -> text
 Shown = tuple[str, int, int, Render, "dict[bytes, str] | None"]
 
 
-class _KeyPlan(NamedTuple):
+class KeyPlan(NamedTuple):
     """What a key of one layout shows under one mask: `shown` attributes, each (constant text before it,
     start, end, (value, port names) -> text, memo of value -> text or None: in_port with port names,
-    which each call brings), then the constant `suffix`.  `heads`
-    unpacks the top-level attribute headers that `expect` holds."""
+    which each call brings), then the constant `suffix`.  `heads` unpacks the top-level attribute
+    headers (at `offsets`) that `expect` holds."""
 
     heads: struct.Struct
     expect: tuple[int, ...]
+    offsets: tuple[int, ...]
     shown: tuple[Shown, ...]
     suffix: str
 
 
-_KEY_PLANS: dict[tuple[bytes | None, int, bool, bool], _KeyPlan] = {}
+_KEY_PLANS: dict[tuple[bytes | None, int, bool, bool], KeyPlan] = {}
 _SHOWN_CACHE_MAX = 1 << 12
 
 
 def _key_plan(key: bytes, mask: bytes | None, verbose: bool,
-              ports: Mapping[int, str] | None) -> _KeyPlan | None:
+              ports: Mapping[int, str] | None) -> KeyPlan | None:
     """The plan of `key`'s layout, or None for a key that the generic walk must render (an attribute of
     the wrong length, leftover bytes): each decision below is `_flow_format_generic`'s, in its order."""
     n = len(key)
@@ -666,6 +676,7 @@ def _key_plan(key: bytes, mask: bytes | None, verbose: bool,
     has_ethtype = has_packet_type = False
     first = True
     fmt = ["="]
+    offsets: list[int] = []
     heads_end = 0  # where the last header unpacked by the plan's struct ends
     shown: list[Shown] = []
     pending = ""  # constant text since the last shown attribute
@@ -675,6 +686,7 @@ def _key_plan(key: bytes, mask: bytes | None, verbose: bool,
         if ln < 4 or ln > n - off:
             return None
         fmt.append(f"{off - heads_end}xI" if off > heads_end else "I")
+        offsets.append(off)
         heads_end = off + 4
         t &= NLA_TYPE_MASK
         start, end = off + 4, off + ln
@@ -709,7 +721,7 @@ def _key_plan(key: bytes, mask: bytes | None, verbose: bool,
     if len(fmt) == 1:
         return None
     heads = struct.Struct("".join(fmt))
-    return _KeyPlan(heads, heads.unpack_from(key), tuple(shown), pending)
+    return KeyPlan(heads, heads.unpack_from(key), tuple(offsets), tuple(shown), pending)
 
 
 def _attr_renderer(t: int, ma: bytes | None, zero: bool, verbose: bool) -> Render:
@@ -724,23 +736,32 @@ def _attr_renderer(t: int, ma: bytes | None, zero: bool, verbose: bool) -> Rende
     return lambda a, ports: format_key_attr(t, a, ma, verbose, ports)
 
 
-def _struct_renderer(spec: AttrSpec, mask: bytes | None, verbose: bool) -> Render:
-    """_fmt_struct_attr with its StructPlan unrolled: constant text and one member function per shown
-    member (same text as _member_text, tests compare them)."""
+def _struct_renderer(spec: AttrSpec, mask: bytes | None, verbose: bool) -> StructRender:
+    """_fmt_struct_attr with its StructPlan unrolled."""
     const = spec.name + "("
-    parts: list[tuple[str, Callable[[bytes], str]]] = []
+    parts: list[tuple[str, Field]] = []
     for i, (f, text) in enumerate(_struct_plan(spec, mask, verbose)):
         sep = "," if i else ""
         if f is None:
             const += sep + text
         else:
-            parts.append((const + sep + f.name + "=", _member_fn(f)))
+            parts.append((const + sep + f.name + "=", f))
             const = text
-    tail = const + ")"
-    if len(parts) == 1:
-        (p0, f0), = parts
-        return lambda kb, ports: p0 + f0(kb) + tail
-    return lambda kb, ports: "".join([p + fn(kb) for p, fn in parts]) + tail
+    return StructRender(tuple(parts), const + ")")
+
+
+class StructRender:
+    """A struct attribute's text under one mask: constant text and the shown members, each rendered from
+    the key bytes alone (same text as _member_text, tests compare them).  The parts are data, so the dump
+    fast path (dumptext) can run them in C."""
+
+    def __init__(self, parts: tuple[tuple[str, Field], ...], tail: str) -> None:
+        self.parts = parts
+        self.tail = tail
+        self._fns = tuple((text, _member_fn(f)) for text, f in parts)
+
+    def __call__(self, kb: bytes, ports: Mapping[int, str] | None) -> str:
+        return "".join([p + fn(kb) for p, fn in self._fns]) + self.tail
 
 
 def _member_fn(f: Field) -> Callable[[bytes], str]:

@@ -19,7 +19,7 @@ from dpif.netlink import flowkey as fk
 from dpif.netlink.flowkey import ParseError
 
 # packet_format_tcp_flags: letters in OVS's order, not bit order
-_TCP_LETTERS = ((0x002, "S"), (0x001, "F"), (0x008, "P"), (0x004, "R"), (0x020, "U"), (0x010, "."),
+TCP_LETTERS = ((0x002, "S"), (0x001, "F"), (0x008, "P"), (0x004, "R"), (0x020, "U"), (0x010, "."),
                 (0x040, "E"), (0x080, "C"), (0x100, "N"), (0x200, "[200]"), (0x400, "[400]"),
                 (0x800, "[800]"))
 
@@ -28,7 +28,7 @@ _TCP_LETTERS = ((0x002, "S"), (0x001, "F"), (0x008, "P"), (0x004, "R"), (0x020, 
 def tcp_flags_letters(flags: int) -> str:
     if not flags:
         return "none"
-    return "".join(letter for bit, letter in _TCP_LETTERS if flags & bit)
+    return "".join(letter for bit, letter in TCP_LETTERS if flags & bit)
 
 
 def format_stats(stats: FlowStats | None, now_ms: int) -> str:
@@ -57,7 +57,7 @@ def format_flow(key: bytes | memoryview, mask: bytes | memoryview | None, action
 
 
 _STATS_RE = re.compile(r"packets:(\d+), bytes:(\d+), used:(never|[\d.]+s)(?:, flags:(\S+))?")
-_TCP_BITS = {letter: bit for bit, letter in _TCP_LETTERS}
+_TCP_BITS = {letter: bit for bit, letter in TCP_LETTERS}
 
 
 def parse_stats(text: str, now_ms: int) -> FlowStats:

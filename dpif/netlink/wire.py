@@ -142,6 +142,27 @@ def iter_messages(buf: bytes | memoryview) -> Iterator[Message]:
         raise WireError(f"{end - off} trailing bytes after the last netlink message")
 
 
+NLMSG_MIN_TYPE = 16  # below: netlink control messages (NOOP, ERROR, DONE, OVERRUN)
+
+
+def _data_run_end(buf: bytes | memoryview, off: int, seq: int) -> int:
+    """Where the run of a dump's data messages (type >= NLMSG_MIN_TYPE, sequence `seq`, well-formed) that
+    starts at `off` ends: the offset of the first other message, or len(buf)."""
+    end = len(buf)
+    while off + NLMSG_HDR.size <= end:
+        length, mtype, _, mseq, _ = NLMSG_HDR.unpack_from(buf, off)
+        if length < NLMSG_HDR.size or length > end - off or mtype < NLMSG_MIN_TYPE or mseq != seq:
+            return off
+        off += align4(length)
+    return min(off, end)
+
+
+try:  # the same loop in C, where the extension is built (a 100k-flow dump is 100k messages)
+    from dpif.netlink._dump import scan as data_run_end
+except ImportError:  # pragma: no cover - CI builds the extension
+    data_run_end = _data_run_end
+
+
 def pack_message(mtype: int, flags: int, seq: int, payload: bytes, pid: int = 0) -> bytes:
     return NLMSG_HDR.pack(NLMSG_HDR.size + len(payload), mtype, flags, seq, pid) + payload
 

@@ -1,0 +1,415 @@
+/* The two hot loops of a 100k-flow `dpctl dump-flows`, in C.
+ *
+ * The pure-Python codec (dpif/netlink/flowkey.py, flowtext.py) is the reference and does everything
+ * these functions decline: they hold no OVS knowledge of their own.  What a flow's text looks like is
+ * decided in Python, once per (mask, key layout), as a plan (flowkey.KeyPlan, compiled by
+ * dpif/netlink/dumptext.py); here a plan is only executed: constant text, and key bytes at fixed offsets
+ * rendered as a handful of value kinds.  Anything unexpected -- a malformed message, a flow without
+ * actions, a key whose layout has no plan, an action list or attribute value not yet memoized -- stops
+ * the loop at that message, and Python takes it.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <arpa/inet.h>
+#include <stdint.h>
+#include <string.h>
+
+#define NLMSG_HDRLEN 16
+#define NLMSG_MIN_TYPE 16
+#define FLOW_HDRLEN 8 /* genlmsghdr + ovs_header */
+
+/* Value kinds of struct members, as dumptext.KIND_CODES numbers them. */
+enum { K_FRAG, K_ETH, K_IN6, K_IPV4, K_DEC, K_HEX };
+
+/* Flow attribute numbers and the stats text tables, from Python (setup()). */
+static int a_key, a_mask, a_actions, a_ufid, a_stats, a_used, a_tcp_flags;
+static PyObject *tcp_letters; /* tuple of (bit, bytes) in OVS's print order */
+static PyObject *frag_names;  /* tuple of bytes */
+
+typedef struct {
+    char *p;
+    Py_ssize_t len, cap;
+} Out;
+
+static int out_reserve(Out *o, Py_ssize_t n)
+{
+    if (o->len + n <= o->cap)
+        return 0;
+    Py_ssize_t cap = o->cap ? o->cap : 1 << 16;
+    while (cap < o->len + n)
+        cap *= 2;
+    char *p = PyMem_Realloc(o->p, cap);
+    if (!p) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    o->p = p;
+    o->cap = cap;
+    return 0;
+}
+
+static int out_put(Out *o, const char *s, Py_ssize_t n)
+{
+    if (out_reserve(o, n) < 0)
+        return -1;
+    memcpy(o->p + o->len, s, n);
+    o->len += n;
+    return 0;
+}
+
+static int out_bytes(Out *o, PyObject *b)
+{
+    return out_put(o, PyBytes_AS_STRING(b), PyBytes_GET_SIZE(b));
+}
+
+static int out_str(Out *o, PyObject *s)
+{
+    Py_ssize_t n;
+    const char *u = PyUnicode_AsUTF8AndSize(s, &n);
+    return u ? out_put(o, u, n) : -1;
+}
+
+static int out_fmt_u64(Out *o, unsigned long long v, int hex)
+{
+    char tmp[24];
+    int n = hex ? (v ? snprintf(tmp, sizeof tmp, "0x%llx", v) : snprintf(tmp, sizeof tmp, "0"))
+                : snprintf(tmp, sizeof tmp, "%llu", v);
+    return out_put(o, tmp, n);
+}
+
+static uint32_t get_u32(const unsigned char *p)
+{
+    uint32_t v;
+    memcpy(&v, p, 4);
+    return v;
+}
+
+/* scan(buf, off, seq) -> offset of the first message at or after `off` that is not one of the dump's
+ * data messages (type >= NLMSG_MIN_TYPE, sequence `seq`, well-formed length), or len(buf). */
+static PyObject *scan(PyObject *Py_UNUSED(self), PyObject *args)
+{
+    Py_buffer b;
+    Py_ssize_t off;
+    unsigned long seq;
+    if (!PyArg_ParseTuple(args, "y*nk", &b, &off, &seq))
+        return NULL;
+    const unsigned char *p = b.buf;
+    Py_ssize_t end = b.len;
+    while (off >= 0 && off + NLMSG_HDRLEN <= end) {
+        uint32_t len = get_u32(p + off);
+        uint16_t type;
+        memcpy(&type, p + off + 4, 2);
+        if (len < NLMSG_HDRLEN || len > (uint64_t)(end - off) || type < NLMSG_MIN_TYPE
+            || get_u32(p + off + 8) != (uint32_t)seq)
+            break;
+        off += (len + 3) & ~3u;
+    }
+    if (off > end)
+        off = end;
+    PyBuffer_Release(&b);
+    return PyLong_FromSsize_t(off);
+}
+
+static int render_member(Out *o, int kind, const unsigned char *v, Py_ssize_t size)
+{
+    char tmp[INET6_ADDRSTRLEN];
+    switch (kind) {
+    case K_FRAG: {
+        if (v[0] < PyTuple_GET_SIZE(frag_names))
+            return out_bytes(o, PyTuple_GET_ITEM(frag_names, v[0]));
+        return out_put(o, "<error>", 7);
+    }
+    case K_ETH: {
+        int n = snprintf(tmp, sizeof tmp, "%02x:%02x:%02x:%02x:%02x:%02x", v[0], v[1], v[2], v[3], v[4],
+                         v[5]);
+        return out_put(o, tmp, n);
+    }
+    case K_IN6:
+        if (!inet_ntop(AF_INET6, v, tmp, sizeof tmp))
+            return 1;
+        return out_put(o, tmp, strlen(tmp));
+    case K_IPV4: {
+        int n = snprintf(tmp, sizeof tmp, "%u.%u.%u.%u", v[0], v[1], v[2], v[3]);
+        return out_put(o, tmp, n);
+    }
+    case K_DEC:
+    case K_HEX: {
+        unsigned long long x = 0;
+        for (Py_ssize_t i = 0; i < size; i++)
+            x = (x << 8) | v[i];
+        return out_fmt_u64(o, x, kind == K_HEX);
+    }
+    }
+    return 1;
+}
+
+/* One shown attribute: (prefix, start, end, members, tail, memo).  `members`, a tuple of (text, kind,
+ * offset, size), renders a struct attribute; otherwise its text is memo[value bytes].  0 = done, 1 = can't
+ * (Python's turn), -1 = error. */
+static int render_slot(Out *o, PyObject *slot, const unsigned char *key, Py_ssize_t klen)
+{
+    PyObject *prefix = PyTuple_GET_ITEM(slot, 0);
+    Py_ssize_t start = PyLong_AsSsize_t(PyTuple_GET_ITEM(slot, 1));
+    Py_ssize_t end = PyLong_AsSsize_t(PyTuple_GET_ITEM(slot, 2));
+    PyObject *members = PyTuple_GET_ITEM(slot, 3);
+    if (start < 0 || end < start || end > klen)
+        return PyErr_Occurred() ? -1 : 1;
+    if (out_bytes(o, prefix) < 0)
+        return -1;
+    if (members != Py_None) {
+        for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(members); i++) {
+            PyObject *m = PyTuple_GET_ITEM(members, i);
+            Py_ssize_t moff = PyLong_AsSsize_t(PyTuple_GET_ITEM(m, 2));
+            Py_ssize_t msize = PyLong_AsSsize_t(PyTuple_GET_ITEM(m, 3));
+            int kind = (int)PyLong_AsLong(PyTuple_GET_ITEM(m, 1));
+            if (moff < 0 || msize < 0 || msize > 16 || start + moff + msize > end)
+                return PyErr_Occurred() ? -1 : 1;
+            if (out_bytes(o, PyTuple_GET_ITEM(m, 0)) < 0)
+                return -1;
+            int r = render_member(o, kind, key + start + moff, msize);
+            if (r)
+                return r;
+        }
+        return out_bytes(o, PyTuple_GET_ITEM(slot, 4));
+    }
+    PyObject *memo = PyTuple_GET_ITEM(slot, 5);
+    if (memo == Py_None)
+        return 1;
+    PyObject *v = PyBytes_FromStringAndSize((const char *)key + start, end - start);
+    if (!v)
+        return -1;
+    PyObject *text = PyDict_GetItemWithError(memo, v); /* borrowed */
+    Py_DECREF(v);
+    if (!text)
+        return PyErr_Occurred() ? -1 : 1;
+    return out_str(o, text);
+}
+
+static int render_stats(Out *o, unsigned long long packets, unsigned long long nbytes, long long used,
+                        long long now_ms, unsigned tcp_flags)
+{
+    char tmp[96];
+    int n = snprintf(tmp, sizeof tmp, "packets:%llu, bytes:%llu, used:", packets, nbytes);
+    if (out_put(o, tmp, n) < 0)
+        return -1;
+    if (used) {
+        n = snprintf(tmp, sizeof tmp, "%.3fs", (double)(now_ms - used) / 1000.0);
+        if (out_put(o, tmp, n) < 0)
+            return -1;
+    } else if (out_put(o, "never", 5) < 0)
+        return -1;
+    if (tcp_flags) {
+        if (out_put(o, ", flags:", 8) < 0)
+            return -1;
+        for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(tcp_letters); i++) {
+            PyObject *e = PyTuple_GET_ITEM(tcp_letters, i);
+            if ((tcp_flags & PyLong_AsUnsignedLong(PyTuple_GET_ITEM(e, 0))) && out_bytes(o, PyTuple_GET_ITEM(e, 1)) < 0)
+                return -1;
+        }
+    }
+    return 0;
+}
+
+static int render_ufid(Out *o, const unsigned char *u, Py_ssize_t n)
+{
+    unsigned char w16[16] = {0};
+    uint32_t w[4];
+    char tmp[48];
+    memcpy(w16, u, n < 16 ? n : 16);
+    memcpy(w, w16, 16);
+    int len = snprintf(tmp, sizeof tmp, "ufid:%08x-%04x-%04x-%04x-%04x%08x, ", w[0], w[1] >> 16, w[1] & 0xFFFF,
+                       w[2] >> 16, w[2] & 0xFFFF, w[3]);
+    return out_put(o, tmp, len);
+}
+
+/* One flow message (payload after the nlmsghdr) as a line.  0 = written, 1 = Python's turn, -1 = error. */
+static int format_one(Out *o, const unsigned char *p, Py_ssize_t n, PyObject *plans, PyObject *actions_memo,
+                      int verbose, long long now_ms)
+{
+    const unsigned char *key = NULL, *mask = NULL, *actions = NULL, *ufid = NULL;
+    Py_ssize_t klen = 0, mlen = 0, alen = 0, ulen = 0;
+    unsigned long long packets = 0, nbytes = 0;
+    long long used = 0;
+    unsigned tcp_flags = 0;
+    Py_ssize_t off = FLOW_HDRLEN;
+    if (n < FLOW_HDRLEN)
+        return 1;
+    while (off < n) {
+        uint16_t alen16, type;
+        if (n - off < 4)
+            return 1;
+        memcpy(&alen16, p + off, 2);
+        memcpy(&type, p + off + 2, 2);
+        type &= 0x3FFF;
+        if (alen16 < 4 || alen16 > n - off)
+            return 1;
+        const unsigned char *v = p + off + 4;
+        Py_ssize_t vlen = alen16 - 4;
+        off += (alen16 + 3) & ~3;
+        if (type == a_key) {
+            key = v;
+            klen = vlen;
+        } else if (type == a_mask) {
+            mask = v;
+            mlen = vlen;
+        } else if (type == a_actions) {
+            actions = v;
+            alen = vlen;
+        } else if (type == a_ufid) {
+            ufid = v;
+            ulen = vlen;
+        } else if (type == a_stats) {
+            if (vlen < 16)
+                return 1;
+            memcpy(&packets, v, 8);
+            memcpy(&nbytes, v + 8, 8);
+        } else if (type == a_used) {
+            if (vlen != 8)
+                return 1;
+            memcpy(&used, v, 8);
+        } else if (type == a_tcp_flags) {
+            if (vlen != 1)
+                return 1;
+            tcp_flags = v[0];
+        }
+    }
+    if (!key || !klen || !actions)
+        return 1;
+
+    PyObject *mobj = mask ? PyBytes_FromStringAndSize((const char *)mask, mlen) : Py_NewRef(Py_None);
+    if (!mobj)
+        return -1;
+    PyObject *pk = Py_BuildValue("(Nn)", mobj, klen);
+    if (!pk)
+        return -1;
+    PyObject *plan = PyDict_GetItemWithError(plans, pk); /* borrowed: (checks, slots, suffix) */
+    Py_DECREF(pk);
+    if (!plan)
+        return PyErr_Occurred() ? -1 : 1;
+    PyObject *checks = PyTuple_GET_ITEM(plan, 0);
+    const unsigned char *c = (const unsigned char *)PyBytes_AS_STRING(checks);
+    for (Py_ssize_t i = 0; i + 8 <= PyBytes_GET_SIZE(checks); i += 8) {
+        uint32_t at = get_u32(c + i);
+        if (at + 4 > (uint64_t)klen || get_u32(key + at) != get_u32(c + i + 4))
+            return 1;
+    }
+
+    PyObject *atext;
+    if (!alen) {
+        atext = NULL;
+    } else {
+        if (actions_memo == Py_None)
+            return 1;
+        PyObject *ab = PyBytes_FromStringAndSize((const char *)actions, alen);
+        if (!ab)
+            return -1;
+        atext = PyDict_GetItemWithError(actions_memo, ab); /* borrowed */
+        Py_DECREF(ab);
+        if (!atext)
+            return PyErr_Occurred() ? -1 : 1;
+    }
+
+    Py_ssize_t mark = o->len;
+    int r = 0;
+    if (verbose && ufid && ulen)
+        r = render_ufid(o, ufid, ulen);
+    PyObject *slots = PyTuple_GET_ITEM(plan, 1);
+    for (Py_ssize_t i = 0; !r && i < PyTuple_GET_SIZE(slots); i++)
+        r = render_slot(o, PyTuple_GET_ITEM(slots, i), key, klen);
+    if (!r)
+        r = out_bytes(o, PyTuple_GET_ITEM(plan, 2));
+    if (!r)
+        r = out_put(o, ", ", 2);
+    if (!r)
+        r = render_stats(o, packets, nbytes, used, now_ms, tcp_flags);
+    if (!r && verbose)
+        r = out_put(o, ", dp:ovs", 8);
+    if (!r)
+        r = out_put(o, ", actions:", 10);
+    if (!r)
+        r = atext ? out_str(o, atext) : out_put(o, "drop", 4);
+    if (!r)
+        r = out_put(o, "\n", 1);
+    if (r)
+        o->len = mark; /* nothing of a line Python takes over */
+    return r;
+}
+
+/* format_flows(run, off, plans, actions_memo, verbose, now_ms) -> (text, off): the lines of the run's
+ * flow messages from `off` on, up to the end or the first message Python must take (at the returned
+ * offset).  `run` holds only data messages (scan() found them); `actions_memo` is None when port names are
+ * shown (their text depends on more than the bytes). */
+static PyObject *format_flows(PyObject *Py_UNUSED(self), PyObject *args)
+{
+    Py_buffer b;
+    Py_ssize_t off;
+    PyObject *plans, *actions_memo;
+    int verbose;
+    long long now_ms;
+    if (!PyArg_ParseTuple(args, "y*nO!OpL", &b, &off, &PyDict_Type, &plans, &actions_memo, &verbose, &now_ms))
+        return NULL;
+    if (!tcp_letters || !frag_names) {
+        PyBuffer_Release(&b);
+        PyErr_SetString(PyExc_RuntimeError, "_dump.setup() was not called");
+        return NULL;
+    }
+    if (actions_memo != Py_None && !PyDict_Check(actions_memo)) {
+        PyBuffer_Release(&b);
+        PyErr_SetString(PyExc_TypeError, "actions_memo must be a dict or None");
+        return NULL;
+    }
+    const unsigned char *p = b.buf;
+    Py_ssize_t end = b.len;
+    Out o = {0};
+    int r = 0;
+    while (off >= 0 && off + NLMSG_HDRLEN <= end) {
+        uint32_t len = get_u32(p + off);
+        if (len < NLMSG_HDRLEN || len > (uint64_t)(end - off))
+            break;
+        r = format_one(&o, p + off + NLMSG_HDRLEN, len - NLMSG_HDRLEN, plans, actions_memo, verbose, now_ms);
+        if (r)
+            break;
+        off += (len + 3) & ~3u;
+    }
+    PyBuffer_Release(&b);
+    PyObject *res = NULL;
+    if (r >= 0) {
+        PyObject *text = PyUnicode_DecodeUTF8(o.p ? o.p : "", o.len, "strict");
+        if (text)
+            res = Py_BuildValue("(Nn)", text, off > end ? end : off);
+    }
+    PyMem_Free(o.p);
+    return res;
+}
+
+/* setup(flow_attrs, tcp_letters, frag_names): the numbers of the flow attributes (key, mask, actions,
+ * ufid, stats, used, tcp_flags), the TCP flag letters as ((bit, bytes), ...) in print order, and the
+ * frag names (bytes) by value. */
+static PyObject *setup(PyObject *Py_UNUSED(self), PyObject *args)
+{
+    PyObject *letters, *frags;
+    if (!PyArg_ParseTuple(args, "(iiiiiii)O!O!", &a_key, &a_mask, &a_actions, &a_ufid, &a_stats, &a_used,
+                          &a_tcp_flags, &PyTuple_Type, &letters, &PyTuple_Type, &frags))
+        return NULL;
+    Py_XSETREF(tcp_letters, Py_NewRef(letters));
+    Py_XSETREF(frag_names, Py_NewRef(frags));
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef methods[] = {
+    {"setup", setup, METH_VARARGS, "setup(flow_attrs, tcp_letters, frag_names)"},
+    {"scan", scan, METH_VARARGS, "scan(buf, off, seq) -> end of the run of the dump's data messages"},
+    {"format_flows", format_flows, METH_VARARGS,
+     "format_flows(run, off, plans, actions_memo, verbose, now_ms) -> (text, off)"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef mod = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "_dump",
+    .m_doc = "dump-flows hot loops (see _dump.c)",
+    .m_size = -1,
+    .m_methods = methods,
+};
+
+PyMODINIT_FUNC PyInit__dump(void) { return PyModule_Create(&mod); }
