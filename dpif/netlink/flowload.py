@@ -18,13 +18,14 @@ from dpif.netlink import messages as m
 class Encoded(NamedTuple):
     stop: int  # index of the first line not taken
     data: bytes  # the framed messages, back to back
-    count: int
+    n: int  # messages in data
     last: int  # offset of the last message in data (-1 when none)
     full: bool  # stopped at max_count / max_bytes, not at a line for Python
 
 
 class _Ext(Protocol):
-    def set_tables(self, structs: tuple[object, ...], head: bytes, attrs: tuple[int, int, int, int]) -> None: ...
+    def set_tables(self, structs: tuple[object, ...], head: bytes,
+                   attrs: tuple[int, int, int, int]) -> None: ...
 
     def encode(self, lines: list[str], start: int, attrs: object, actions: object, values: object,
                family: int, flags: int, ifindex: int, seq: int, max_count: int,
@@ -36,7 +37,8 @@ def struct_table() -> tuple[tuple[str, int, int, tuple[tuple[str, str, int, int]
     out = []
     for prefix, t in flowkey._STRUCTS:
         spec = flowkey._PARSE_SPECS.get(t, flowkey.KEY_ATTRS[t])
-        out.append((prefix, t, spec.length, tuple((f.name + "=", f.kind, f.offset, f.size) for f in spec.fields)))
+        fields = tuple((f.name + "=", f.kind, f.offset, f.size) for f in spec.fields)
+        out.append((prefix, t, spec.length, fields))
     return tuple(out)
 
 
