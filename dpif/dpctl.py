@@ -410,6 +410,7 @@ class _FramedAdds(_Adds):
             return 0
         errors = await self.dp.client.send_framed(self.batch)
         self.batch = self._new_batch()
+        self.family_id = (await self.dp.client.family("ovs_flow")).id  # a module reload renumbers it
         return _report(errors[i] for i in sorted(errors))
 
 

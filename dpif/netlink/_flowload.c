@@ -308,6 +308,35 @@ static PyObject *memo_get(PyObject *memo, struct text t, Py_ssize_t i, Py_ssize_
     return hit;
 }
 
+/* Hits of one encode() call by text: lines repeat attributes ("in_port(1)") and action lists, and no
+ * Python code runs during a call, so a dict's entries (borrowed) stay put until it returns. */
+#define CACHE_SLOTS 64
+
+struct cache {
+    struct {
+        const char *s;
+        Py_ssize_t n;
+        PyObject *hit;
+    } slot[CACHE_SLOTS];
+};
+
+static PyObject *cached_get(struct cache *c, PyObject *memo, struct text t, Py_ssize_t i, Py_ssize_t j, int *err)
+{
+    uint32_t h = 2166136261u;
+    for (Py_ssize_t k = i; k < j; k++)
+        h = (h ^ (unsigned char)t.s[k]) * 16777619u;
+    h = (h ^ (h >> 16)) % CACHE_SLOTS;
+    if (c->slot[h].s && c->slot[h].n == j - i && !memcmp(c->slot[h].s, t.s + i, j - i))
+        return c->slot[h].hit;
+    PyObject *hit = memo_get(memo, t, i, j, err);
+    if (hit) {
+        c->slot[h].s = t.s + i;
+        c->slot[h].n = j - i;
+        c->slot[h].hit = hit;
+    }
+    return hit;
+}
+
 /* Results of the scanners below: OK, BAIL (not this path's: the caller hands the line to Python), ERR. */
 enum { OK = 0, BAIL = 1, ERR = -1 };
 
@@ -439,7 +468,8 @@ static Py_ssize_t field_end(struct text t, Py_ssize_t i)
 }
 
 /* flowkey.parse_key over t (the key text after any ufid) into kb/mb. */
-static int parse_key(struct text t, PyObject *attrs, PyObject *values, struct buf *kb, struct buf *mb)
+static int parse_key(struct text t, PyObject *attrs, PyObject *values, struct cache *cache, struct buf *kb,
+                     struct buf *mb)
 {
     Py_ssize_t i = 0;
     for (;;) {
@@ -473,7 +503,7 @@ static int parse_key(struct text t, PyObject *attrs, PyObject *values, struct bu
             int err = 0;
             if (end <= 0)
                 return BAIL;
-            PyObject *hit = pair_of(memo_get(attrs, t, i, end, &err), 3, -1);
+            PyObject *hit = pair_of(cached_get(cache, attrs, t, i, end, &err), 3, -1);
             if (err)
                 return ERR;
             if (!hit || !PyTuple_CheckExact(PyTuple_GET_ITEM(hit, 2)) || PyTuple_GET_SIZE(PyTuple_GET_ITEM(hit, 2)))
@@ -513,8 +543,8 @@ static int parse_ufid(struct text *t, unsigned char *ufid)
 }
 
 /* One line: OK (message appended, or a blank line), BAIL or ERR. */
-static int encode_line(PyObject *line, PyObject *attrs, PyObject *actions, PyObject *values, struct buf *out,
-                       struct buf *kb, struct buf *mb, uint16_t family, uint16_t flags, uint32_t seq,
+static int encode_line(PyObject *line, PyObject *attrs, PyObject *actions, PyObject *values, struct cache *cache,
+                       struct buf *out, struct buf *kb, struct buf *mb, uint16_t family, uint16_t flags, uint32_t seq,
                        int32_t ifindex, Py_ssize_t *msg_len)
 {
     *msg_len = 0;
@@ -550,11 +580,11 @@ static int encode_line(PyObject *line, PyObject *attrs, PyObject *actions, PyObj
     if (has_ufid && parse_ufid(&key, ufid) != OK)
         return BAIL;
     kb->len = mb->len = 0;
-    int r = parse_key(key, attrs, values, kb, mb);
+    int r = parse_key(key, attrs, values, cache, kb, mb);
     if (r != OK)
         return r;
     int err = 0;
-    PyObject *hit = memo_get(actions, act, 0, act.n, &err);
+    PyObject *hit = cached_get(cache + 1, actions, act, 0, act.n, &err);
     if (err)
         return ERR;
     /* an actions memo entry is (bytes, port answers): reuse only those that asked no port name */
@@ -602,6 +632,9 @@ static PyObject *encode(PyObject *self, PyObject *args)
         return NULL;
     }
     struct buf out = {0}, kb = {0}, mb = {0};
+    struct cache *cache = PyMem_Calloc(2, sizeof *cache); /* attributes, action lists */
+    if (!cache)
+        return PyErr_NoMemory();
     Py_ssize_t i = start < 0 ? 0 : start, count = 0, last = -1;
     int full = 0;
     PyObject *result = NULL;
@@ -613,7 +646,7 @@ static PyObject *encode(PyObject *self, PyObject *args)
         }
         PyObject *line = PyList_GET_ITEM(lines, i);
         Py_INCREF(line);
-        int r = encode_line(line, attrs, actions, values, &out, &kb, &mb, (uint16_t)family, (uint16_t)flags,
+        int r = encode_line(line, attrs, actions, values, cache, &out, &kb, &mb, (uint16_t)family, (uint16_t)flags,
                             (uint32_t)(seq + (unsigned int)count), (int32_t)ifindex, &msg_len);
         Py_DECREF(line);
         if (r == ERR)
@@ -632,6 +665,7 @@ static PyObject *encode(PyObject *self, PyObject *args)
     }
     result = Py_BuildValue("(ny#nnO)", i, out.p ? out.p : "", out.len, count, last, full ? Py_True : Py_False);
 done:
+    PyMem_Free(cache);
     PyMem_Free(out.p);
     PyMem_Free(kb.p);
     PyMem_Free(mb.p);
