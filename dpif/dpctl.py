@@ -11,16 +11,16 @@ from __future__ import annotations
 import argparse
 import re
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import TextIO
 
 from dpif.model import DatapathInfo, Flow, Vport, VportType, monotonic_ms
 from dpif.netlink import actions as act
-from dpif.netlink import flowkey, flowtext
+from dpif.netlink import flowkey, flowload, flowtext, messages
 from dpif.netlink.dumptext import DumpText
-from dpif.netlink.wire import NLMSG_HDR, KernelError, iter_messages
+from dpif.netlink.wire import NLM_F_ACK, NLMSG_HDR, KernelError, iter_messages, pack_message
 from dpif.netlink_datapath import NetlinkDatapath, list_datapaths, open_datapath
-from dpif.transport import GenlClient, open_client
+from dpif.transport import FramedBatch, GenlClient, open_client
 
 
 class CommandError(OSError):
@@ -316,15 +316,103 @@ def flow_file_lines(stream: TextIO) -> Iterator[tuple[int, str, str, str | None]
     """lib/dpctl.c dpctl_parse_flow_line over ds_get_preprocessed_line: (line number, command, flow,
     actions); comments (#) and blank lines skipped, an optional leading add/delete/modify word."""
     for number, raw in enumerate(stream, 1):
-        line = raw.split("#", 1)[0].strip()
-        if not line:
-            continue
-        word, _, rest = line.partition(" ")
-        command = {"add": "add", "delete": "del", "modify": "mod"}.get(word.split(",")[0])
-        if command is None or word != word.split(",")[0]:
-            command, rest = "", line
-        flow, _, actions = rest.strip().partition(" ")
-        yield number, command, flow, actions.strip() or None
+        parsed = flow_line(raw)
+        if parsed is not None:
+            yield number, *parsed
+
+
+def flow_line(raw: str) -> tuple[str, str, str | None] | None:
+    """One line of a flow file: (command, flow, actions), None for a blank line or a comment."""
+    line = raw.split("#", 1)[0].strip()
+    if not line:
+        return None
+    word, _, rest = line.partition(" ")
+    command = {"add": "add", "delete": "del", "modify": "mod"}.get(word.split(",")[0])
+    if command is None or word != word.split(",")[0]:
+        command, rest = "", line
+    flow, _, actions = rest.strip().partition(" ")
+    return command, flow, actions.strip() or None
+
+
+ADD_BATCH = 4096  # adds sent to the kernel at a time (their errors are printed then)
+
+
+class _Adds:
+    """The add lines' flows, sent in batches of ADD_BATCH; a flush prints each refused flow's error."""
+
+    def __init__(self, dp: NetlinkDatapath) -> None:
+        self.dp = dp
+        self.flows: list[Flow] = []
+
+    async def add(self, flow: Flow) -> int:
+        self.flows.append(flow)
+        return await self.flush() if len(self.flows) >= ADD_BATCH else 0
+
+    async def flush(self) -> int:
+        results = await self.dp.flow_put_many(self.flows, create=True)
+        self.flows.clear()
+        return _report([r for r in results if r is not None])
+
+
+def _report(errors: Iterable[BaseException]) -> int:
+    failed = 0
+    for r in errors:
+        failed = 1
+        print(f"dpfreeze: updating flow table ({getattr(r, 'strerror', r)})", file=sys.stderr)
+    return failed
+
+
+class _FramedAdds(_Adds):
+    """add-flows with the C encoder: the lines it can do go from text to framed messages without Python
+    objects, the others' flows are framed here, all sent quietly (GenlClient.send_framed).  Same batches
+    and error lines as _Adds."""
+
+    def __init__(self, dp: NetlinkDatapath, encoder: flowload.Encoder, family_id: int) -> None:
+        super().__init__(dp)
+        self.encoder = encoder
+        self.family_id = family_id
+        self.batch = self._new_batch()
+
+    def _new_batch(self) -> FramedBatch:
+        c = self.dp.client
+        return FramedBatch("ovs_flow", c.reserve_seqs(ADD_BATCH), c.max_batch)
+
+    async def add(self, flow: Flow) -> int:
+        req = messages.flow_put(self.dp.ifindex, flow, create=True)
+        self.batch.append(pack_message(self.family_id, req.flags & ~NLM_F_ACK, self.batch.next_seq, req.body))
+        return await self.flush() if self.batch.count >= ADD_BATCH else 0
+
+    async def encode(self, lines: list[str], i: int) -> tuple[int, int]:
+        """Lines from i that the C encoder takes: (where it stopped, status of the flushes on the way)."""
+        status = 0
+        b = self.batch
+        while True:
+            msgs, size = b.room()
+            e = self.encoder.encode(lines, i, family=self.family_id, flags=_QUIET_CREATE,
+                                    ifindex=self.dp.ifindex, seq=b.next_seq,
+                                    max_count=min(msgs, ADD_BATCH - b.count), max_bytes=size)
+            b.extend(e.data, e.n, e.last)
+            i = e.stop
+            if not e.full:
+                return i, status
+            if b.count >= ADD_BATCH:
+                status |= await self.flush()
+                b = self.batch
+            elif e.n or b.chunks[-1].count:
+                b.seal()
+            else:
+                return i, status  # one message larger than a send chunk: framed by add() alone
+
+    async def flush(self) -> int:
+        if not self.batch.count:
+            return 0
+        errors = await self.dp.client.send_framed(self.batch)
+        self.batch = self._new_batch()
+        self.family_id = (await self.dp.client.family("ovs_flow")).id  # a module reload renumbers it
+        return _report(errors[i] for i in sorted(errors))
+
+
+_QUIET_CREATE = messages.flow_put(0, Flow(b"", None, b"")).flags & ~NLM_F_ACK
 
 
 async def _process_flows(client: GenlClient, argv: Sequence[str], default: str) -> int:
@@ -339,45 +427,49 @@ async def _process_flows(client: GenlClient, argv: Sequence[str], default: str) 
     status = 0
     async with open_datapath(name, client=client) as dp:
         port_names = (await _port_maps(dp))[1]
-        batch: list[Flow] = []
-
-        async def flush() -> int:
-            results = await dp.flow_put_many(batch, create=True)
-            batch.clear()
-            failed = 0
-            for r in results:
-                if r is not None:
-                    failed = 1
-                    print(f"dpfreeze: updating flow table ({getattr(r, 'strerror', r)})", file=sys.stderr)
-            return failed
-
+        encoder = flowload.ENCODER if default == "add" else None
+        adds = (_FramedAdds(dp, encoder, (await client.family("ovs_flow")).id) if encoder is not None
+                else _Adds(dp))
+        number = 0  # of the last line read
         try:
-            for number, command, flow_text, actions in flow_file_lines(stream):
-                cmd = command or default
-                if (cmd in ("add", "mod") and actions is None) or (cmd == "del" and actions is not None):
-                    print(f"dpfreeze: Failed parsing line number {number}, skipped!", file=sys.stderr)
-                    continue
-                try:
-                    flow = parse_flow_args(flow_text, actions, port_names)
-                except CommandError as exc:
-                    print(f"dpfreeze: {exc}", file=sys.stderr)
-                    status = 1
-                    continue
-                if cmd == "add":
-                    batch.append(flow)
-                    if len(batch) >= 4096:
-                        status |= await flush()
-                    continue
-                status |= await flush()
-                if cmd == "mod":
-                    await dp.flow_put(flow, create=False)
-                else:
+            for block in iter(lambda: stream.readlines(1 << 20), []):
+                base, i = number, 0
+                while i < len(block):
+                    if isinstance(adds, _FramedAdds):
+                        i, st = await adds.encode(block, i)
+                        status |= st
+                        if i == len(block):
+                            break
+                    parsed = flow_line(block[i])
+                    i += 1
+                    number = base + i
+                    if parsed is None:
+                        continue
+                    command, flow_text, actions = parsed
+                    cmd = command or default
+                    if (cmd in ("add", "mod") and actions is None) or (cmd == "del" and actions is not None):
+                        print(f"dpfreeze: Failed parsing line number {number}, skipped!", file=sys.stderr)
+                        continue
                     try:
-                        await dp.flow_del(ufid=flow.ufid, key=None if flow.ufid else flow.key)
-                    except KernelError as exc:
-                        print(f"dpfreeze: deleting flow ({exc.strerror})", file=sys.stderr)
+                        flow = parse_flow_args(flow_text, actions, port_names)
+                    except CommandError as exc:
+                        print(f"dpfreeze: {exc}", file=sys.stderr)
                         status = 1
-            status |= await flush()
+                        continue
+                    if cmd == "add":
+                        status |= await adds.add(flow)
+                        continue
+                    status |= await adds.flush()
+                    if cmd == "mod":
+                        await dp.flow_put(flow, create=False)
+                    else:
+                        try:
+                            await dp.flow_del(ufid=flow.ufid, key=None if flow.ufid else flow.key)
+                        except KernelError as exc:
+                            print(f"dpfreeze: deleting flow ({exc.strerror})", file=sys.stderr)
+                            status = 1
+                number = base + len(block)
+            status |= await adds.flush()
         finally:
             if stream is not sys.stdin:
                 stream.close()

@@ -16,6 +16,7 @@ import errno
 import logging
 import os
 import socket
+import sys
 import time
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
@@ -26,6 +27,7 @@ import trio
 from dpif.netlink import families as fam
 from dpif.netlink import messages as m
 from dpif.netlink.wire import (
+    NLM_F_ACK,
     NLMSG_DONE,
     NLMSG_ERROR,
     NLMSG_HDR,
@@ -116,7 +118,7 @@ class NetlinkSocket:
     def drop_membership(self, group: int) -> None:
         self.sock.setsockopt(SOL_NETLINK, NETLINK_DROP_MEMBERSHIP, group)
 
-    async def send(self, data: bytes) -> None:
+    async def send(self, data: bytes | bytearray) -> None:
         while True:
             try:
                 self.sock.send(data)
@@ -209,6 +211,14 @@ class GenlClient:
     def _next_seq(self) -> int:
         self._seq = (self._seq + 1) & 0xFFFFFFFF or 1
         return self._seq
+
+    def reserve_seqs(self, n: int) -> int:
+        """The first of n consecutive sequence numbers (none of them 0) for messages framed elsewhere."""
+        if self._seq + n > 0xFFFFFFFF:
+            self._seq = 0
+        first = self._seq + 1
+        self._seq += n
+        return first
 
     # --- families ---------------------------------------------------------------------------------------
 
@@ -311,6 +321,66 @@ class GenlClient:
                 for p in pending.values():
                     results.append(p.error if p.error is not None else p.replies)
         return results
+
+    async def send_framed(self, batch: FramedBatch) -> dict[int, KernelError]:
+        """Send a batch of pre-framed requests quietly; the refused ones' errors by index in the batch.
+
+        Only the last message of each send chunk asks for an ack: the kernel handles a sendmsg's messages
+        in order before it returns, and answers a refused one with an error even without NLM_F_ACK, so
+        when the chunk's ack arrives, the errors of all its messages are in.  One chunk is in flight at a
+        time and holds at most `max_batch` messages, so their errors can't overrun the receive buffer.
+        Requests refused with ENOENT are sent again (acked, as `batch` sends) if the family id changed
+        meanwhile."""
+        errors: dict[int, KernelError] = {}
+        async with self._lock:
+            self._drain()
+            seq = batch.first_seq
+            for chunk in batch.chunks:
+                if not chunk.count:
+                    continue
+                flags_at = chunk.last + 6
+                chunk.data[flags_at : flags_at + 2] = (
+                    int.from_bytes(chunk.data[flags_at : flags_at + 2], sys.byteorder) | NLM_F_ACK
+                ).to_bytes(2, sys.byteorder)
+                await self.sock.send(chunk.data)
+                await self._collect_quiet(seq, seq + chunk.count - 1, errors)
+                seq += chunk.count
+        retry = sorted(seq for seq, e in errors.items() if e.code == errno.ENOENT)
+        if retry and await self._families_changed([batch.family]):
+            want = set(retry)
+            reqs = [m.Request(batch.family, msg.payload[0], msg.flags | NLM_F_ACK, bytes(msg.payload))
+                    for chunk in batch.chunks for msg in iter_messages(bytes(chunk.data)) if msg.seq in want]
+            for seq, r in zip(retry, await self._batch_once(reqs), strict=True):
+                if isinstance(r, KernelError):
+                    errors[seq] = r
+                else:
+                    del errors[seq]
+        return {seq - batch.first_seq: e for seq, e in errors.items()}
+
+    async def _collect_quiet(self, first: int, last: int, errors: dict[int, KernelError]) -> None:
+        """Read until the ack (or error) of `last`, filing the errors of first..last by sequence number."""
+        try:
+            with trio.fail_after(self.timeout):
+                while True:
+                    try:
+                        data = await self.sock.recv()
+                    except Overrun as exc:
+                        raise RepliesLost(
+                            errno.ENOBUFS, "netlink replies lost (receive buffer overrun)"
+                        ) from exc
+                    done = False
+                    for msg in iter_messages(data):
+                        if msg.type == NLMSG_ERROR and first <= msg.seq <= last:
+                            err = parse_error(msg)
+                            if err is not None:
+                                errors[msg.seq] = err
+                            done |= msg.seq == last
+                        else:
+                            self._dispatch(msg, {})
+                    if done:
+                        return
+        except trio.TooSlowError:
+            raise TimeoutError(errno.ETIMEDOUT, f"no netlink reply within {self.timeout:g} s") from None
 
     async def _exchange_one(self, sock: NetlinkSocket, req: m.Request, family_id: int) -> list[Message]:
         """One request on `sock`; the caller holds the lock if `sock` is the shared request socket."""
@@ -464,6 +534,57 @@ class GenlClient:
             sock.close()
             raise
         return sock
+
+
+@dataclass
+class FramedChunk:
+    """Messages for one sendmsg: their bytes, how many, and where the last one starts."""
+
+    data: bytearray = field(default_factory=bytearray)
+    count: int = 0
+    last: int = -1
+
+
+class FramedBatch:
+    """Pre-framed requests of one family, numbered from `first_seq` (see GenlClient.reserve_seqs) and cut
+    into send chunks of at most SEND_CHUNK bytes and `max_msgs` messages, for GenlClient.send_framed."""
+
+    def __init__(self, family: str, first_seq: int, max_msgs: int) -> None:
+        self.family = family
+        self.first_seq = first_seq
+        self.max_msgs = max_msgs
+        self.count = 0
+        self.chunks = [FramedChunk()]
+
+    @property
+    def next_seq(self) -> int:
+        return self.first_seq + self.count
+
+    def room(self) -> tuple[int, int]:
+        """(messages, bytes) the current chunk still takes."""
+        c = self.chunks[-1]
+        return self.max_msgs - c.count, SEND_CHUNK - len(c.data)
+
+    def extend(self, data: bytes, count: int, last: int) -> None:
+        """Messages that fit the current chunk (`last`: where the last of them starts in `data`)."""
+        c = self.chunks[-1]
+        if count:
+            c.last = len(c.data) + last
+            c.data += data
+            c.count += count
+            self.count += count
+
+    def seal(self) -> None:
+        """Start a new chunk."""
+        if self.chunks[-1].count:
+            self.chunks.append(FramedChunk())
+
+    def append(self, msg: bytes) -> None:
+        """One message numbered `next_seq`, in a new chunk if it doesn't fit this one."""
+        msgs, size = self.room()
+        if not msgs or len(msg) > size:
+            self.seal()
+        self.extend(msg, 1, 0)
 
 
 _NLCTRL_NOTIFY = 0x10  # nlctrl's "notify" group id is fixed (GENL_ID_CTRL)

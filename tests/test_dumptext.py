@@ -106,7 +106,7 @@ def test_verbose_lines_equal_the_python_codec() -> None:
 def test_port_names_take_the_python_path_and_equal_it() -> None:
     ports = {0: "cdx0", 1: "cdxa", 2: "cdxb"}
     text = DumpText(verbose=True, port_names=ports, now_ms=0)
-    lines, python = dump_text(text, GOLDEN, golden_seq())
+    lines, _ = dump_text(text, GOLDEN, golden_seq())
     assert lines == python_text(GOLDEN, golden_seq(), verbose=True, port_names=ports)
     assert lines == (DATA / "flows-6.1.dpctl-m.txt").read_text().splitlines()
 
@@ -168,7 +168,7 @@ def test_garbage_and_truncation_never_crash_the_c_loop(data: bytes, cut: int, se
     dump_text(text, GOLDEN[: 1 << 14], golden_seq())  # plans learned
     off = 0
     while off < len(blob):
-        lines, stop = text.lines(blob, off)
+        _, stop = text.lines(blob, off)
         assert off <= stop <= len(blob)
         if stop == off:
             break
