@@ -69,12 +69,27 @@ static int out_str(Out *o, PyObject *s)
     return u ? out_put(o, u, n) : -1;
 }
 
+/* %llu, or C's %#llx (no prefix for zero), without printf's parsing. */
 static int out_fmt_u64(Out *o, unsigned long long v, int hex)
 {
     char tmp[24];
-    int n = hex ? (v ? snprintf(tmp, sizeof tmp, "0x%llx", v) : snprintf(tmp, sizeof tmp, "0"))
-                : snprintf(tmp, sizeof tmp, "%llu", v);
-    return out_put(o, tmp, n);
+    char *e = tmp + sizeof tmp, *p = e;
+    if (hex) {
+        do {
+            *--p = "0123456789abcdef"[v & 15];
+            v >>= 4;
+        } while (v);
+        if (p[0] != '0' || p + 1 != e) {
+            *--p = 'x';
+            *--p = '0';
+        }
+    } else {
+        do {
+            *--p = (char)('0' + v % 10);
+            v /= 10;
+        } while (v);
+    }
+    return out_put(o, p, e - p);
 }
 
 static uint32_t get_u32(const unsigned char *p)
@@ -128,10 +143,11 @@ static int render_member(Out *o, int kind, const unsigned char *v, Py_ssize_t si
         if (!inet_ntop(AF_INET6, v, tmp, sizeof tmp))
             return 1;
         return out_put(o, tmp, strlen(tmp));
-    case K_IPV4: {
-        int n = snprintf(tmp, sizeof tmp, "%u.%u.%u.%u", v[0], v[1], v[2], v[3]);
-        return out_put(o, tmp, n);
-    }
+    case K_IPV4:
+        for (int i = 0; i < 4; i++)
+            if ((i && out_put(o, ".", 1) < 0) || out_fmt_u64(o, v[i], 0) < 0)
+                return -1;
+        return 0;
     case K_DEC:
     case K_HEX: {
         unsigned long long x = 0;
@@ -143,10 +159,33 @@ static int render_member(Out *o, int kind, const unsigned char *v, Py_ssize_t si
     return 1;
 }
 
+/* What the previous flow of this call looked up, by content: consecutive flows nearly always share the
+ * mask, the actions and most shown values, so those skip building a bytes object and a dict lookup.
+ * Pointers are into the caller's buffer and references are borrowed from the plans and memos, which no
+ * code changes during the call. */
+#define MAX_SLOTS 64
+typedef struct {
+    const unsigned char *mask;
+    Py_ssize_t mlen, klen;
+    PyObject *plan;
+    const unsigned char *actions;
+    Py_ssize_t alen;
+    PyObject *atext;
+    const unsigned char *val[MAX_SLOTS];
+    Py_ssize_t vlen[MAX_SLOTS];
+    PyObject *vtext[MAX_SLOTS];
+} Prev;
+
+static int same(const unsigned char *a, Py_ssize_t alen, const unsigned char *b, Py_ssize_t blen)
+{
+    return a && alen == blen && !memcmp(a, b, alen);
+}
+
 /* One shown attribute: (prefix, start, end, members, tail, memo).  `members`, a tuple of (text, kind,
  * offset, size), renders a struct attribute; otherwise its text is memo[value bytes].  0 = done, 1 = can't
  * (Python's turn), -1 = error. */
-static int render_slot(Out *o, PyObject *slot, const unsigned char *key, Py_ssize_t klen)
+static int render_slot(Out *o, PyObject *slot, const unsigned char *key, Py_ssize_t klen, Prev *prev,
+                       Py_ssize_t i)
 {
     PyObject *prefix = PyTuple_GET_ITEM(slot, 0);
     Py_ssize_t start = PyLong_AsSsize_t(PyTuple_GET_ITEM(slot, 1));
@@ -175,13 +214,21 @@ static int render_slot(Out *o, PyObject *slot, const unsigned char *key, Py_ssiz
     PyObject *memo = PyTuple_GET_ITEM(slot, 5);
     if (memo == Py_None)
         return 1;
-    PyObject *v = PyBytes_FromStringAndSize((const char *)key + start, end - start);
+    const unsigned char *val = key + start;
+    if (i < MAX_SLOTS && same(prev->val[i], prev->vlen[i], val, end - start))
+        return out_str(o, prev->vtext[i]);
+    PyObject *v = PyBytes_FromStringAndSize((const char *)val, end - start);
     if (!v)
         return -1;
     PyObject *text = PyDict_GetItemWithError(memo, v); /* borrowed */
     Py_DECREF(v);
     if (!text)
         return PyErr_Occurred() ? -1 : 1;
+    if (i < MAX_SLOTS) {
+        prev->val[i] = val;
+        prev->vlen[i] = end - start;
+        prev->vtext[i] = text;
+    }
     return out_str(o, text);
 }
 
@@ -189,11 +236,11 @@ static int render_stats(Out *o, unsigned long long packets, unsigned long long n
                         long long now_ms, unsigned tcp_flags)
 {
     char tmp[96];
-    int n = snprintf(tmp, sizeof tmp, "packets:%llu, bytes:%llu, used:", packets, nbytes);
-    if (out_put(o, tmp, n) < 0)
+    if (out_put(o, "packets:", 8) < 0 || out_fmt_u64(o, packets, 0) < 0 || out_put(o, ", bytes:", 8) < 0
+        || out_fmt_u64(o, nbytes, 0) < 0 || out_put(o, ", used:", 7) < 0)
         return -1;
     if (used) {
-        n = snprintf(tmp, sizeof tmp, "%.3fs", (double)(now_ms - used) / 1000.0);
+        int n = snprintf(tmp, sizeof tmp, "%.3fs", (double)(now_ms - used) / 1000.0);
         if (out_put(o, tmp, n) < 0)
             return -1;
     } else if (out_put(o, "never", 5) < 0)
@@ -224,7 +271,7 @@ static int render_ufid(Out *o, const unsigned char *u, Py_ssize_t n)
 
 /* One flow message (payload after the nlmsghdr) as a line.  0 = written, 1 = Python's turn, -1 = error. */
 static int format_one(Out *o, const unsigned char *p, Py_ssize_t n, PyObject *plans, PyObject *actions_memo,
-                      int verbose, long long now_ms)
+                      int verbose, long long now_ms, Prev *prev)
 {
     const unsigned char *key = NULL, *mask = NULL, *actions = NULL, *ufid = NULL;
     Py_ssize_t klen = 0, mlen = 0, alen = 0, ulen = 0;
@@ -276,16 +323,26 @@ static int format_one(Out *o, const unsigned char *p, Py_ssize_t n, PyObject *pl
     if (!key || !klen || !actions)
         return 1;
 
-    PyObject *mobj = mask ? PyBytes_FromStringAndSize((const char *)mask, mlen) : Py_NewRef(Py_None);
-    if (!mobj)
-        return -1;
-    PyObject *pk = Py_BuildValue("(Nn)", mobj, klen);
-    if (!pk)
-        return -1;
-    PyObject *plan = PyDict_GetItemWithError(plans, pk); /* borrowed: (checks, slots, suffix) */
-    Py_DECREF(pk);
-    if (!plan)
-        return PyErr_Occurred() ? -1 : 1;
+    PyObject *plan; /* borrowed: (checks, slots, suffix) */
+    if (prev->plan && klen == prev->klen && (mask ? same(prev->mask, prev->mlen, mask, mlen) : !prev->mask)) {
+        plan = prev->plan;
+    } else {
+        PyObject *mobj = mask ? PyBytes_FromStringAndSize((const char *)mask, mlen) : Py_NewRef(Py_None);
+        if (!mobj)
+            return -1;
+        PyObject *pk = Py_BuildValue("(Nn)", mobj, klen);
+        if (!pk)
+            return -1;
+        plan = PyDict_GetItemWithError(plans, pk);
+        Py_DECREF(pk);
+        if (!plan)
+            return PyErr_Occurred() ? -1 : 1;
+        memset(prev, 0, sizeof *prev);
+        prev->plan = plan;
+        prev->mask = mask;
+        prev->mlen = mlen;
+        prev->klen = klen;
+    }
     PyObject *checks = PyTuple_GET_ITEM(plan, 0);
     const unsigned char *c = (const unsigned char *)PyBytes_AS_STRING(checks);
     for (Py_ssize_t i = 0; i + 8 <= PyBytes_GET_SIZE(checks); i += 8) {
@@ -297,6 +354,8 @@ static int format_one(Out *o, const unsigned char *p, Py_ssize_t n, PyObject *pl
     PyObject *atext;
     if (!alen) {
         atext = NULL;
+    } else if (same(prev->actions, prev->alen, actions, alen)) {
+        atext = prev->atext;
     } else {
         if (actions_memo == Py_None)
             return 1;
@@ -307,6 +366,9 @@ static int format_one(Out *o, const unsigned char *p, Py_ssize_t n, PyObject *pl
         Py_DECREF(ab);
         if (!atext)
             return PyErr_Occurred() ? -1 : 1;
+        prev->actions = actions;
+        prev->alen = alen;
+        prev->atext = atext;
     }
 
     Py_ssize_t mark = o->len;
@@ -315,7 +377,7 @@ static int format_one(Out *o, const unsigned char *p, Py_ssize_t n, PyObject *pl
         r = render_ufid(o, ufid, ulen);
     PyObject *slots = PyTuple_GET_ITEM(plan, 1);
     for (Py_ssize_t i = 0; !r && i < PyTuple_GET_SIZE(slots); i++)
-        r = render_slot(o, PyTuple_GET_ITEM(slots, i), key, klen);
+        r = render_slot(o, PyTuple_GET_ITEM(slots, i), key, klen, prev, i);
     if (!r)
         r = out_bytes(o, PyTuple_GET_ITEM(plan, 2));
     if (!r)
@@ -361,16 +423,23 @@ static PyObject *format_flows(PyObject *Py_UNUSED(self), PyObject *args)
     const unsigned char *p = b.buf;
     Py_ssize_t end = b.len;
     Out o = {0};
+    Prev *prev = PyMem_Calloc(1, sizeof(Prev));
+    if (!prev) {
+        PyBuffer_Release(&b);
+        return PyErr_NoMemory();
+    }
     int r = 0;
     while (off >= 0 && off + NLMSG_HDRLEN <= end) {
         uint32_t len = get_u32(p + off);
         if (len < NLMSG_HDRLEN || len > (uint64_t)(end - off))
             break;
-        r = format_one(&o, p + off + NLMSG_HDRLEN, len - NLMSG_HDRLEN, plans, actions_memo, verbose, now_ms);
+        r = format_one(&o, p + off + NLMSG_HDRLEN, len - NLMSG_HDRLEN, plans, actions_memo, verbose, now_ms,
+                       prev);
         if (r)
             break;
         off += (len + 3) & ~3u;
     }
+    PyMem_Free(prev);
     PyBuffer_Release(&b);
     PyObject *res = NULL;
     if (r >= 0) {
