@@ -488,10 +488,13 @@ class GenlClient:
         try:
             await sock.send(pack_message(family_id, req.flags, seq, req.body))
             while True:
-                with trio.move_on_after(self.timeout) as scope:
-                    data = await sock.recv()
-                if scope.cancelled_caught:
-                    raise TimeoutError(errno.ETIMEDOUT, f"dump stalled for {self.timeout:g} s")
+                # the kernel fills the next datagram as we read the last: a deadline only when we must wait
+                data = sock.recv_nowait()
+                if data is None:
+                    with trio.move_on_after(self.timeout) as scope:
+                        data = await sock.recv()
+                    if scope.cancelled_caught:
+                        raise TimeoutError(errno.ETIMEDOUT, f"dump stalled for {self.timeout:g} s")
                 off, end = 0, len(data)
                 while off + NLMSG_HDR.size <= end:
                     stop = data_run_end(data, off, seq)

@@ -212,8 +212,6 @@ static int render_slot(Out *o, PyObject *slot, const unsigned char *key, Py_ssiz
         return out_bytes(o, PyTuple_GET_ITEM(slot, 4));
     }
     PyObject *memo = PyTuple_GET_ITEM(slot, 5);
-    if (memo == Py_None)
-        return 1;
     const unsigned char *val = key + start;
     if (i < MAX_SLOTS && same(prev->val[i], prev->vlen[i], val, end - start))
         return out_str(o, prev->vtext[i]);
@@ -357,8 +355,6 @@ static int format_one(Out *o, const unsigned char *p, Py_ssize_t n, PyObject *pl
     } else if (same(prev->actions, prev->alen, actions, alen)) {
         atext = prev->atext;
     } else {
-        if (actions_memo == Py_None)
-            return 1;
         PyObject *ab = PyBytes_FromStringAndSize((const char *)actions, alen);
         if (!ab)
             return -1;
@@ -399,8 +395,8 @@ static int format_one(Out *o, const unsigned char *p, Py_ssize_t n, PyObject *pl
 
 /* format_flows(run, off, plans, actions_memo, verbose, now_ms) -> (text, off): the lines of the run's
  * flow messages from `off` on, up to the end or the first message Python must take (at the returned
- * offset).  `run` holds only data messages (scan() found them); `actions_memo` is None when port names are
- * shown (their text depends on more than the bytes). */
+ * offset).  `run` holds only data messages (scan() found them); `actions_memo` maps action bytes to their
+ * text (the caller keeps one per port-name setting). */
 static PyObject *format_flows(PyObject *Py_UNUSED(self), PyObject *args)
 {
     Py_buffer b;
@@ -408,16 +404,12 @@ static PyObject *format_flows(PyObject *Py_UNUSED(self), PyObject *args)
     PyObject *plans, *actions_memo;
     int verbose;
     long long now_ms;
-    if (!PyArg_ParseTuple(args, "y*nO!OpL", &b, &off, &PyDict_Type, &plans, &actions_memo, &verbose, &now_ms))
+    if (!PyArg_ParseTuple(args, "y*nO!O!pL", &b, &off, &PyDict_Type, &plans, &PyDict_Type, &actions_memo,
+                          &verbose, &now_ms))
         return NULL;
     if (!tcp_letters || !frag_names) {
         PyBuffer_Release(&b);
         PyErr_SetString(PyExc_RuntimeError, "_dump.setup() was not called");
-        return NULL;
-    }
-    if (actions_memo != Py_None && !PyDict_Check(actions_memo)) {
-        PyBuffer_Release(&b);
-        PyErr_SetString(PyExc_TypeError, "actions_memo must be a dict or None");
         return NULL;
     }
     const unsigned char *p = b.buf;

@@ -56,8 +56,9 @@ def _setup() -> None:
 _setup()
 
 
-def compile_plan(plan: fk.KeyPlan) -> CPlan:
-    """A key plan as the C loop reads it: text as UTF-8, struct renderers as member tuples."""
+def compile_plan(plan: fk.KeyPlan, port_memo: dict[bytes, str]) -> CPlan:
+    """A key plan as the C loop reads it: text as UTF-8, struct renderers as member tuples, and
+    `port_memo` for the one attribute whose text the plan does not memoize (in_port with port names)."""
     checks = b"".join(struct.pack("=II", o, v) for o, v in zip(plan.offsets, plan.expect, strict=True))
     slots: list[Slot] = []
     for prefix, start, end, render, memo in plan.shown:
@@ -65,7 +66,7 @@ def compile_plan(plan: fk.KeyPlan) -> CPlan:
             members = tuple((text.encode(), KIND_CODES[f.kind], f.offset, f.size) for text, f in render.parts)
             slots.append((prefix.encode(), start, end, members, render.tail.encode(), None))
         else:
-            slots.append((prefix.encode(), start, end, None, b"", memo))
+            slots.append((prefix.encode(), start, end, None, b"", port_memo if memo is None else memo))
     return checks, tuple(slots), plan.suffix.encode()
 
 
@@ -78,25 +79,37 @@ class DumpText:
         self.now_ms = now_ms
         self._plans: dict[tuple[bytes | None, int], CPlan] = {}
         self._sources: dict[tuple[bytes | None, int], fk.KeyPlan] = {}
+        # texts that depend on the port names, which are fixed for this dump
+        self._actions: dict[bytes, str] = act.TEXT_MEMO if not port_names else {}
+        self._in_ports: dict[bytes, str] = {}
 
     def lines(self, run: bytes | memoryview, off: int) -> tuple[str, int]:
         """Lines of the run's flow messages from `off` (C), up to the run's end or the first message that
         `line()` must take, at the returned offset."""
         if _dump is None:
             return "", off
-        memo = None if self.ports else act.TEXT_MEMO
-        text, end = _dump.format_flows(run, off, self._plans, memo, self.verbose, self.now_ms)
+        text, end = _dump.format_flows(run, off, self._plans, self._actions, self.verbose, self.now_ms)
         return text, end
 
     def line(self, key: bytes, mask: bytes | None, actions: bytes | None, ufid: bytes | None,
              stats: FlowStats) -> str:
-        """One flow's line (Python, the reference), its key's plan then handed to the C loop."""
+        """One flow's line (Python, the reference), then what the C loop needs for the next such flow:
+        its key's plan, and with port names its action and in_port texts."""
         text = flowtext.format_flow(key, mask, actions, ufid, stats, now_ms=self.now_ms,
                                     verbose=self.verbose, port_names=self.ports)
-        if _dump is not None and key:
-            plan = fk.key_plan(key, mask, self.verbose, self.ports)
-            pk = (mask, len(key))
-            if plan is not None and self._sources.get(pk) is not plan:
-                self._sources[pk] = plan
-                self._plans[pk] = compile_plan(plan)
+        if _dump is None or not key:
+            return text
+        plan = fk.key_plan(key, mask, self.verbose, self.ports)
+        if plan is None:
+            return text
+        pk = (mask, len(key))
+        if self._sources.get(pk) is not plan:
+            self._sources[pk] = plan
+            self._plans[pk] = compile_plan(plan, self._in_ports)
+        if self.ports:
+            if actions:
+                self._actions[bytes(actions)] = act.format_actions(actions, self.ports)
+            for _, start, end, render, memo in plan.shown:
+                if memo is None:
+                    self._in_ports[key[start:end]] = render(key[start:end], self.ports)
         return text
