@@ -491,9 +491,9 @@ class GenlClient:
                 # the kernel fills the next datagram as we read the last: a deadline only when we must wait
                 data = sock.recv_nowait()
                 if data is None:
-                    with trio.move_on_after(self.timeout) as scope:
+                    with trio.move_on_after(self.timeout):
                         data = await sock.recv()
-                    if scope.cancelled_caught:
+                    if data is None:
                         raise TimeoutError(errno.ETIMEDOUT, f"dump stalled for {self.timeout:g} s")
                 off, end = 0, len(data)
                 while off + NLMSG_HDR.size <= end:
