@@ -9,6 +9,7 @@ commands to the `Datapath` and prints what ovs-dpctl prints.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 from collections.abc import Iterable, Iterator, Sequence
@@ -37,6 +38,12 @@ VPORT_TYPE_NAMES = {
     VportType.VXLAN: "vxlan",
     VportType.GENEVE: "geneve",
 }
+
+
+def why(exc: BaseException) -> str:
+    """What ovs-dpctl prints in parentheses: strerror's text alone (KernelError's str also names the errno
+    and the kernel's extended-ack message)."""
+    return os.strerror(exc.errno) if isinstance(exc, OSError) and exc.errno else str(exc)
 
 
 def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -199,7 +206,7 @@ async def cmd_show(args: argparse.Namespace) -> int:
                 async with open_datapath(name, client=client) as dp:
                     text = show_text(await dp.info(), await dp.ports())
             except OSError as exc:
-                print(f"dpfreeze: opening datapath {name} failed ({exc.strerror or exc})", file=sys.stderr)
+                print(f"dpfreeze: opening datapath {name} failed ({why(exc)})", file=sys.stderr)
                 status = 1
                 continue
             sys.stdout.write(text)
@@ -252,7 +259,7 @@ async def cmd_add_flow(args: argparse.Namespace) -> int:
             try:
                 await dp.flow_put(flow, create=True)
             except KernelError as exc:
-                raise CommandError(f"updating flow table ({exc.strerror})") from None
+                raise CommandError(f"updating flow table ({why(exc)})") from None
     return 0
 
 
@@ -268,7 +275,7 @@ async def cmd_get_flow(args: argparse.Namespace) -> int:
             try:
                 got = await dp.flow_get(ufid=ufid)
             except KernelError as exc:
-                raise CommandError(f"getting flow ({exc.strerror})") from None
+                raise CommandError(f"getting flow ({why(exc)})") from None
             ports = (await _port_maps(dp))[0] if names else None
             print(format_flow_line(got, ports, verbosity, monotonic_ms()))
     return 0
@@ -290,7 +297,7 @@ async def _del_one(dp: NetlinkDatapath, text: str, port_names: dict[str, int], o
     except KernelError as exc:
         if exc.code == 2 and flow.ufid is None:
             out.write("Perhaps you need to specify a UFID?\n")
-        raise CommandError(f"deleting flow ({exc.strerror})") from None
+        raise CommandError(f"deleting flow ({why(exc)})") from None
 
 
 async def cmd_del_flows(args: argparse.Namespace) -> int:
@@ -303,7 +310,7 @@ async def cmd_del_flows(args: argparse.Namespace) -> int:
             try:
                 await dp.flow_flush()
             except KernelError as exc:
-                raise CommandError(f"deleting all flows ({exc.strerror})") from None
+                raise CommandError(f"deleting all flows ({why(exc)})") from None
     return 0
 
 
@@ -358,7 +365,7 @@ def _report(errors: Iterable[BaseException]) -> int:
     failed = 0
     for r in errors:
         failed = 1
-        print(f"dpfreeze: updating flow table ({getattr(r, 'strerror', r)})", file=sys.stderr)
+        print(f"dpfreeze: updating flow table ({why(r)})", file=sys.stderr)
     return failed
 
 
@@ -466,7 +473,7 @@ async def _process_flows(client: GenlClient, argv: Sequence[str], default: str) 
                         try:
                             await dp.flow_del(ufid=flow.ufid, key=None if flow.ufid else flow.key)
                         except KernelError as exc:
-                            print(f"dpfreeze: deleting flow ({exc.strerror})", file=sys.stderr)
+                            print(f"dpfreeze: deleting flow ({why(exc)})", file=sys.stderr)
                             status = 1
                 number = base + len(block)
             status |= await adds.flush()

@@ -96,6 +96,27 @@ def test_corpus_added_by_us_reads_back_identical(dp: Path, capsys: pytest.Captur
     assert sorted(dpctl_lines("dump-flows", DP)) == reference
 
 
+def test_add_flows_reports_each_refused_flow(dp: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The C encoder's batches carry one ack per chunk: a refusal must still come back for its own flow,
+    and every flow that was not refused must be in."""
+    lines = [ln for ln in CORPUS.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
+    half = dp.parent / "half.txt"
+    half.write_text("\n".join(lines[::2]) + "\n")
+    sh(f"ovs-dpctl add-flows {DP} {CORPUS}")
+    reference = sorted(dpctl_lines("dump-flows", DP))
+    sh(f"ovs-dpctl del-flows {DP}")
+    sh(f"ovs-dpctl add-flows {DP} {half}")
+    theirs = sh(f"ovs-dpctl add-flows {DP} {CORPUS}", check=False)
+    sh(f"ovs-dpctl del-flows {DP}")
+    sh(f"ovs-dpctl add-flows {DP} {half}")
+    rc, _, err = ours(capsys, "add-flows", DP, str(CORPUS))
+    assert err.count("File exists") == len(lines[::2]) > 100
+    assert [ln.split(": ", 1)[1] for ln in err.splitlines()] == [
+        ln.split(": ", 1)[1] for ln in theirs.stderr.splitlines()]
+    assert (theirs.returncode, rc) == (0, 1)  # ovs-dpctl exits 0 after refused flows; a script needs to know
+    assert sorted(dpctl_lines("dump-flows", DP)) == reference
+
+
 def test_flow_commands(dp: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert ours(capsys, "add-flows", str(dp))[0] == 0  # DP omitted: the only datapath
     assert sorted(dpctl_lines("dump-flows")) == sorted(line for line in dpctl_lines("dump-flows", DP))
