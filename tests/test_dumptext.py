@@ -76,18 +76,25 @@ def python_text(data: bytes, seq: int, **kw: object) -> list[str]:
     return lines
 
 
-def test_golden_dump_equals_ovs_dpctl_and_the_c_loop_does_the_work() -> None:
-    expected = (DATA / "flows-6.1.dpctl.txt").read_text().splitlines()
-    text = DumpText(verbose=False, port_names=None, now_ms=0)
+PORTS = {0: "cdx0", 1: "cdxa", 2: "cdxb"}
+
+
+@pytest.mark.parametrize(("golden", "verbose", "ports"),
+                         [("flows-6.1.dpctl.txt", False, None), ("flows-6.1.dpctl-m.txt", True, PORTS)])
+def test_golden_dump_equals_ovs_dpctl_and_the_c_loop_does_the_work(
+    golden: str, verbose: bool, ports: dict[int, str] | None
+) -> None:
+    expected = (DATA / golden).read_text().splitlines()
+    text = DumpText(verbose=verbose, port_names=ports, now_ms=0)
     first, python_first = dump_text(text, GOLDEN, golden_seq())
     assert first == expected
     again, python_again = dump_text(text, GOLDEN, golden_seq())
     assert again == expected
-    # once plans and memos are learned, only keys without a plan (the generic walk's) are left to Python
-    generic = sum(fk.key_plan(bytes(k), m, False, None) is None
+    # once plans and memos (port-name texts included) are learned, only keys without a plan (the generic
+    # walk's) are left to Python
+    generic = sum(fk.key_plan(bytes(k), m, verbose, ports) is None
                   for k, m in ((r[1], r[2]) for r in map(decode_flow_row, payloads(GOLDEN))))
-    assert python_again == generic
-    assert python_again < len(expected) // 4 < python_first
+    assert python_again == generic < len(expected) // 4 < python_first
 
 
 def payloads(data: bytes) -> Iterator[memoryview]:
@@ -96,28 +103,12 @@ def payloads(data: bytes) -> Iterator[memoryview]:
             yield msg.payload
 
 
-def test_verbose_lines_equal_the_python_codec() -> None:
-    text = DumpText(verbose=True, port_names=None, now_ms=123456)
+@pytest.mark.parametrize("ports", [None, {0: "cdx0", 1: "p1", 2: "p2"}])
+def test_verbose_lines_equal_the_python_codec(ports: dict[int, str] | None) -> None:
+    text = DumpText(verbose=True, port_names=ports, now_ms=123456)
     dump_text(text, GOLDEN, golden_seq())
     lines, _ = dump_text(text, GOLDEN, golden_seq())
-    assert lines == python_text(GOLDEN, golden_seq(), verbose=True, now_ms=123456)
-
-
-def test_port_names_lines_equal_ovs_dpctl_m_and_the_c_loop_learns_their_texts() -> None:
-    ports = {0: "cdx0", 1: "cdxa", 2: "cdxb"}
-    expected = (DATA / "flows-6.1.dpctl-m.txt").read_text().splitlines()
-    text = DumpText(verbose=True, port_names=ports, now_ms=0)
-    first, _ = dump_text(text, GOLDEN, golden_seq())
-    assert first == expected
-    again, python = dump_text(text, GOLDEN, golden_seq())
-    assert again == expected
-    generic = sum(fk.key_plan(bytes(k), m, True, ports) is None
-                  for k, m in ((r[1], r[2]) for r in map(decode_flow_row, payloads(GOLDEN))))
-    assert python == generic < len(expected) // 4
-    other = DumpText(verbose=True, port_names={0: "cdx0", 1: "p1", 2: "p2"}, now_ms=0)
-    dump_text(other, GOLDEN, golden_seq())
-    assert dump_text(other, GOLDEN, golden_seq())[0] == python_text(
-        GOLDEN, golden_seq(), verbose=True, port_names={0: "cdx0", 1: "p1", 2: "p2"})
+    assert lines == python_text(GOLDEN, golden_seq(), verbose=True, now_ms=123456, port_names=ports)
 
 
 def message(attrs: dict[int, bytes], seq: int = 7) -> bytes:
