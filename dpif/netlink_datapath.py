@@ -219,8 +219,8 @@ class NetlinkDatapath:
     async def flow_put_many(
         self, flows: Sequence[Flow], *, create: bool = True
     ) -> list[BaseException | None]:
-        results = await self.client.batch([m.flow_put(self.ifindex, f, create=create) for f in flows])
-        return [r if isinstance(r, BaseException) else None for r in results]
+        reqs = [m.flow_put(self.ifindex, f, create=create) for f in flows]
+        return [*await self.client.batch_quiet(reqs)]
 
     async def flow_del(self, *, ufid: bytes | None = None, key: bytes | None = None) -> Flow | None:
         replies = await self._call(m.flow_del(self.ifindex, ufid=ufid, key=key))

@@ -322,6 +322,21 @@ class GenlClient:
                     results.append(p.error if p.error is not None else p.replies)
         return results
 
+    async def batch_quiet(self, reqs: Sequence[m.Request]) -> list[KernelError | None]:
+        """`batch` for requests of one family whose only answer is an ack (flow installs), framed and sent
+        as `send_framed` sends them: one ack per chunk, not per request.  None for each request done."""
+        if not reqs:
+            return []
+        family = reqs[0].family
+        if any(r.family != family for r in reqs):
+            raise ValueError("batch_quiet takes requests of one family")
+        family_id = (await self.family(family)).id
+        framed = FramedBatch(family, self.reserve_seqs(len(reqs)), self.max_batch)
+        for r in reqs:
+            framed.append(pack_message(family_id, r.flags & ~NLM_F_ACK, framed.next_seq, r.body))
+        errors = await self.send_framed(framed)
+        return [errors.get(i) for i in range(len(reqs))]
+
     async def send_framed(self, batch: FramedBatch) -> dict[int, KernelError]:
         """Send a batch of pre-framed requests quietly; the refused ones' errors by index in the batch.
 
