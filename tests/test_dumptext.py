@@ -8,7 +8,7 @@ hypothesis varies stats, clocks, key values under the corpus's masks, and garbag
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -17,9 +17,12 @@ from hypothesis import strategies as st
 
 from dpif.netlink import dumptext, wire
 from dpif.netlink import flowkey as fk
+from dpif.netlink import messages as m
 from dpif.netlink.dumptext import DumpText
 from dpif.netlink.flowtext import format_flow
 from dpif.netlink.messages import decode_flow_row
+from dpif.netlink.wire import KernelError
+from dpif.transport import GenlClient
 
 DATA = Path(__file__).parent / "data"
 GOLDEN = (DATA / "flows-6.1.dump.bin").read_bytes()
@@ -178,3 +181,73 @@ def test_garbage_and_truncation_never_crash_the_c_loop(data: bytes, cut: int, se
 @pytest.mark.parametrize("start", [0, 16, 17, 10**9])
 def test_run_end_agrees_with_python_anywhere(start: int) -> None:
     assert wire.data_run_end(GOLDEN, start, golden_seq()) == wire._data_run_end(GOLDEN, start, golden_seq())
+
+
+# --- GenlClient.dump_runs over a fake dump socket ----------------------------------------------------
+
+
+class FakeDumpSock:
+    """Answers the dump request with datagrams built for its sequence number."""
+
+    def __init__(self, build: Callable[[int], list[bytes]]) -> None:
+        self.build = build
+        self.queue: list[bytes] = []
+        self.closed = False
+
+    async def send(self, data: bytes | bytearray) -> None:
+        self.queue = self.build(struct.unpack_from("=I", data, 8)[0])
+
+    def recv_nowait(self) -> bytes | None:
+        return self.queue.pop(0) if self.queue else None
+
+    async def recv(self) -> bytes:
+        data = self.recv_nowait()
+        assert data is not None, "the dump never ends"
+        return data
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def flow(seq: int, n: int) -> bytes:
+    return message({KEY: struct.pack("=HHI", 8, 3, n)}, seq)
+
+
+def control(mtype: int, seq: int, code: int = 0) -> bytes:
+    tail = bytes(16) if mtype == wire.NLMSG_ERROR else b""  # an error echoes the request's header
+    return wire.pack_message(mtype, 2, seq, struct.pack("=i", code) + tail)
+
+
+def fake_client(build: Callable[[int], list[bytes]]) -> tuple[GenlClient, FakeDumpSock]:
+    client = GenlClient()
+    client.close()
+    sock = FakeDumpSock(build)
+    client._dump_socks = [sock]  # type: ignore[list-item]
+    client._families["ovs_flow"] = m.FamilyInfo("ovs_flow", 0x20, 1, {})
+    return client, sock
+
+
+async def flow_numbers(client: GenlClient) -> list[list[int]]:
+    return [[struct.unpack_from("=I", msg.payload, 16)[0] for msg in wire.iter_messages(run)]
+            async for run in client.dump_runs(m.flow_dump(5))]
+
+
+async def test_dump_runs_split_at_control_and_foreign_messages_and_end_at_done() -> None:
+    def build(seq: int) -> list[bytes]:
+        return [flow(seq, 1) + flow(seq, 2) + control(wire.NLMSG_NOOP, seq) + flow(seq, 3) + flow(seq + 1, 99)
+                + flow(seq, 4),
+                flow(seq, 5) + control(wire.NLMSG_DONE, seq) + flow(seq, 98)]
+    client, sock = fake_client(build)
+    assert await flow_numbers(client) == [[1, 2], [3], [4], [5]]
+    assert client._dump_socks == [sock] and not sock.closed  # a finished dump's socket is reused
+
+
+@pytest.mark.parametrize("end", [wire.NLMSG_ERROR, wire.NLMSG_DONE])
+async def test_dump_runs_raise_the_kernel_error_and_drop_the_socket(end: int) -> None:
+    def build(seq: int) -> list[bytes]:
+        return [flow(seq, 1) + control(end, seq, -22) + flow(seq, 2)]
+    client, sock = fake_client(build)
+    with pytest.raises(KernelError) as err:
+        await flow_numbers(client)
+    assert err.value.code == 22
+    assert client._dump_socks == [] and sock.closed  # its unread rest must not reach the next dump
