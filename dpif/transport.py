@@ -488,9 +488,13 @@ class GenlClient:
 
     async def dump(self, req: m.Request) -> AsyncIterator[memoryview]:
         """Stream a dump's message payloads (after the nlmsghdr)."""
+        size = NLMSG_HDR.size
         async for run in self.dump_runs(req):
-            for msg in iter_messages(run):
-                yield msg.payload
+            off, end = 0, len(run)
+            while off < end:  # a run's messages are well-formed (data_run_end checked their lengths)
+                length = int.from_bytes(run[off : off + 4], sys.byteorder)
+                yield run[off + size : off + length]
+                off += (length + 3) & ~3
 
     async def dump_runs(self, req: m.Request) -> AsyncIterator[memoryview]:
         """Stream a dump as runs of its data messages (whole messages, headers included), up to a datagram

@@ -251,3 +251,13 @@ async def test_dump_runs_raise_the_kernel_error_and_drop_the_socket(end: int) ->
         await flow_numbers(client)
     assert err.value.code == 22
     assert client._dump_socks == [] and sock.closed  # its unread rest must not reach the next dump
+
+
+async def test_dump_yields_each_payload_of_the_runs() -> None:
+    def build(seq: int) -> list[bytes]:
+        return [flow(seq, 1) + control(wire.NLMSG_NOOP, seq) + flow(seq, 2) + flow(seq, 3),
+                flow(seq, 4) + control(wire.NLMSG_DONE, seq)]
+    client, _ = fake_client(build)
+    payloads = [bytes(p) async for p in client.dump(m.flow_dump(5))]
+    assert [struct.unpack_from("=I", p, 16)[0] for p in payloads] == [1, 2, 3, 4]
+    assert payloads[0] == bytes(next(wire.iter_messages(flow(0, 1))).payload)
