@@ -125,6 +125,21 @@ static PyObject *scan(PyObject *Py_UNUSED(self), PyObject *args)
     return PyLong_FromSsize_t(off);
 }
 
+/* The bytes a kind reads whatever the member's size says (more than 16 is refused too). */
+static Py_ssize_t min_size(int kind)
+{
+    switch (kind) {
+    case K_ETH:
+        return 6;
+    case K_IN6:
+        return 16;
+    case K_IPV4:
+        return 4;
+    default:
+        return 1;
+    }
+}
+
 static int render_member(Out *o, int kind, const unsigned char *v, Py_ssize_t size)
 {
     char tmp[INET6_ADDRSTRLEN];
@@ -201,7 +216,7 @@ static int render_slot(Out *o, PyObject *slot, const unsigned char *key, Py_ssiz
             Py_ssize_t moff = PyLong_AsSsize_t(PyTuple_GET_ITEM(m, 2));
             Py_ssize_t msize = PyLong_AsSsize_t(PyTuple_GET_ITEM(m, 3));
             int kind = (int)PyLong_AsLong(PyTuple_GET_ITEM(m, 1));
-            if (moff < 0 || msize < 0 || msize > 16 || start + moff + msize > end)
+            if (moff < 0 || msize < min_size(kind) || msize > 16 || start + moff + msize > end)
                 return PyErr_Occurred() ? -1 : 1;
             if (out_bytes(o, PyTuple_GET_ITEM(m, 0)) < 0)
                 return -1;
