@@ -10,6 +10,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include "_buf.h"
 #include <arpa/inet.h>
 #include <stdint.h>
 #include <string.h>
@@ -26,36 +27,9 @@ static int a_key, a_mask, a_actions, a_ufid, a_stats, a_used, a_tcp_flags;
 static PyObject *tcp_letters; /* tuple of (bit, bytes) in OVS's print order */
 static PyObject *frag_names;  /* tuple of bytes */
 
-typedef struct {
-    char *p;
-    Py_ssize_t len, cap;
-} Out;
+typedef struct buf Out;
 
-static int out_reserve(Out *o, Py_ssize_t n)
-{
-    if (o->len + n <= o->cap)
-        return 0;
-    Py_ssize_t cap = o->cap ? o->cap : 1 << 16;
-    while (cap < o->len + n)
-        cap *= 2;
-    char *p = PyMem_Realloc(o->p, cap);
-    if (!p) {
-        PyErr_NoMemory();
-        return -1;
-    }
-    o->p = p;
-    o->cap = cap;
-    return 0;
-}
-
-static int out_put(Out *o, const char *s, Py_ssize_t n)
-{
-    if (out_reserve(o, n) < 0)
-        return -1;
-    memcpy(o->p + o->len, s, n);
-    o->len += n;
-    return 0;
-}
+static int out_put(Out *o, const char *s, Py_ssize_t n) { return buf_put(o, s, n); }
 
 static int out_bytes(Out *o, PyObject *b)
 {

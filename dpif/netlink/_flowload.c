@@ -8,6 +8,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include "_buf.h"
 #include <stdint.h>
 #include <string.h>
 
@@ -124,37 +125,7 @@ fail:
     return NULL;
 }
 
-/* --- growable output -------------------------------------------------------------------------------- */
-
-struct buf {
-    char *p;
-    Py_ssize_t len, cap;
-};
-
-static int reserve(struct buf *b, Py_ssize_t more)
-{
-    if (b->len + more <= b->cap)
-        return 0;
-    Py_ssize_t cap = b->cap ? b->cap : 1024;
-    while (cap < b->len + more)
-        cap *= 2;
-    char *p = PyMem_Realloc(b->p, cap);
-    if (!p) {
-        PyErr_NoMemory();
-        return -1;
-    }
-    b->p = p, b->cap = cap;
-    return 0;
-}
-
-static int put(struct buf *b, const void *data, Py_ssize_t n)
-{
-    if (reserve(b, n) < 0)
-        return -1;
-    memcpy(b->p + b->len, data, n);
-    b->len += n;
-    return 0;
-}
+/* --- output (struct buf: _buf.h) ------------------------------------------------------------------- */
 
 /* One attribute as wire.attr / flowkey.nla writes it; 1 when too long for its u16 length (Python fails). */
 static int put_nla(struct buf *b, int type, const void *data, Py_ssize_t n)
@@ -163,7 +134,7 @@ static int put_nla(struct buf *b, int type, const void *data, Py_ssize_t n)
     if (n > 0xFFFF - 4)
         return 1;
     uint16_t hdr[2] = {(uint16_t)(n + 4), (uint16_t)type};
-    if (put(b, hdr, 4) < 0 || put(b, data, n) < 0 || put(b, zero, (4 - (n & 3)) & 3) < 0)
+    if (buf_put(b, hdr, 4) < 0 || buf_put(b, data, n) < 0 || buf_put(b, zero, (4 - (n & 3)) & 3) < 0)
         return -1;
     return 0;
 }
@@ -509,8 +480,8 @@ static int parse_key(struct text t, PyObject *attrs, PyObject *values, struct ca
             if (!hit || !PyTuple_CheckExact(PyTuple_GET_ITEM(hit, 2)) || PyTuple_GET_SIZE(PyTuple_GET_ITEM(hit, 2)))
                 return BAIL; /* a miss, or an answer that depended on port names */
             PyObject *k = PyTuple_GET_ITEM(hit, 0), *m = PyTuple_GET_ITEM(hit, 1);
-            if (put(kb, PyBytes_AS_STRING(k), PyBytes_GET_SIZE(k)) < 0
-                || put(mb, PyBytes_AS_STRING(m), PyBytes_GET_SIZE(m)) < 0)
+            if (buf_put(kb, PyBytes_AS_STRING(k), PyBytes_GET_SIZE(k)) < 0
+                || buf_put(mb, PyBytes_AS_STRING(m), PyBytes_GET_SIZE(m)) < 0)
                 return ERR;
             i = end;
         }
@@ -596,8 +567,8 @@ static int encode_line(PyObject *line, PyObject *attrs, PyObject *actions, PyObj
     /* nlmsghdr =IHHII (the length is filled in last), genl header, ovs_header */
     uint32_t len_placeholder = 0, seq_pid[2] = {seq, 0};
     uint16_t type_flags[2] = {family, flags};
-    if (put(out, &len_placeholder, 4) < 0 || put(out, type_flags, 4) < 0 || put(out, seq_pid, 8) < 0
-        || put(out, g_head, 4) < 0 || put(out, &ifindex, 4) < 0)
+    if (buf_put(out, &len_placeholder, 4) < 0 || buf_put(out, type_flags, 4) < 0 || buf_put(out, seq_pid, 8) < 0
+        || buf_put(out, g_head, 4) < 0 || buf_put(out, &ifindex, 4) < 0)
         return ERR;
     if ((r = put_nla(out, g_a_key, kb->p, kb->len)) != 0
         || (mb->len && (r = put_nla(out, g_a_mask, mb->p, mb->len)) != 0)
