@@ -178,16 +178,10 @@ class NetlinkDatapath:
     async def flows(self) -> AsyncIterator[Flow]:
         """Full dump.  A flow whose actions did not fit its dump chunk is re-fetched in place (by UFID, else
         by key) on the request socket, as dpif-netlink does: same order as ovs-dpctl's dump."""
-        async for _, key, mask, actions, ufid, stats in self.flow_rows():
-            yield Flow(key, mask, actions, ufid, stats)
-
-    async def flow_rows(self) -> AsyncIterator[m.FlowRow]:
-        """`flows()` as `messages.decode_flow_row` tuples, for readers that build no records."""
-        async for run in self.flow_runs():
-            for msg in iter_messages(run):
-                row = await self.complete_row(msg.payload)
-                if row is not None:
-                    yield row
+        async for payload in self.client.dump(m.flow_dump(self.ifindex)):
+            row = await self.complete_row(payload)
+            if row is not None:
+                yield Flow(*row[1:])
 
     def flow_runs(self) -> AsyncIterator[memoryview]:
         """The flow dump as runs of whole flow messages (`GenlClient.dump_runs`), for bulk readers (the
