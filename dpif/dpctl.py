@@ -19,7 +19,7 @@ from dpif.model import DatapathInfo, Flow, Vport, VportType, monotonic_ms
 from dpif.netlink import actions as act
 from dpif.netlink import flowkey, flowload, flowtext, messages
 from dpif.netlink.dumptext import DumpText
-from dpif.netlink.wire import NLM_F_ACK, NLMSG_HDR, KernelError, iter_messages, pack_message
+from dpif.netlink.wire import NLM_F_ACK, KernelError, pack_message
 from dpif.netlink_datapath import NetlinkDatapath, list_datapaths, open_datapath
 from dpif.transport import FramedBatch, GenlClient, open_client
 
@@ -237,16 +237,11 @@ async def cmd_dump_flows(args: argparse.Namespace) -> int:
             text = DumpText(verbose=verbosity > 0, port_names=ports, now_ms=monotonic_ms())
             out = sys.stdout
             async for run in dp.flow_runs():
-                off = 0
-                while off < len(run):
-                    lines, off = text.lines(run, off)
-                    out.write(lines)
-                    if off < len(run):  # a flow the C loop left to the Python codec
-                        msg = next(iter_messages(run[off:]))
-                        off += (len(msg.payload) + NLMSG_HDR.size + 3) & ~3
-                        row = await dp.complete_row(msg.payload)
-                        if row is not None:
-                            out.write(text.line(*row[1:]) + "\n")
+                for item in text.walk(run):
+                    if isinstance(item, str):
+                        out.write(item)
+                    elif (row := await dp.complete_row(item)) is not None:  # one the C loop left to Python
+                        out.write(text.line(*row[1:]) + "\n")
     return 0
 
 

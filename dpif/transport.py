@@ -38,6 +38,7 @@ from dpif.netlink.wire import (
     WireError,
     data_run_end,
     iter_messages,
+    message_at,
     pack_message,
     parse_error,
 )
@@ -488,13 +489,11 @@ class GenlClient:
 
     async def dump(self, req: m.Request) -> AsyncIterator[memoryview]:
         """Stream a dump's message payloads (after the nlmsghdr)."""
-        size = NLMSG_HDR.size
         async for run in self.dump_runs(req):
-            off, end = 0, len(run)
-            while off < end:  # a run's messages are well-formed (data_run_end checked their lengths)
-                length = int.from_bytes(run[off : off + 4], sys.byteorder)
-                yield run[off + size : off + length]
-                off += (length + 3) & ~3
+            off = 0
+            while off < len(run):
+                payload, off = message_at(run, off)
+                yield payload
 
     async def dump_runs(self, req: m.Request) -> AsyncIterator[memoryview]:
         """Stream a dump as runs of its data messages (whole messages, headers included), up to a datagram

@@ -57,15 +57,11 @@ def dump_text(text: DumpText, data: bytes, seq: int) -> tuple[list[str], int]:
     out: list[str] = []
     python = 0
     for run in runs(data, seq):
-        off = 0
-        while off < len(run):
-            lines, off = text.lines(run, off)
-            out.extend(lines.splitlines())
-            if off < len(run):
-                msg = next(wire.iter_messages(run[off:]))
-                off += (len(msg.payload) + 16 + 3) & ~3
-                _, key, mask, actions, ufid, stats = decode_flow_row(msg.payload)
-                out.append(text.line(key, mask, actions, ufid, stats))
+        for item in text.walk(memoryview(run)):
+            if isinstance(item, str):
+                out.extend(item.splitlines())
+            else:
+                out.append(text.line(*decode_flow_row(item)[1:]))
                 python += 1
     return out, python
 

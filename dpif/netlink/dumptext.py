@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import importlib
 import struct
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from types import ModuleType
 
 from dpif.model import FlowStats
@@ -22,6 +22,7 @@ from dpif.netlink import actions as act
 from dpif.netlink import families as fam
 from dpif.netlink import flowkey as fk
 from dpif.netlink import flowtext
+from dpif.netlink.wire import message_at
 
 
 def _load() -> ModuleType | None:
@@ -82,6 +83,18 @@ class DumpText:
         # texts that depend on the port names, which are fixed for this dump
         self._actions: dict[bytes, str] = act.TEXT_MEMO if not port_names else {}
         self._in_ports: dict[bytes, str] = {}
+
+    def walk(self, run: memoryview) -> Iterator[str | memoryview]:
+        """A run of flow messages as the C loop's text, interleaved with the payload of each flow it left
+        to the caller (to complete if need be, and hand to `line()`)."""
+        off, end = 0, len(run)
+        while off < end:
+            text, off = self.lines(run, off)
+            if text:
+                yield text
+            if off < end:
+                payload, off = message_at(run, off)
+                yield payload
 
     def lines(self, run: bytes | memoryview, off: int) -> tuple[str, int]:
         """Lines of the run's flow messages from `off` (C), up to the run's end or the first message that

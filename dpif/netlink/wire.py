@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno as _errno
 import os
 import struct
+import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
@@ -155,6 +156,12 @@ def _data_run_end(buf: bytes | memoryview, off: int, seq: int) -> int:
             return off
         off += align4(length)
     return min(off, end)
+
+
+def message_at(run: memoryview, off: int) -> tuple[memoryview, int]:
+    """The payload of the message at `off` in a run `data_run_end` checked, and where the next one starts."""
+    length = int.from_bytes(run[off : off + 4], sys.byteorder)
+    return run[off + NLMSG_HDR.size : off + length], off + align4(length)
 
 
 try:  # the same loop in C, where the extension is built (a 100k-flow dump is 100k messages)
