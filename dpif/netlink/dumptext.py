@@ -12,7 +12,6 @@ loop resumes after it.  Without the extension `lines()` does nothing and every f
 
 from __future__ import annotations
 
-import importlib
 import struct
 from collections.abc import Iterator, Mapping
 from types import ModuleType
@@ -26,10 +25,16 @@ from dpif.netlink.wire import message_at
 
 
 def _load() -> ModuleType | None:
+    """The extension with the tables it formats by, or None where it is not built."""
     try:
-        return importlib.import_module("dpif.netlink._dump")
+        from dpif.netlink import _dump
     except ImportError:  # pragma: no cover - CI builds the extension
         return None
+    n = fam.FLOW_ATTRS.by_name
+    _dump.setup(tuple(n[a][0] for a in ("key", "mask", "actions", "ufid", "stats", "used", "tcp-flags")),
+                tuple((bit, letter.encode()) for bit, letter in flowtext.TCP_LETTERS),
+                tuple(name.encode() for name in fk.FRAG_NAMES))
+    return _dump
 
 
 _dump = _load()
@@ -43,18 +48,6 @@ KIND_CODES = {"frag": 0, "eth": 1, "in6": 2, "ipv4": 3, "u8u": 4, "be16": 4,
 Members = tuple[tuple[bytes, int, int, int], ...]
 Slot = tuple[bytes, int, int, "Members | None", bytes, "dict[bytes, str] | None"]
 CPlan = tuple[bytes, tuple[Slot, ...], bytes]
-
-
-def _setup() -> None:
-    if _dump is None:
-        return
-    n = fam.FLOW_ATTRS.by_name
-    _dump.setup(tuple(n[a][0] for a in ("key", "mask", "actions", "ufid", "stats", "used", "tcp-flags")),
-                tuple((bit, letter.encode()) for bit, letter in flowtext.TCP_LETTERS),
-                tuple(name.encode() for name in fk.FRAG_NAMES))
-
-
-_setup()
 
 
 def compile_plan(plan: fk.KeyPlan, port_memo: dict[bytes, str]) -> CPlan:
