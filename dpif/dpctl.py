@@ -19,7 +19,7 @@ from dpif.model import DatapathInfo, Flow, Vport, VportType, monotonic_ms
 from dpif.netlink import actions as act
 from dpif.netlink import flowkey, flowload, flowtext, messages
 from dpif.netlink.dumptext import DumpText
-from dpif.netlink.wire import NLM_F_ACK, KernelError, pack_message
+from dpif.netlink.wire import NLM_F_ACK, KernelError
 from dpif.netlink_datapath import NetlinkDatapath, list_datapaths, open_datapath
 from dpif.transport import FramedBatch, GenlClient, open_client
 
@@ -364,13 +364,13 @@ def _report(errors: Iterable[BaseException]) -> int:
     return failed
 
 
-class _FramedAdds(_Adds):
+class _FramedAdds:
     """add-flows with the C encoder: the lines it can do go from text to framed messages without Python
     objects, the others' flows are framed here, all sent quietly (GenlClient.send_framed).  Same batches
     and error lines as _Adds."""
 
     def __init__(self, dp: NetlinkDatapath, encoder: flowload.Encoder, family_id: int) -> None:
-        super().__init__(dp)
+        self.dp = dp
         self.encoder = encoder
         self.family_id = family_id
         self.batch = self._new_batch()
@@ -380,8 +380,7 @@ class _FramedAdds(_Adds):
         return FramedBatch("ovs_flow", c.reserve_seqs(ADD_BATCH), c.max_batch)
 
     async def add(self, flow: Flow) -> int:
-        req = messages.flow_put(self.dp.ifindex, flow, create=True)
-        self.batch.append(pack_message(self.family_id, req.flags & ~NLM_F_ACK, self.batch.next_seq, req.body))
+        self.batch.append_request(self.family_id, messages.flow_put(self.dp.ifindex, flow, create=True))
         return await self.flush() if self.batch.count >= ADD_BATCH else 0
 
     async def encode(self, lines: list[str], i: int) -> tuple[int, int]:

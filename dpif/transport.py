@@ -334,7 +334,7 @@ class GenlClient:
         family_id = (await self.family(family)).id
         framed = FramedBatch(family, self.reserve_seqs(len(reqs)), self.max_batch)
         for r in reqs:
-            framed.append(pack_message(family_id, r.flags & ~NLM_F_ACK, framed.next_seq, r.body))
+            framed.append_request(family_id, r)
         errors = await self.send_framed(framed)
         return [errors.get(i) for i in range(len(reqs))]
 
@@ -599,6 +599,10 @@ class FramedBatch:
         """Start a new chunk."""
         if self.chunks[-1].count:
             self.chunks.append(FramedChunk())
+
+    def append_request(self, family_id: int, req: m.Request) -> None:
+        """A request framed quietly (send_framed acks chunks, not requests), numbered `next_seq`."""
+        self.append(pack_message(family_id, req.flags & ~NLM_F_ACK, self.next_seq, req.body))
 
     def append(self, msg: bytes) -> None:
         """One message numbered `next_seq`, in a new chunk if it doesn't fit this one."""
