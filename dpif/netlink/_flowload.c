@@ -308,6 +308,20 @@ static PyObject *cached_get(struct cache *c, PyObject *memo, struct text t, Py_s
     return hit;
 }
 
+/* An address and its optional "/mask" (absent: exact, all ones), read by `scan` (scan_mac, scan_ip4). */
+static int scan_address(struct text t, Py_ssize_t *pi, int (*scan)(struct text, Py_ssize_t *, unsigned char *),
+                        size_t n, unsigned char *k, unsigned char *m)
+{
+    if (scan(t, pi, k) < 0)
+        return -1;
+    if (*pi < t.n && t.s[*pi] == '/') {
+        ++*pi;
+        return scan(t, pi, m);
+    }
+    memset(m, 0xff, n);
+    return 0;
+}
+
 /* Results of the scanners below: OK, BAIL (not this path's: the caller hands the line to Python), ERR. */
 enum { OK = 0, BAIL = 1, ERR = -1 };
 
@@ -320,26 +334,12 @@ static int scan_value(struct text t, Py_ssize_t *pi, const struct field *f, PyOb
     uint64_t v;
     switch (f->kind) {
     case K_ETH:
-        if (scan_mac(t, &i, k) < 0)
+        if (scan_address(t, &i, scan_mac, 6, k, m) < 0)
             return BAIL;
-        if (i < t.n && t.s[i] == '/') {
-            i++;
-            if (scan_mac(t, &i, m) < 0)
-                return BAIL;
-        } else {
-            memset(m, 0xff, 6);
-        }
         break;
     case K_IPV4:
-        if (scan_ip4(t, &i, k) < 0)
+        if (scan_address(t, &i, scan_ip4, 4, k, m) < 0)
             return BAIL;
-        if (i < t.n && t.s[i] == '/') {
-            i++;
-            if (scan_ip4(t, &i, m) < 0)
-                return BAIL;
-        } else {
-            memset(m, 0xff, 4);
-        }
         break;
     case K_FRAG:
         if (scan_frag(t, &i, k) < 0)
