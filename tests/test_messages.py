@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import struct
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 from hypothesis import given, settings
@@ -372,3 +374,15 @@ def test_drop_counter_is_found_for_our_socket() -> None:
         assert sock.new_drops() == 0
     finally:
         sock.close()
+
+
+def test_a_kernel_error_propagates_through_generator_context_managers() -> None:
+    """contextlib writes the traceback of what it re-raises (open_datapath is such a manager)."""
+
+    @contextmanager
+    def managed() -> Iterator[None]:
+        yield
+
+    with pytest.raises(KernelError) as exc, managed():
+        raise KernelError(17, "exists")
+    assert exc.value.errno == 17 and str(exc.value) == "EEXIST: File exists (exists)"

@@ -50,9 +50,12 @@ class WireError(ValueError):
     """Malformed netlink input: truncated, mis-sized or inconsistent."""
 
 
-@dataclass(frozen=True)
+@dataclass(eq=False)
 class KernelError(OSError):
-    """A request refused by the kernel: errno plus the kernel's extended-ack message, if any."""
+    """A request refused by the kernel: errno plus the kernel's extended-ack message, if any.
+
+    Not frozen: an exception is written to as it propagates (contextlib sets `__traceback__` when it
+    re-raises through a generator's `with`), and a frozen one turned into FrozenInstanceError there."""
 
     code: int
     message: str = ""
