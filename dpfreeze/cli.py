@@ -1,8 +1,9 @@
 """The `dpfreeze` command line: a thin dispatcher.
 
 Each feature module registers its own sub-commands through `add_commands(subparsers)`; a handler is a
-plain function `(args) -> int` (or a coroutine function, run under trio).  Errors that an operator can act
-on become one line on stderr and a non-zero exit, never a traceback.
+plain function `(args) -> int` or a coroutine function, run under trio (imported only then: the one-shot
+`dpctl` commands start without it).  Errors that an operator can act on become one line on stderr and a
+non-zero exit, never a traceback.
 """
 
 from __future__ import annotations
@@ -12,8 +13,6 @@ import importlib
 import inspect
 import sys
 from collections.abc import Sequence
-
-import trio
 
 from dpif.netlink.wire import KernelError, WireError
 
@@ -60,7 +59,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(args.verbose)
     handler = args.handler
     try:
-        result = trio.run(handler, args) if inspect.iscoroutinefunction(handler) else handler(args)
+        if inspect.iscoroutinefunction(handler):
+            import trio
+
+            result = trio.run(handler, args)
+        else:
+            result = handler(args)
     except (UserError, KernelError, WireError, OSError) as exc:
         print(f"dpfreeze: error: {exc}", file=sys.stderr)
         return 1

@@ -13,8 +13,8 @@ from dpfreeze import ovsenv
 from dpfreeze.ovsenv import OvsEnv
 from dpif.model import Datapath
 from dpif.netdev_datapath import is_netdev_name, list_netdev_datapaths, open_netdev_datapath
+from dpif.netlink.exchange import FamilyNotFound
 from dpif.netlink_datapath import list_datapaths, open_datapath
-from dpif.transport import FamilyNotFound
 from dpif.unixctl import UnixctlUnreachable
 
 AUTO = "auto"

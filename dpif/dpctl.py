@@ -3,7 +3,8 @@
 Argument handling follows OVS 3.1 lib/dpctl.c: the datapath argument is optional and recognised only when
 it names an existing datapath ("system@dp" or "dp"); without it the only datapath is used.  Flow text is
 formatted and parsed by `dpif.netlink.flowtext` (one place knows the syntax); this module only wires
-commands to the `Datapath` and prints what ovs-dpctl prints.
+commands to the kernel datapath and prints what ovs-dpctl prints.  Like ovs-dpctl, each command is one
+request after another: they run on the blocking netlink edge (`dpif.blocking`), without trio's start-up.
 """
 
 from __future__ import annotations
@@ -15,13 +16,13 @@ import sys
 from collections.abc import Iterable, Iterator, Sequence
 from typing import TextIO
 
+from dpif.blocking import BlockingClient, BlockingDatapath, get_datapath, list_datapaths
 from dpif.model import DatapathInfo, Flow, Vport, VportType, monotonic_ms
 from dpif.netlink import actions as act
 from dpif.netlink import flowkey, flowload, flowtext, messages
 from dpif.netlink.dumptext import DumpText
+from dpif.netlink.exchange import FramedBatch
 from dpif.netlink.wire import NLM_F_ACK, KernelError
-from dpif.netlink_datapath import NetlinkDatapath, list_datapaths, open_datapath
-from dpif.transport import FramedBatch, GenlClient, open_client
 
 
 class CommandError(OSError):
@@ -93,19 +94,19 @@ def _dp_name(arg: str) -> str:
     return name
 
 
-async def _dp_arg_exists(client: GenlClient, argv: Sequence[str]) -> bool:
+def _dp_arg_exists(client: BlockingClient, argv: Sequence[str]) -> bool:
     if not argv or ("@" in argv[0] and not argv[0].startswith("system@")):
         return False
-    return _dp_name(argv[0]) in {d.name for d in await list_datapaths(client)}
+    return _dp_name(argv[0]) in {d.name for d in list_datapaths(client)}
 
 
-async def _opt_dp(client: GenlClient, argv: Sequence[str], max_args: int) -> tuple[str, list[str]]:
+def _opt_dp(client: BlockingClient, argv: Sequence[str], max_args: int) -> tuple[str, list[str]]:
     """lib/dpctl.c opt_dpif_open: (datapath name, remaining args).  max_args counts ovs-dpctl's argv[0]."""
-    if await _dp_arg_exists(client, argv):
+    if _dp_arg_exists(client, argv):
         return _dp_name(argv[0]), list(argv[1:])
     if len(argv) + 1 == max_args:
         raise CommandError("datapath not found")
-    dps = await list_datapaths(client)
+    dps = list_datapaths(client)
     if not dps:
         raise CommandError("no datapaths exist")
     if len(dps) > 1:
@@ -118,8 +119,12 @@ def _need(argv: Sequence[str], lo: int, hi: int, command: str) -> None:
         raise CommandError(f"'{command}' command takes at least {lo} and at most {hi} arguments")
 
 
-async def _port_maps(dp: NetlinkDatapath) -> tuple[dict[int, str], dict[str, int]]:
-    ports = await dp.ports()
+def _open(client: BlockingClient, name: str) -> BlockingDatapath:
+    return BlockingDatapath(get_datapath(client, name), client)
+
+
+def _port_maps(dp: BlockingDatapath) -> tuple[dict[int, str], dict[str, int]]:
+    ports = dp.ports()
     return {p.port_no: p.name for p in ports}, {p.name: p.port_no for p in ports}
 
 
@@ -195,16 +200,16 @@ def show_text(info: DatapathInfo, ports: Sequence[Vport]) -> str:
     return "\n".join(out) + "\n"
 
 
-async def cmd_show(args: argparse.Namespace) -> int:
+def cmd_show(args: argparse.Namespace) -> int:
     if _opts(args)[2]:
         raise CommandError("show -s (netdev statistics) is not supported")
-    async with open_client() as client:
-        names = [_dp_name(a) for a in args.args] or [d.name for d in await list_datapaths(client)]
+    with BlockingClient() as client:
+        names = [_dp_name(a) for a in args.args] or [d.name for d in list_datapaths(client)]
         status = 0
         for name in names:
             try:
-                async with open_datapath(name, client=client) as dp:
-                    text = show_text(await dp.info(), await dp.ports())
+                info = get_datapath(client, name)
+                text = show_text(info, BlockingDatapath(info, client).ports())
             except OSError as exc:
                 print(f"dpfreeze: opening datapath {name} failed ({why(exc)})", file=sys.stderr)
                 status = 1
@@ -213,9 +218,9 @@ async def cmd_show(args: argparse.Namespace) -> int:
         return status
 
 
-async def cmd_dump_dps(args: argparse.Namespace) -> int:
-    async with open_client() as client:
-        for d in await list_datapaths(client):
+def cmd_dump_dps(args: argparse.Namespace) -> int:
+    with BlockingClient() as client:
+        for d in list_datapaths(client):
             print(f"system@{d.name}")
     return 0
 
@@ -223,95 +228,94 @@ async def cmd_dump_dps(args: argparse.Namespace) -> int:
 # --- flows ----------------------------------------------------------------------------------------------
 
 
-async def cmd_dump_flows(args: argparse.Namespace) -> int:
+def cmd_dump_flows(args: argparse.Namespace) -> int:
     verbosity, names, _ = _opts(args)
     argv = list(args.args)
     if any(a.startswith(("filter=", "type=", "pmd=")) for a in argv):
         raise CommandError("dump-flows filters (filter=, type=, pmd=) are not supported")
-    async with open_client() as client:
-        name, rest = await _opt_dp(client, argv, 2)
+    with BlockingClient() as client:
+        name, rest = _opt_dp(client, argv, 2)
         if rest:
             raise CommandError("datapath not found")
-        async with open_datapath(name, client=client) as dp:
-            ports = (await _port_maps(dp))[0] if names else None
-            text = DumpText(verbose=verbosity > 0, port_names=ports, now_ms=monotonic_ms())
-            out = sys.stdout
-            async for run in dp.flow_runs():
-                for item in text.walk(run):
-                    if isinstance(item, str):
-                        out.write(item)
-                    elif (row := await dp.complete_row(item)) is not None:  # one the C loop left to Python
-                        out.write(text.line(*row[1:]) + "\n")
+        dp = _open(client, name)
+        ports = _port_maps(dp)[0] if names else None
+        text = DumpText(verbose=verbosity > 0, port_names=ports, now_ms=monotonic_ms())
+        out = sys.stdout
+        for run in dp.flow_runs():
+            for item in text.walk(run):
+                if isinstance(item, str):
+                    out.write(item)
+                elif (row := dp.complete_row(item)) is not None:  # one the C loop left to Python
+                    out.write(text.line(*row[1:]) + "\n")
     return 0
 
 
-async def cmd_add_flow(args: argparse.Namespace) -> int:
-    async with open_client() as client:
-        name, rest = await _opt_dp(client, args.args, 4)
+def cmd_add_flow(args: argparse.Namespace) -> int:
+    with BlockingClient() as client:
+        name, rest = _opt_dp(client, args.args, 4)
         _need(rest, 2, 2, "add-flow")
-        async with open_datapath(name, client=client) as dp:
-            flow = parse_flow_args(rest[0], rest[1], (await _port_maps(dp))[1])
-            try:
-                await dp.flow_put(flow, create=True)
-            except KernelError as exc:
-                raise CommandError(f"updating flow table ({why(exc)})") from None
+        dp = _open(client, name)
+        flow = parse_flow_args(rest[0], rest[1], _port_maps(dp)[1])
+        try:
+            dp.flow_put(flow, create=True)
+        except KernelError as exc:
+            raise CommandError(f"updating flow table ({why(exc)})") from None
     return 0
 
 
-async def cmd_get_flow(args: argparse.Namespace) -> int:
+def cmd_get_flow(args: argparse.Namespace) -> int:
     verbosity, names, _ = _opts(args)
-    async with open_client() as client:
-        name, rest = await _opt_dp(client, args.args, 3)
+    with BlockingClient() as client:
+        name, rest = _opt_dp(client, args.args, 3)
         _need(rest, 1, 1, "get-flow")
-        async with open_datapath(name, client=client) as dp:
-            ufid, _ = parse_ufid(rest[0])
-            if ufid is None:
-                raise CommandError("parsing flow ufid")
-            try:
-                got = await dp.flow_get(ufid=ufid)
-            except KernelError as exc:
-                raise CommandError(f"getting flow ({why(exc)})") from None
-            ports = (await _port_maps(dp))[0] if names else None
-            print(format_flow_line(got, ports, verbosity, monotonic_ms()))
+        dp = _open(client, name)
+        ufid, _ = parse_ufid(rest[0])
+        if ufid is None:
+            raise CommandError("parsing flow ufid")
+        try:
+            got = dp.flow_get(ufid=ufid)
+        except KernelError as exc:
+            raise CommandError(f"getting flow ({why(exc)})") from None
+        ports = _port_maps(dp)[0] if names else None
+        print(format_flow_line(got, ports, verbosity, monotonic_ms()))
     return 0
 
 
-async def cmd_del_flow(args: argparse.Namespace) -> int:
-    async with open_client() as client:
-        name, rest = await _opt_dp(client, args.args, 3)
+def cmd_del_flow(args: argparse.Namespace) -> int:
+    with BlockingClient() as client:
+        name, rest = _opt_dp(client, args.args, 3)
         _need(rest, 1, 1, "del-flow")
-        async with open_datapath(name, client=client) as dp:
-            await _del_one(dp, rest[0], (await _port_maps(dp))[1], sys.stdout)
+        dp = _open(client, name)
+        _del_one(dp, rest[0], _port_maps(dp)[1], sys.stdout)
     return 0
 
 
-async def _del_one(dp: NetlinkDatapath, text: str, port_names: dict[str, int], out: TextIO) -> None:
+def _del_one(dp: BlockingDatapath, text: str, port_names: dict[str, int], out: TextIO) -> None:
     flow = parse_flow_args(text, None, port_names)
     try:
-        await dp.flow_del(ufid=flow.ufid, key=None if flow.ufid else flow.key)
+        dp.flow_del(ufid=flow.ufid, key=None if flow.ufid else flow.key)
     except KernelError as exc:
         if exc.code == 2 and flow.ufid is None:
             out.write("Perhaps you need to specify a UFID?\n")
         raise CommandError(f"deleting flow ({why(exc)})") from None
 
 
-async def cmd_del_flows(args: argparse.Namespace) -> int:
-    async with open_client() as client:
+def cmd_del_flows(args: argparse.Namespace) -> int:
+    with BlockingClient() as client:
         argv = list(args.args)
-        if (not await _dp_arg_exists(client, argv) and len(argv) == 1) or len(argv) > 1:
-            return await _process_flows(client, argv, "del")
-        name, _ = await _opt_dp(client, argv, 2)
-        async with open_datapath(name, client=client) as dp:
-            try:
-                await dp.flow_flush()
-            except KernelError as exc:
-                raise CommandError(f"deleting all flows ({why(exc)})") from None
+        if (not _dp_arg_exists(client, argv) and len(argv) == 1) or len(argv) > 1:
+            return _process_flows(client, argv, "del")
+        name, _ = _opt_dp(client, argv, 2)
+        try:
+            _open(client, name).flow_flush()
+        except KernelError as exc:
+            raise CommandError(f"deleting all flows ({why(exc)})") from None
     return 0
 
 
-async def cmd_add_flows(args: argparse.Namespace) -> int:
-    async with open_client() as client:
-        return await _process_flows(client, list(args.args), "add")
+def cmd_add_flows(args: argparse.Namespace) -> int:
+    with BlockingClient() as client:
+        return _process_flows(client, list(args.args), "add")
 
 
 def flow_file_lines(stream: TextIO) -> Iterator[tuple[int, str, str, str | None]]:
@@ -342,16 +346,16 @@ ADD_BATCH = 4096  # adds sent to the kernel at a time (their errors are printed 
 class _Adds:
     """The add lines' flows, sent in batches of ADD_BATCH; a flush prints each refused flow's error."""
 
-    def __init__(self, dp: NetlinkDatapath) -> None:
+    def __init__(self, dp: BlockingDatapath) -> None:
         self.dp = dp
         self.flows: list[Flow] = []
 
-    async def add(self, flow: Flow) -> int:
+    def add(self, flow: Flow) -> int:
         self.flows.append(flow)
-        return await self.flush() if len(self.flows) >= ADD_BATCH else 0
+        return self.flush() if len(self.flows) >= ADD_BATCH else 0
 
-    async def flush(self) -> int:
-        results = await self.dp.flow_put_many(self.flows, create=True)
+    def flush(self) -> int:
+        results = self.dp.flow_put_many(self.flows, create=True)
         self.flows.clear()
         return _report([r for r in results if r is not None])
 
@@ -366,10 +370,10 @@ def _report(errors: Iterable[BaseException]) -> int:
 
 class _FramedAdds:
     """add-flows with the C encoder: the lines it can do go from text to framed messages without Python
-    objects, the others' flows are framed here, all sent quietly (GenlClient.send_framed).  Same batches
+    objects, the others' flows are framed here, all sent quietly (BlockingClient.send_framed).  Same batches
     and error lines as _Adds."""
 
-    def __init__(self, dp: NetlinkDatapath, encoder: flowload.Encoder, family_id: int) -> None:
+    def __init__(self, dp: BlockingDatapath, encoder: flowload.Encoder, family_id: int) -> None:
         self.dp = dp
         self.encoder = encoder
         self.family_id = family_id
@@ -379,11 +383,11 @@ class _FramedAdds:
         c = self.dp.client
         return FramedBatch("ovs_flow", c.reserve_seqs(ADD_BATCH), c.max_batch)
 
-    async def add(self, flow: Flow) -> int:
+    def add(self, flow: Flow) -> int:
         self.batch.append_request(self.family_id, messages.flow_put(self.dp.ifindex, flow, create=True))
-        return await self.flush() if self.batch.count >= ADD_BATCH else 0
+        return self.flush() if self.batch.count >= ADD_BATCH else 0
 
-    async def encode(self, lines: list[str], i: int) -> tuple[int, int]:
+    def encode(self, lines: list[str], i: int) -> tuple[int, int]:
         """Lines from i that the C encoder takes: (where it stopped, status of the flushes on the way)."""
         status = 0
         b = self.batch
@@ -397,81 +401,79 @@ class _FramedAdds:
             if not e.full:
                 return i, status
             if b.count >= ADD_BATCH:
-                status |= await self.flush()
+                status |= self.flush()
                 b = self.batch
             elif e.n or b.chunks[-1].count:
                 b.seal()
             else:
                 return i, status  # one message larger than a send chunk: framed by add() alone
 
-    async def flush(self) -> int:
+    def flush(self) -> int:
         if not self.batch.count:
             return 0
-        errors = await self.dp.client.send_framed(self.batch)
+        errors = self.dp.client.send_framed(self.batch)
         self.batch = self._new_batch()
-        self.family_id = (await self.dp.client.family("ovs_flow")).id  # a module reload renumbers it
         return _report(errors[i] for i in sorted(errors))
 
 
 _QUIET_CREATE = messages.flow_put(0, Flow(b"", None, b"")).flags & ~NLM_F_ACK
 
 
-async def _process_flows(client: GenlClient, argv: Sequence[str], default: str) -> int:
+def _process_flows(client: BlockingClient, argv: Sequence[str], default: str) -> int:
     """add-flows / del-flows FILE: bad lines are reported and skipped; adds go to the kernel in batches."""
-    name, rest = await _opt_dp(client, argv, 3)
+    name, rest = _opt_dp(client, argv, 3)
     _need(rest, 1, 1, f"{default}-flows")
+    dp = _open(client, name)
     path = rest[0]
     try:
         stream = sys.stdin if path == "-" else open(path)  # noqa: SIM115 - closed below
     except OSError as exc:
         raise CommandError(f'Opening file "{path}" failed ({exc.strerror})') from None
     status = 0
-    async with open_datapath(name, client=client) as dp:
-        port_names = (await _port_maps(dp))[1]
-        encoder = flowload.ENCODER if default == "add" else None
-        adds = (_FramedAdds(dp, encoder, (await client.family("ovs_flow")).id) if encoder is not None
-                else _Adds(dp))
-        number = 0  # of the last line read
-        try:
-            for block in iter(lambda: stream.readlines(1 << 20), []):
-                base, i = number, 0
-                while i < len(block):
-                    if isinstance(adds, _FramedAdds):
-                        i, st = await adds.encode(block, i)
-                        status |= st
-                        if i == len(block):
-                            break
-                    parsed = flow_line(block[i])
-                    i += 1
-                    number = base + i
-                    if parsed is None:
-                        continue
-                    command, flow_text, actions = parsed
-                    cmd = command or default
-                    if (cmd in ("add", "mod") and actions is None) or (cmd == "del" and actions is not None):
-                        print(f"dpfreeze: Failed parsing line number {number}, skipped!", file=sys.stderr)
-                        continue
+    port_names = _port_maps(dp)[1]
+    encoder = flowload.ENCODER if default == "add" else None
+    adds = _FramedAdds(dp, encoder, client.family("ovs_flow").id) if encoder is not None else _Adds(dp)
+    number = 0  # of the last line read
+    try:
+        for block in iter(lambda: stream.readlines(1 << 20), []):
+            base, i = number, 0
+            while i < len(block):
+                if isinstance(adds, _FramedAdds):
+                    i, st = adds.encode(block, i)
+                    status |= st
+                    if i == len(block):
+                        break
+                parsed = flow_line(block[i])
+                i += 1
+                number = base + i
+                if parsed is None:
+                    continue
+                command, flow_text, actions = parsed
+                cmd = command or default
+                if (cmd in ("add", "mod") and actions is None) or (cmd == "del" and actions is not None):
+                    print(f"dpfreeze: Failed parsing line number {number}, skipped!", file=sys.stderr)
+                    continue
+                try:
+                    flow = parse_flow_args(flow_text, actions, port_names)
+                except CommandError as exc:
+                    print(f"dpfreeze: {exc}", file=sys.stderr)
+                    status = 1
+                    continue
+                if cmd == "add":
+                    status |= adds.add(flow)
+                    continue
+                status |= adds.flush()
+                if cmd == "mod":
+                    dp.flow_put(flow, create=False)
+                else:
                     try:
-                        flow = parse_flow_args(flow_text, actions, port_names)
-                    except CommandError as exc:
-                        print(f"dpfreeze: {exc}", file=sys.stderr)
+                        dp.flow_del(ufid=flow.ufid, key=None if flow.ufid else flow.key)
+                    except KernelError as exc:
+                        print(f"dpfreeze: deleting flow ({why(exc)})", file=sys.stderr)
                         status = 1
-                        continue
-                    if cmd == "add":
-                        status |= await adds.add(flow)
-                        continue
-                    status |= await adds.flush()
-                    if cmd == "mod":
-                        await dp.flow_put(flow, create=False)
-                    else:
-                        try:
-                            await dp.flow_del(ufid=flow.ufid, key=None if flow.ufid else flow.key)
-                        except KernelError as exc:
-                            print(f"dpfreeze: deleting flow ({why(exc)})", file=sys.stderr)
-                            status = 1
-                number = base + len(block)
-            status |= await adds.flush()
-        finally:
-            if stream is not sys.stdin:
-                stream.close()
+            number = base + len(block)
+        status |= adds.flush()
+    finally:
+        if stream is not sys.stdin:
+            stream.close()
     return status

@@ -175,6 +175,16 @@ class Unsupported(OSError):
         return str(self.strerror)
 
 
+class NoSuchDatapath(OSError):
+    """The kernel has no datapath of that name."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(errno.ENODEV, f"datapath {name!r} does not exist")
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
 class MetersUnsupported(OSError):
     """The datapath's meters cannot be reached: the kernel has no ovs_meter family (openvswitch.ko older
     than Linux 4.15), or the datapath lives in ovs-vswitchd."""

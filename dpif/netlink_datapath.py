@@ -25,33 +25,19 @@ from dpif.model import (
     Meter,
     MeterStats,
     MetersUnsupported,
+    NoSuchDatapath,
     Resync,
     Upcall,
     Vport,
     VportType,
 )
 from dpif.netlink import messages as m
+from dpif.netlink.exchange import FamilyNotFound
 from dpif.netlink.wire import NLMSG_MIN_TYPE, KernelError, Message, WireError, iter_messages
-from dpif.transport import (
-    DEFAULT_TIMEOUT,
-    FamilyGone,
-    FamilyNotFound,
-    GenlClient,
-    Listener,
-    Overrun,
-    UpcallSocket,
-    open_client,
-)
+from dpif.sockets import DEFAULT_TIMEOUT, Overrun, UpcallSocket
+from dpif.transport import FamilyGone, GenlClient, Listener, open_client
 
 EVENT_FAMILIES = ("ovs_datapath", "ovs_vport", "ovs_flow")
-
-
-class NoSuchDatapath(OSError):
-    def __init__(self, name: str) -> None:
-        super().__init__(errno.ENODEV, f"datapath {name!r} does not exist")
-
-    def __str__(self) -> str:
-        return str(self.strerror)
 
 
 async def list_datapaths(client: GenlClient | None = None) -> list[DatapathInfo]:

@@ -35,6 +35,17 @@ def test_a_command_imports_only_its_own_modules() -> None:
         assert heavy not in out
 
 
+def test_dpctl_runs_without_trio() -> None:
+    """One-shot commands run on the blocking netlink edge: importing trio would cost seconds under TCG.
+    (Here ovs_datapath is missing or present; either way the command ran and trio was never imported.)"""
+    code = (
+        "import sys; from dpfreeze import cli; rc = cli.main(['dpctl', 'dump-dps']);"
+        "print(rc, sorted(m for m in sys.modules if m.split('.')[0] in ('trio', 'attrs', 'dpif.transport')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split(" ", 1)[1].strip() == "[]"
+
+
 def test_unknown_command_is_one_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
         cli.main(["no-such-command"])

@@ -7,14 +7,17 @@ hypothesis varies stats, clocks, key values under the corpus's masks, and garbag
 
 from __future__ import annotations
 
+import socket
 import struct
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from dpif.blocking import BlockingClient
 from dpif.netlink import dumptext, wire
 from dpif.netlink import flowkey as fk
 from dpif.netlink import messages as m
@@ -179,7 +182,7 @@ def test_run_end_agrees_with_python_anywhere(start: int) -> None:
     assert wire.data_run_end(GOLDEN, start, golden_seq()) == wire._data_run_end(GOLDEN, start, golden_seq())
 
 
-# --- GenlClient.dump_runs over a fake dump socket ----------------------------------------------------
+# --- dump_runs of both edges over a fake dump socket ---------------------------------------------------
 
 
 class FakeDumpSock:
@@ -190,16 +193,16 @@ class FakeDumpSock:
         self.queue: list[bytes] = []
         self.closed = False
 
-    async def send(self, data: bytes | bytearray) -> None:
+    def send_nowait(self, data: bytes | bytearray) -> bool:
         self.queue = self.build(struct.unpack_from("=I", data, 8)[0])
+        return True
 
     def recv_nowait(self) -> bytes | None:
         return self.queue.pop(0) if self.queue else None
 
-    async def recv(self) -> bytes:
-        data = self.recv_nowait()
-        assert data is not None, "the dump never ends"
-        return data
+    @property
+    def sock(self) -> Any:  # what an edge waits on when the queue is empty
+        raise AssertionError("the dump never ends")
 
     def close(self) -> None:
         self.closed = True
@@ -214,46 +217,103 @@ def control(mtype: int, seq: int, code: int = 0) -> bytes:
     return wire.pack_message(mtype, 2, seq, struct.pack("=i", code) + tail)
 
 
-def fake_client(build: Callable[[int], list[bytes]]) -> tuple[GenlClient, FakeDumpSock]:
-    client = GenlClient()
+Client = GenlClient | BlockingClient
+EDGES = pytest.mark.parametrize("edge", [GenlClient, BlockingClient])
+
+
+def fake_client(edge: type[Client], build: Callable[[int], list[bytes]]) -> tuple[Client, FakeDumpSock]:
+    client = edge()
     client.close()
     sock = FakeDumpSock(build)
-    client._dump_socks = [sock]  # type: ignore[list-item]
-    client._families["ovs_flow"] = m.FamilyInfo("ovs_flow", 0x20, 1, {})
+    if isinstance(client, GenlClient):
+        client._dump_socks = [sock]  # type: ignore[list-item]
+    else:
+        client._dump_sock = sock  # type: ignore[assignment]
+    client.exchange.families["ovs_flow"] = m.FamilyInfo("ovs_flow", 0x20, 1, {})
     return client, sock
 
 
-async def flow_numbers(client: GenlClient) -> list[list[int]]:
+def pooled(client: Client) -> list[Any]:
+    """The dump sockets the client keeps for the next dump."""
+    if isinstance(client, GenlClient):
+        return list(client._dump_socks)
+    return [client._dump_sock] if client._dump_sock is not None else []
+
+
+async def dumped(client: Client, payloads: bool = False) -> list[bytes]:
+    """The runs (or with `payloads`, the message payloads) of a flow dump, on either edge."""
+    req = m.flow_dump(5)
+    if isinstance(client, GenlClient):
+        return [bytes(r) async for r in (client.dump(req) if payloads else client.dump_runs(req))]
+    return [bytes(r) for r in (client.dump(req) if payloads else client.dump_runs(req))]
+
+
+async def flow_numbers(client: Client) -> list[list[int]]:
     return [[struct.unpack_from("=I", msg.payload, 16)[0] for msg in wire.iter_messages(run)]
-            async for run in client.dump_runs(m.flow_dump(5))]
+            for run in await dumped(client)]
 
 
-async def test_dump_runs_split_at_control_and_foreign_messages_and_end_at_done() -> None:
+@EDGES
+async def test_dump_runs_split_at_control_and_foreign_messages_and_end_at_done(edge: type[Client]) -> None:
     def build(seq: int) -> list[bytes]:
         return [flow(seq, 1) + flow(seq, 2) + control(wire.NLMSG_NOOP, seq) + flow(seq, 3) + flow(seq + 1, 99)
                 + flow(seq, 4),
                 flow(seq, 5) + control(wire.NLMSG_DONE, seq) + flow(seq, 98)]
-    client, sock = fake_client(build)
+    client, sock = fake_client(edge, build)
     assert await flow_numbers(client) == [[1, 2], [3], [4], [5]]
-    assert client._dump_socks == [sock] and not sock.closed  # a finished dump's socket is reused
+    assert pooled(client) == [sock] and not sock.closed  # a finished dump's socket is reused
 
 
+@EDGES
 @pytest.mark.parametrize("end", [wire.NLMSG_ERROR, wire.NLMSG_DONE])
-async def test_dump_runs_raise_the_kernel_error_and_drop_the_socket(end: int) -> None:
+async def test_dump_runs_raise_the_kernel_error_and_drop_the_socket(edge: type[Client], end: int) -> None:
     def build(seq: int) -> list[bytes]:
         return [flow(seq, 1) + control(end, seq, -22) + flow(seq, 2)]
-    client, sock = fake_client(build)
+    client, sock = fake_client(edge, build)
     with pytest.raises(KernelError) as err:
         await flow_numbers(client)
     assert err.value.code == 22
-    assert client._dump_socks == [] and sock.closed  # its unread rest must not reach the next dump
+    assert pooled(client) == [] and sock.closed  # its unread rest must not reach the next dump
 
 
-async def test_dump_yields_each_payload_of_the_runs() -> None:
+@EDGES
+async def test_dump_yields_each_payload_of_the_runs(edge: type[Client]) -> None:
     def build(seq: int) -> list[bytes]:
         return [flow(seq, 1) + control(wire.NLMSG_NOOP, seq) + flow(seq, 2) + flow(seq, 3),
                 flow(seq, 4) + control(wire.NLMSG_DONE, seq)]
-    client, _ = fake_client(build)
-    payloads = [bytes(p) async for p in client.dump(m.flow_dump(5))]
+    client, _ = fake_client(edge, build)
+    payloads = await dumped(client, payloads=True)
     assert [struct.unpack_from("=I", p, 16)[0] for p in payloads] == [1, 2, 3, 4]
     assert payloads[0] == bytes(next(wire.iter_messages(flow(0, 1))).payload)
+
+
+class SilentSock(FakeDumpSock):
+    """A dump socket that never answers, on a real descriptor: the edges really wait on it."""
+
+    def __init__(self) -> None:
+        super().__init__(lambda seq: [])
+        self.pair = socket.socketpair()
+
+    @property
+    def sock(self) -> Any:
+        return self.pair[0]
+
+    def close(self) -> None:
+        super().close()
+        for end in self.pair:
+            end.close()
+
+
+@EDGES
+async def test_a_stalled_dump_times_out_and_drops_the_socket(edge: type[Client]) -> None:
+    """No datagram and no end: the wait has a deadline, and the socket is not reused."""
+    client, _ = fake_client(edge, lambda seq: [])
+    client.timeout = 0.2
+    sock = SilentSock()
+    if isinstance(client, GenlClient):
+        client._dump_socks = [sock]  # type: ignore[list-item]
+    else:
+        client._dump_sock = sock  # type: ignore[assignment]
+    with pytest.raises(TimeoutError):
+        await flow_numbers(client)
+    assert pooled(client) == [] and sock.closed

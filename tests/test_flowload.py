@@ -15,9 +15,11 @@ from hypothesis import strategies as st
 
 from dpif import dpctl
 from dpif.bench import flow_lines
+from dpif.blocking import BlockingClient
 from dpif.model import Flow
 from dpif.netlink import actions, flowkey, flowload
 from dpif.netlink import messages as m
+from dpif.netlink.exchange import FramedBatch
 from dpif.netlink.wire import (
     NLM_F_ACK,
     NLMSG_ERROR,
@@ -26,7 +28,7 @@ from dpif.netlink.wire import (
     iter_messages,
     pack_message,
 )
-from dpif.transport import FramedBatch, GenlClient
+from dpif.transport import GenlClient
 
 DATA = Path(__file__).parent / "data"
 FAMILY, IFINDEX, SEQ = 0x1F, 7, 1000
@@ -246,36 +248,38 @@ class FakeSock:
         self.sent: list[bytes] = []
         self.queue: list[bytes] = []
 
-    async def send(self, data: bytes | bytearray) -> None:
+    def send_nowait(self, data: bytes | bytearray) -> bool:
         self.sent.append(bytes(data))
         for msg in iter_messages(bytes(data)):
             code = self.refuse.get(msg.seq, 0)
             if code or msg.flags & NLM_F_ACK:
                 payload = struct.pack("=i", -code) + NLMSG_HDR.pack(16 + len(msg.payload), 0, 0, msg.seq, 0)
                 self.queue.append(pack_message(NLMSG_ERROR, 0x100, msg.seq, payload))
+        return True
 
     def recv_nowait(self) -> bytes | None:
         return self.queue.pop(0) if self.queue else None
 
-    async def recv(self) -> bytes:
-        data = self.recv_nowait()
-        assert data is not None, "waiting for an ack that will never come"
-        return data
+    @property
+    def sock(self) -> Any:  # what an edge waits on when the queue is empty
+        raise AssertionError("waiting for an ack that will never come")
 
 
-async def test_send_framed_files_errors_per_message() -> None:
-    client = GenlClient()
+@pytest.mark.parametrize("edge", [GenlClient, BlockingClient])
+async def test_send_framed_files_errors_per_message(edge: type[GenlClient | BlockingClient]) -> None:
+    client = edge()
     client.close()
-    client.sock = FakeSock({})  # type: ignore[assignment]
-    client._families["ovs_flow"] = m.FamilyInfo("ovs_flow", FAMILY, 1, {})
+    sock = FakeSock({})
+    client.sock = sock  # type: ignore[assignment]
+    client.exchange.families["ovs_flow"] = m.FamilyInfo("ovs_flow", FAMILY, 1, {})
     batch = FramedBatch("ovs_flow", client.reserve_seqs(100), 4)
     for i in range(10):
         batch.append(pack_message(FAMILY, FLAGS, batch.next_seq, b"\0" * (8 + 4 * i)))
     first = batch.first_seq
-    client.sock.refuse = {first + 1: errno.EEXIST, first + 3: errno.EINVAL, first + 9: errno.EEXIST}
-    errors = await client.send_framed(batch)
+    sock.refuse = {first + 1: errno.EEXIST, first + 3: errno.EINVAL, first + 9: errno.EEXIST}
+    errors = await client.send_framed(batch) if isinstance(client, GenlClient) else client.send_framed(batch)
     assert {i: e.code for i, e in errors.items()} == {1: errno.EEXIST, 3: errno.EINVAL, 9: errno.EEXIST}
-    sent = client.sock.sent
+    sent = sock.sent
     assert len(sent) == 3  # chunks of max_msgs=4
     acked = [[bool(msg.flags & NLM_F_ACK) for msg in iter_messages(s)] for s in sent]
     assert acked == [[False, False, False, True], [False, False, False, True], [False, True]]
@@ -313,17 +317,17 @@ class FakeDp:
     def __init__(self, kernel: FakeKernel, client: Any) -> None:
         self.kernel, self.client, self.ifindex = kernel, client, IFINDEX
 
-    async def ports(self) -> list[Any]:
+    def ports(self) -> list[Any]:
         from dpif.model import Vport, VportType
         return [Vport(5, VportType.INTERNAL, "br0")]
 
-    async def flow_put_many(self, flows: list[Flow], *, create: bool) -> list[BaseException | None]:
+    def flow_put_many(self, flows: list[Flow], *, create: bool) -> list[BaseException | None]:
         return [self.kernel.put(f) for f in flows]
 
-    async def flow_put(self, flow: Flow, *, create: bool) -> None:
+    def flow_put(self, flow: Flow, *, create: bool) -> None:
         self.kernel.flows.append(("mod", flow))
 
-    async def flow_del(self, *, ufid: bytes | None, key: bytes | None) -> None:
+    def flow_del(self, *, ufid: bytes | None, key: bytes | None) -> None:
         self.kernel.flows.append(("del", (ufid, key)))
         if key is not None and key not in self.kernel.keys:
             raise KernelError(errno.ENOENT)
@@ -341,10 +345,10 @@ class FakeClient:
         self.seq += n
         return self.seq - n + 1
 
-    async def family(self, name: str) -> m.FamilyInfo:
+    def family(self, name: str) -> m.FamilyInfo:
         return m.FamilyInfo(name, FAMILY, 1, {})
 
-    async def send_framed(self, batch: FramedBatch) -> dict[int, KernelError]:
+    def send_framed(self, batch: FramedBatch) -> dict[int, KernelError]:
         errors = {}
         seqs = [msg.seq for c in batch.chunks for msg in iter_messages(bytes(c.data))]
         assert seqs == list(range(batch.first_seq, batch.first_seq + batch.count))
@@ -357,34 +361,32 @@ class FakeClient:
         return errors
 
 
-async def run_add_flows(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path,
+def run_add_flows(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path,
                         text: str, encoder: flowload.Encoder | None) -> tuple[int, str, str, list[Any]]:
-    from contextlib import asynccontextmanager
     kernel = FakeKernel()
     client = FakeClient(kernel)
 
-    @asynccontextmanager
-    async def fake_open(name: str, client: Any = None) -> Any:
-        yield FakeDp(kernel, client)
+    def fake_open(client: Any, name: str) -> Any:
+        return FakeDp(kernel, client)
 
-    async def fake_opt(client: Any, argv: Any, max_args: int) -> tuple[str, list[str]]:
+    def fake_opt(client: Any, argv: Any, max_args: int) -> tuple[str, list[str]]:
         return "dp0", list(argv)
 
-    monkeypatch.setattr(dpctl, "open_datapath", fake_open)
+    monkeypatch.setattr(dpctl, "_open", fake_open)
     monkeypatch.setattr(dpctl, "_opt_dp", fake_opt)
     monkeypatch.setattr(flowload, "ENCODER", encoder)
     monkeypatch.setattr(dpctl, "ADD_BATCH", 50)
     path = tmp_path / "flows"
     path.write_text(text)
     clear_memos()
-    status = await dpctl._process_flows(client, [str(path)], "add")  # type: ignore[arg-type]
+    status = dpctl._process_flows(client, [str(path)], "add")  # type: ignore[arg-type]
     out = capsys.readouterr()
     return status, out.out, out.err, [(k, f if k != "new" else (f.key, f.mask, f.actions, f.ufid))
                                       for k, f in kernel.flows]
 
 
 @pytest.mark.skipif(ENC is None, reason="extension not built")
-async def test_add_flows_same_with_and_without_the_encoder(
+def test_add_flows_same_with_and_without_the_encoder(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     lines = flow_lines(130)
@@ -395,8 +397,8 @@ async def test_add_flows_same_with_and_without_the_encoder(
                     "in_port(1)\teth() 2", lines[10]]
     lines += corpus() + corpus()[:5] + ["  " + lines[20] + "  ", "x" * 70000 + " 2"]
     text = "\n".join(lines) + "\n"
-    slow = await run_add_flows(monkeypatch, capsys, tmp_path, text, None)
-    fast = await run_add_flows(monkeypatch, capsys, tmp_path, text, ENC)
+    slow = run_add_flows(monkeypatch, capsys, tmp_path, text, None)
+    fast = run_add_flows(monkeypatch, capsys, tmp_path, text, ENC)
     assert fast == slow
     assert slow[0] == 1 and "File exists" in slow[2] and "Failed parsing line number 65" in slow[2]
 

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from dpif.blocking import BlockingClient
 from dpif.dpctl import flow_file_lines, show_text
 from dpif.model import (
     DatapathInfo,
@@ -31,6 +32,7 @@ from dpif.model import (
 )
 from dpif.netlink import families as fam
 from dpif.netlink import messages as m
+from dpif.netlink.exchange import Exchange, FamilyNotFound, Pending
 from dpif.netlink.wire import (
     GENL_HDR,
     NLM_F_ACK,
@@ -48,7 +50,7 @@ from dpif.netlink.wire import (
     iter_messages,
     pack_message,
 )
-from dpif.transport import GenlClient, NetlinkSocket, _Pending, _proc_drops
+from dpif.sockets import NetlinkSocket, _proc_drops
 
 
 def attrs_of(req: m.Request) -> dict[int, bytes]:
@@ -262,20 +264,19 @@ def ack(seq: int, err: int = 0, ext_msg: bytes = b"") -> bytes:
 
 def test_replies_matched_by_sequence_number() -> None:
     """Acks arrive in any order, stale replies and notifications are ignored, errors carry extack text."""
-    client = GenlClient.__new__(GenlClient)
-    client._families = {}
-    pending = {10: _Pending(), 11: _Pending(), 12: _Pending()}
+    exchange = Exchange(1)
+    pending = {10: Pending(), 11: Pending(), 12: Pending()}
     reply = pack_message(0x20, 0, 12, body(3, 1, b""))
     stream = ack(11, -22, b"Flow key attr not present\0") + reply + ack(99) + ack(12) + ack(10)
-    done = client._dispatch_datagram(stream, pending)
+    done = exchange.file(stream, pending)
     assert done == 3
     err = pending[11].error
     assert isinstance(err, KernelError) and err.code == 22 and err.message == "Flow key attr not present"
     assert pending[10].error is None and pending[10].replies == []
     assert len(pending[12].replies) == 1 and pending[12].error is None
-    dump = {13: _Pending()}
+    dump = {13: Pending()}
     done_msg = pack_message(NLMSG_DONE, 2, 13, struct.pack("=i", 0))
-    assert client._dispatch(next(iter_messages(done_msg)), dump) == 1 and dump[13].error is None
+    assert exchange.file_message(next(iter_messages(done_msg)), dump) == 1 and dump[13].error is None
 
 
 def test_show_text_like_ovs_dpctl() -> None:
@@ -374,6 +375,19 @@ def test_drop_counter_is_found_for_our_socket() -> None:
         assert sock.new_drops() == 0
     finally:
         sock.close()
+
+
+def test_blocking_client_resolves_families_through_nlctrl() -> None:
+    """The blocking edge against the host's real nlctrl (present on every Linux): a known family
+    resolves and is cached, an unknown one is FamilyNotFound, a one-line OSError."""
+    with BlockingClient(timeout=2) as client:
+        info = client.family("nlctrl")
+        assert info.id == fam.GENL_ID_CTRL and client.exchange.families["nlctrl"] is info
+        with pytest.raises(FamilyNotFound) as exc:
+            client.family("dpfz_nofamily")
+        assert "dpfz_nofamily" in str(exc.value) and "\n" not in str(exc.value)
+        assert [info] == [m.decode_family(p) for p in client.dump(m.get_family("nlctrl"))
+                          if m.decode_family(p).name == "nlctrl"]
 
 
 def test_a_kernel_error_propagates_through_generator_context_managers() -> None:
