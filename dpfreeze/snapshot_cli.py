@@ -29,10 +29,10 @@ from dpfreeze.snapshot import (
     restore,
     take_snapshot,
 )
-from dpif.model import DpFeature, VportType
+from dpif.model import DpFeature, NoSuchDatapath, VportType
 from dpif.netdev_datapath import NoSuchNetdevDatapath, is_netdev_name
 from dpif.netlink.wire import KernelError
-from dpif.netlink_datapath import NoSuchDatapath, create_datapath, list_datapaths
+from dpif.netlink_datapath import create_datapath, list_datapaths
 from dpif.unixctl import UnixctlUnreachable
 
 

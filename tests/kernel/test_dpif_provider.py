@@ -21,6 +21,7 @@ from dpif.model import (
     EventKind,
     ExecuteRequest,
     Flow,
+    NoSuchDatapath,
     Resync,
     Upcall,
     UpcallKind,
@@ -29,13 +30,13 @@ from dpif.model import (
 from dpif.netlink.wire import KernelError, attr
 from dpif.netlink_datapath import (
     NetlinkDatapath,
-    NoSuchDatapath,
     create_datapath,
     delete_datapath,
     list_datapaths,
     open_datapath,
 )
-from dpif.transport import GenlClient, Listener, Overrun
+from dpif.sockets import Overrun
+from dpif.transport import GenlClient, Listener
 
 pytestmark = pytest.mark.kernel
 
