@@ -94,24 +94,29 @@ def _dp_name(arg: str) -> str:
     return name
 
 
-def _dp_arg_exists(client: BlockingClient, argv: Sequence[str]) -> bool:
+def _dp_names(client: BlockingClient) -> list[str]:
+    """The kernel's datapaths, dumped once per command for the argument checks below."""
+    return [d.name for d in list_datapaths(client)]
+
+
+def _dp_arg_exists(dps: Sequence[str], argv: Sequence[str]) -> bool:
     if not argv or ("@" in argv[0] and not argv[0].startswith("system@")):
         return False
-    return _dp_name(argv[0]) in {d.name for d in list_datapaths(client)}
+    return _dp_name(argv[0]) in dps
 
 
-def _opt_dp(client: BlockingClient, argv: Sequence[str], max_args: int) -> tuple[str, list[str]]:
-    """lib/dpctl.c opt_dpif_open: (datapath name, remaining args).  max_args counts ovs-dpctl's argv[0]."""
-    if _dp_arg_exists(client, argv):
+def _opt_dp(dps: Sequence[str], argv: Sequence[str], max_args: int) -> tuple[str, list[str]]:
+    """lib/dpctl.c opt_dpif_open over the datapaths `dps`: (datapath name, remaining args).  max_args
+    counts ovs-dpctl's argv[0]."""
+    if _dp_arg_exists(dps, argv):
         return _dp_name(argv[0]), list(argv[1:])
     if len(argv) + 1 == max_args:
         raise CommandError("datapath not found")
-    dps = list_datapaths(client)
     if not dps:
         raise CommandError("no datapaths exist")
     if len(dps) > 1:
         raise CommandError("multiple datapaths, specify one")
-    return dps[0].name, list(argv)
+    return dps[0], list(argv)
 
 
 def _need(argv: Sequence[str], lo: int, hi: int, command: str) -> None:
@@ -204,7 +209,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     if _opts(args)[2]:
         raise CommandError("show -s (netdev statistics) is not supported")
     with BlockingClient() as client:
-        names = [_dp_name(a) for a in args.args] or [d.name for d in list_datapaths(client)]
+        names = [_dp_name(a) for a in args.args] or _dp_names(client)
         status = 0
         for name in names:
             try:
@@ -234,7 +239,7 @@ def cmd_dump_flows(args: argparse.Namespace) -> int:
     if any(a.startswith(("filter=", "type=", "pmd=")) for a in argv):
         raise CommandError("dump-flows filters (filter=, type=, pmd=) are not supported")
     with BlockingClient() as client:
-        name, rest = _opt_dp(client, argv, 2)
+        name, rest = _opt_dp(_dp_names(client), argv, 2)
         if rest:
             raise CommandError("datapath not found")
         dp = _open(client, name)
@@ -252,7 +257,7 @@ def cmd_dump_flows(args: argparse.Namespace) -> int:
 
 def cmd_add_flow(args: argparse.Namespace) -> int:
     with BlockingClient() as client:
-        name, rest = _opt_dp(client, args.args, 4)
+        name, rest = _opt_dp(_dp_names(client), args.args, 4)
         _need(rest, 2, 2, "add-flow")
         dp = _open(client, name)
         flow = parse_flow_args(rest[0], rest[1], _port_maps(dp)[1])
@@ -266,7 +271,7 @@ def cmd_add_flow(args: argparse.Namespace) -> int:
 def cmd_get_flow(args: argparse.Namespace) -> int:
     verbosity, names, _ = _opts(args)
     with BlockingClient() as client:
-        name, rest = _opt_dp(client, args.args, 3)
+        name, rest = _opt_dp(_dp_names(client), args.args, 3)
         _need(rest, 1, 1, "get-flow")
         dp = _open(client, name)
         ufid, _ = parse_ufid(rest[0])
@@ -283,7 +288,7 @@ def cmd_get_flow(args: argparse.Namespace) -> int:
 
 def cmd_del_flow(args: argparse.Namespace) -> int:
     with BlockingClient() as client:
-        name, rest = _opt_dp(client, args.args, 3)
+        name, rest = _opt_dp(_dp_names(client), args.args, 3)
         _need(rest, 1, 1, "del-flow")
         dp = _open(client, name)
         _del_one(dp, rest[0], _port_maps(dp)[1], sys.stdout)
@@ -303,9 +308,10 @@ def _del_one(dp: BlockingDatapath, text: str, port_names: dict[str, int], out: T
 def cmd_del_flows(args: argparse.Namespace) -> int:
     with BlockingClient() as client:
         argv = list(args.args)
-        if (not _dp_arg_exists(client, argv) and len(argv) == 1) or len(argv) > 1:
-            return _process_flows(client, argv, "del")
-        name, _ = _opt_dp(client, argv, 2)
+        dps = _dp_names(client)
+        if (not _dp_arg_exists(dps, argv) and len(argv) == 1) or len(argv) > 1:
+            return _process_flows(client, dps, argv, "del")
+        name, _ = _opt_dp(dps, argv, 2)
         try:
             _open(client, name).flow_flush()
         except KernelError as exc:
@@ -315,7 +321,7 @@ def cmd_del_flows(args: argparse.Namespace) -> int:
 
 def cmd_add_flows(args: argparse.Namespace) -> int:
     with BlockingClient() as client:
-        return _process_flows(client, list(args.args), "add")
+        return _process_flows(client, _dp_names(client), list(args.args), "add")
 
 
 def flow_file_lines(stream: TextIO) -> Iterator[tuple[int, str, str, str | None]]:
@@ -419,9 +425,9 @@ class _FramedAdds:
 _QUIET_CREATE = messages.flow_put(0, Flow(b"", None, b"")).flags & ~NLM_F_ACK
 
 
-def _process_flows(client: BlockingClient, argv: Sequence[str], default: str) -> int:
+def _process_flows(client: BlockingClient, dps: Sequence[str], argv: Sequence[str], default: str) -> int:
     """add-flows / del-flows FILE: bad lines are reported and skipped; adds go to the kernel in batches."""
-    name, rest = _opt_dp(client, argv, 3)
+    name, rest = _opt_dp(dps, argv, 3)
     _need(rest, 1, 1, f"{default}-flows")
     dp = _open(client, name)
     path = rest[0]

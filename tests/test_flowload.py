@@ -369,7 +369,7 @@ def run_add_flows(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
     def fake_open(client: Any, name: str) -> Any:
         return FakeDp(kernel, client)
 
-    def fake_opt(client: Any, argv: Any, max_args: int) -> tuple[str, list[str]]:
+    def fake_opt(dps: Any, argv: Any, max_args: int) -> tuple[str, list[str]]:
         return "dp0", list(argv)
 
     monkeypatch.setattr(dpctl, "_open", fake_open)
@@ -379,7 +379,7 @@ def run_add_flows(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
     path = tmp_path / "flows"
     path.write_text(text)
     clear_memos()
-    status = dpctl._process_flows(client, [str(path)], "add")  # type: ignore[arg-type]
+    status = dpctl._process_flows(client, ["dp0"], [str(path)], "add")  # type: ignore[arg-type]
     out = capsys.readouterr()
     return status, out.out, out.err, [(k, f if k != "new" else (f.key, f.mask, f.actions, f.ufid))
                                       for k, f in kernel.flows]

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dpif.blocking import BlockingClient
-from dpif.dpctl import flow_file_lines, show_text
+from dpif.dpctl import CommandError, _opt_dp, flow_file_lines, show_text
 from dpif.model import (
     DatapathInfo,
     DpStats,
@@ -298,6 +298,20 @@ def test_show_text_like_ovs_dpctl() -> None:
     assert show_text(quiet, []) == (
         "system@dp0:\n  lookups: hit:0 missed:0 lost:0\n  flows: 0\n  masks: hit:0 total:0 hit/pkt:0.00\n"
     )
+
+
+def test_datapath_argument_is_taken_as_ovs_dpctl_takes_it() -> None:
+    """lib/dpctl.c opt_dpif_open: an optional leading existing datapath, else the only one there is."""
+    assert _opt_dp(["dp0"], [], 2) == ("dp0", [])
+    assert _opt_dp(["dp0", "dp1"], ["system@dp1", "f"], 3) == ("dp1", ["f"])
+    assert _opt_dp(["dp0"], ["in_port(1)"], 3) == ("dp0", ["in_port(1)"])
+    for dps, argv, max_args, error in ((["dp0"], ["nope"], 2, "datapath not found"),
+                                       ([], [], 2, "no datapaths exist"),
+                                       (["dp0", "dp1"], [], 2, "multiple datapaths, specify one"),
+                                       (["dp0"], ["netdev@dp0"], 2, "datapath not found")):
+        with pytest.raises(CommandError) as exc:
+            _opt_dp(dps, argv, max_args)
+        assert str(exc.value) == error
 
 
 def test_flow_file_lines() -> None:
