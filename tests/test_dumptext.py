@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from netlinkfakes import EDGES, Client, FakeNetlinkSock
 
-from dpif.blocking import BlockingClient
 from dpif.netlink import dumptext, wire
 from dpif.netlink import flowkey as fk
 from dpif.netlink import messages as m
@@ -185,27 +185,17 @@ def test_run_end_agrees_with_python_anywhere(start: int) -> None:
 # --- dump_runs of both edges over a fake dump socket ---------------------------------------------------
 
 
-class FakeDumpSock:
+class FakeDumpSock(FakeNetlinkSock):
     """Answers the dump request with datagrams built for its sequence number."""
 
+    never = "the dump never ends"
+
     def __init__(self, build: Callable[[int], list[bytes]]) -> None:
+        super().__init__()
         self.build = build
-        self.queue: list[bytes] = []
-        self.closed = False
 
-    def send_nowait(self, data: bytes | bytearray) -> bool:
-        self.queue = self.build(struct.unpack_from("=I", data, 8)[0])
-        return True
-
-    def recv_nowait(self) -> bytes | None:
-        return self.queue.pop(0) if self.queue else None
-
-    @property
-    def sock(self) -> Any:  # what an edge waits on when the queue is empty
-        raise AssertionError("the dump never ends")
-
-    def close(self) -> None:
-        self.closed = True
+    def answer(self, data: bytes) -> list[bytes]:
+        return self.build(struct.unpack_from("=I", data, 8)[0])
 
 
 def flow(seq: int, n: int) -> bytes:
@@ -217,20 +207,16 @@ def control(mtype: int, seq: int, code: int = 0) -> bytes:
     return wire.pack_message(mtype, 2, seq, struct.pack("=i", code) + tail)
 
 
-Client = GenlClient | BlockingClient
-EDGES = pytest.mark.parametrize("edge", [GenlClient, BlockingClient])
-
-
-def fake_client(edge: type[Client], build: Callable[[int], list[bytes]]) -> tuple[Client, FakeDumpSock]:
+def fake_client(edge: type[Client], sock: FakeNetlinkSock) -> Client:
+    """A client of that edge whose next dump goes to `sock`."""
     client = edge()
     client.close()
-    sock = FakeDumpSock(build)
     if isinstance(client, GenlClient):
         client._dump_socks = [sock]  # type: ignore[list-item]
     else:
         client._dump_sock = sock  # type: ignore[assignment]
     client.exchange.families["ovs_flow"] = m.FamilyInfo("ovs_flow", 0x20, 1, {})
-    return client, sock
+    return client
 
 
 def pooled(client: Client) -> list[Any]:
@@ -259,7 +245,8 @@ async def test_dump_runs_split_at_control_and_foreign_messages_and_end_at_done(e
         return [flow(seq, 1) + flow(seq, 2) + control(wire.NLMSG_NOOP, seq) + flow(seq, 3) + flow(seq + 1, 99)
                 + flow(seq, 4),
                 flow(seq, 5) + control(wire.NLMSG_DONE, seq) + flow(seq, 98)]
-    client, sock = fake_client(edge, build)
+    sock = FakeDumpSock(build)
+    client = fake_client(edge, sock)
     assert await flow_numbers(client) == [[1, 2], [3], [4], [5]]
     assert pooled(client) == [sock] and not sock.closed  # a finished dump's socket is reused
 
@@ -269,7 +256,8 @@ async def test_dump_runs_split_at_control_and_foreign_messages_and_end_at_done(e
 async def test_dump_runs_raise_the_kernel_error_and_drop_the_socket(edge: type[Client], end: int) -> None:
     def build(seq: int) -> list[bytes]:
         return [flow(seq, 1) + control(end, seq, -22) + flow(seq, 2)]
-    client, sock = fake_client(edge, build)
+    sock = FakeDumpSock(build)
+    client = fake_client(edge, sock)
     with pytest.raises(KernelError) as err:
         await flow_numbers(client)
     assert err.value.code == 22
@@ -281,18 +269,21 @@ async def test_dump_yields_each_payload_of_the_runs(edge: type[Client]) -> None:
     def build(seq: int) -> list[bytes]:
         return [flow(seq, 1) + control(wire.NLMSG_NOOP, seq) + flow(seq, 2) + flow(seq, 3),
                 flow(seq, 4) + control(wire.NLMSG_DONE, seq)]
-    client, _ = fake_client(edge, build)
+    client = fake_client(edge, FakeDumpSock(build))
     payloads = await dumped(client, payloads=True)
     assert [struct.unpack_from("=I", p, 16)[0] for p in payloads] == [1, 2, 3, 4]
     assert payloads[0] == bytes(next(wire.iter_messages(flow(0, 1))).payload)
 
 
-class SilentSock(FakeDumpSock):
+class SilentSock(FakeNetlinkSock):
     """A dump socket that never answers, on a real descriptor: the edges really wait on it."""
 
     def __init__(self) -> None:
-        super().__init__(lambda seq: [])
+        super().__init__()
         self.pair = socket.socketpair()
+
+    def answer(self, data: bytes) -> list[bytes]:
+        return []
 
     @property
     def sock(self) -> Any:
@@ -307,13 +298,9 @@ class SilentSock(FakeDumpSock):
 @EDGES
 async def test_a_stalled_dump_times_out_and_drops_the_socket(edge: type[Client]) -> None:
     """No datagram and no end: the wait has a deadline, and the socket is not reused."""
-    client, _ = fake_client(edge, lambda seq: [])
-    client.timeout = 0.2
     sock = SilentSock()
-    if isinstance(client, GenlClient):
-        client._dump_socks = [sock]  # type: ignore[list-item]
-    else:
-        client._dump_sock = sock  # type: ignore[assignment]
+    client = fake_client(edge, sock)
+    client.timeout = 0.2
     with pytest.raises(TimeoutError):
         await flow_numbers(client)
     assert pooled(client) == [] and sock.closed

@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from netlinkfakes import EDGES, Client, FakeNetlinkSock
 
 from dpif import dpctl
 from dpif.bench import flow_lines
-from dpif.blocking import BlockingClient
 from dpif.model import Flow
 from dpif.netlink import actions, flowkey, flowload
 from dpif.netlink import messages as m
@@ -240,33 +240,27 @@ def test_garbage_never_crashes(text: str, cut: int) -> None:
 # --- the quiet batch ------------------------------------------------------------------------------------
 
 
-class FakeSock:
+class FakeSock(FakeNetlinkSock):
     """A request socket that refuses chosen sequence numbers and acks only what asks for it."""
 
-    def __init__(self, refuse: dict[int, int]) -> None:
-        self.refuse = refuse
-        self.sent: list[bytes] = []
-        self.queue: list[bytes] = []
+    never = "waiting for an ack that will never come"
 
-    def send_nowait(self, data: bytes | bytearray) -> bool:
-        self.sent.append(bytes(data))
-        for msg in iter_messages(bytes(data)):
+    def __init__(self, refuse: dict[int, int]) -> None:
+        super().__init__()
+        self.refuse = refuse
+
+    def answer(self, data: bytes) -> list[bytes]:
+        out = []
+        for msg in iter_messages(data):
             code = self.refuse.get(msg.seq, 0)
             if code or msg.flags & NLM_F_ACK:
                 payload = struct.pack("=i", -code) + NLMSG_HDR.pack(16 + len(msg.payload), 0, 0, msg.seq, 0)
-                self.queue.append(pack_message(NLMSG_ERROR, 0x100, msg.seq, payload))
-        return True
-
-    def recv_nowait(self) -> bytes | None:
-        return self.queue.pop(0) if self.queue else None
-
-    @property
-    def sock(self) -> Any:  # what an edge waits on when the queue is empty
-        raise AssertionError("waiting for an ack that will never come")
+                out.append(pack_message(NLMSG_ERROR, 0x100, msg.seq, payload))
+        return out
 
 
-@pytest.mark.parametrize("edge", [GenlClient, BlockingClient])
-async def test_send_framed_files_errors_per_message(edge: type[GenlClient | BlockingClient]) -> None:
+@EDGES
+async def test_send_framed_files_errors_per_message(edge: type[Client]) -> None:
     client = edge()
     client.close()
     sock = FakeSock({})
