@@ -10,16 +10,18 @@ module is back, and the new daemon, started with flow-restore-wait, adopts what 
 
 from __future__ import annotations
 
+import errno
 import logging
 from collections.abc import Collection
 from pathlib import Path
 
-import trio
-
+from dpfreeze import command
+from dpfreeze.command import CommandFailed
 from dpfreeze.log import kv
-from dpfreeze.snapshot import RestoreReport, Snapshot, restore
-from dpfreeze.snapshot_cli import open_or_create
-from dpif.netlink_datapath import delete_datapath, list_datapaths, open_datapath
+from dpfreeze.snapshot import DatapathSnapshot, RestoreReport, Snapshot, restore
+from dpif.model import VportType
+from dpif.netlink.wire import KernelError
+from dpif.netlink_datapath import create_datapath, delete_datapath, list_datapaths, open_datapath
 
 LOG = logging.getLogger(__name__)
 MODULE = "openvswitch"
@@ -39,11 +41,10 @@ def dependents(modules_text: str, module: str = MODULE) -> list[str]:
 
 
 async def _run(*argv: str) -> None:
-    with trio.fail_after(60):
-        res = await trio.run_process(list(argv), check=False, capture_stdout=True, capture_stderr=True)
-    if res.returncode:
-        why = res.stderr.decode(errors="replace").strip() or f"exit status {res.returncode}"
-        raise ReloadError(f"{' '.join(argv)}: {why}")
+    try:
+        await command.run(argv, timeout=60)
+    except CommandFailed as exc:
+        raise ReloadError(f"{' '.join(argv)}: {exc.why}") from None
 
 
 async def check_reloadable(snapshotted: Collection[str]) -> None:
@@ -72,3 +73,20 @@ async def reload_and_restore(snapshot_path: str | Path, proc: Path = Path("/proc
         async with open_datapath(dsnap.name) as dp:
             reports.append(await restore(dp, snap))
     return reports
+
+
+async def open_or_create(dsnap: DatapathSnapshot) -> bool:
+    """Create the datapath (with the snapshot's features) when the kernel has none by that name."""
+    if dsnap.name in {d.name for d in await list_datapaths()}:
+        return False
+    local = next((v for v in dsnap.vports if v.port_no == 0 and v.type == VportType.INTERNAL), None)
+    pid = local.upcall_pids[0] if local and local.upcall_pids else 0
+    features = dsnap.info.features
+    try:
+        await create_datapath(dsnap.name, features=features, upcall_pid=pid, ifindex=dsnap.info.ifindex)
+    except KernelError as exc:
+        if exc.code not in (errno.EBUSY, errno.EEXIST):
+            raise
+        print(f"datapath {dsnap.name}: ifindex {dsnap.info.ifindex} is taken, the kernel chose another")
+        await create_datapath(dsnap.name, features=features, upcall_pid=pid)
+    return True

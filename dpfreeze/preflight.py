@@ -21,12 +21,13 @@ from typing import Any, Protocol
 
 import trio
 
-from dpfreeze import control, machine, ovsdb
-from dpfreeze.cli import UserError
+from dpfreeze.errors import UserError
+from dpfreeze.freeze import control, machine
+from dpfreeze.freeze.machine import ACTIVE, Event, State, StateStore
+from dpfreeze.freeze.service import FRW_TIMEOUT, ServiceConfig, SystemBackend
 from dpfreeze.log import kv
-from dpfreeze.machine import ACTIVE, Event, State, StateStore
-from dpfreeze.ovsenv import OvsEnv
-from dpfreeze.service import FRW_TIMEOUT, ServiceConfig, SystemBackend
+from dpfreeze.ovs import ovsdb
+from dpfreeze.ovs.ovsenv import OvsEnv
 
 LOG = logging.getLogger(__name__)
 

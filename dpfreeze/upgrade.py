@@ -22,9 +22,12 @@ from typing import Any, Protocol
 import outcome
 import trio
 
-from dpfreeze import appctl, datapaths, kmod, openflow, ovsdb
+from dpfreeze import command, kmod
+from dpfreeze.command import CommandFailed
+from dpfreeze.freeze.service import render_status
 from dpfreeze.log import kv
-from dpfreeze.ovsenv import DaemonNotRunning, OvsEnv, process_alive
+from dpfreeze.ovs import appctl, datapaths, openflow, ovsdb
+from dpfreeze.ovs.ovsenv import DaemonNotRunning, OvsEnv, process_alive
 from dpfreeze.snapshot import Snapshot
 from dpif.netdev_datapath import is_netdev_name
 
@@ -72,6 +75,24 @@ class UpgradeReport:
     def to_json(self) -> dict[str, Any]:
         return dict(vars(self))
 
+    def text(self) -> str:
+        """What the operator reads: the outcome line, then one line per step, finding and error."""
+        lines = [f"upgrade {'OK' if self.ok else 'FAILED'}: ovs-vswitchd {self.old_pid} -> {self.new_pid}"]
+        lines += [
+            f"  {s['step']}: {s['seconds']:.3f} s"
+            + "".join(f" {k}={v}" for k, v in s.items() if k not in ("step", "seconds"))
+            for s in self.steps
+        ]
+        lines += [f"  openflow: {c}" for c in self.openflow_changes]
+        lines += [f"  problem: {p}" for p in self.verify]
+        lines += [f"  caution: {c}" for c in self.cautions]
+        lines += [f"  restore: {r}" for r in self.restore]
+        if self.error:
+            lines.append(f"  error: {self.error}")
+        if self.status:
+            lines.append(render_status(self.status))
+        return "\n".join(lines)
+
 
 def daemon_argv(pid: int, proc: Path = Path("/proc")) -> list[str]:
     """The running daemon's own command line, to start the new binary exactly as the old one ran."""
@@ -87,26 +108,14 @@ async def _wait_gone(pid: int, timeout: float) -> bool:
     return False
 
 
-async def _run(argv: list[str], env: OvsEnv, timeout: float) -> int:
-    with trio.fail_after(timeout):
-        proc = await trio.run_process(
-            argv,
-            check=False,
-            env={**os.environ, **env.environ()},
-            stdin=b"",
-            capture_stdout=True,
-            capture_stderr=True,
-        )
-    if proc.returncode:
-        LOG.warning(
-            kv(
-                "upgrade.command_failed",
-                argv=" ".join(argv),
-                rc=proc.returncode,
-                stderr=proc.stderr.decode(errors="replace").strip()[-300:],
-            )
-        )
-    return proc.returncode
+async def _run(argv: list[str], env: OvsEnv, timeout: float, failure: str) -> None:
+    """Run a step's command in OVS's environment; its failure is an UpgradeError saying `failure` and why."""
+    try:
+        await command.run(argv, timeout=timeout, env=env.environ())
+    except CommandFailed as exc:
+        LOG.warning(kv("upgrade.command_failed", argv=" ".join(argv), rc=exc.returncode,
+                       stderr=exc.why[-300:]))
+        raise UpgradeError(f"{failure}: {exc.why}") from None
 
 
 def exit_keeps_flows(version_text: str) -> bool:
@@ -138,8 +147,7 @@ async def start_vswitchd(env: OvsEnv, argv: list[str]) -> None:
     """Re-run the old command line (the binary at that path is the new one); it must --detach."""
     if "--detach" not in argv:
         argv = [*argv, "--detach"]
-    if await _run(argv, env, 60):
-        raise UpgradeError(f"starting {VSWITCHD} failed: {shlex.join(argv)}")
+    await _run(argv, env, 60, f"starting {VSWITCHD} failed: {shlex.join(argv)}")
 
 
 async def wait_new_daemon(env: OvsEnv, old_pid: int, timeout: float) -> int:
@@ -156,12 +164,12 @@ async def wait_new_daemon(env: OvsEnv, old_pid: int, timeout: float) -> int:
     raise UpgradeError(f"no new {VSWITCHD} answered within {timeout:g} s")
 
 
-async def restore_openflow(snapshot_path: str | Path) -> list[str]:
+async def restore_openflow(snapshot_path: str | Path, env: OvsEnv) -> list[str]:
     """Give the running daemon the OpenFlow state the snapshot saved (ovs-save's restore, plus what it
     misses); one line per change, none when the daemon already has it (e.g. its controller re-sent it)."""
     changes: list[str] = []
     for bridge in Snapshot.load(snapshot_path).openflow:
-        changes += await openflow.restore_bridge(bridge)
+        changes += await openflow.restore_bridge(bridge, env)
     return changes
 
 
@@ -264,8 +272,8 @@ async def upgrade(
         t = time.monotonic()
         await api.take_upcalls()  # misses of the old daemon's exit are buffered for the new one, not lost
         if restart_command:
-            if await _run(["sh", "-c", restart_command], env, daemon_timeout):
-                raise UpgradeError(f"restart command failed: {restart_command}")
+            await _run(["sh", "-c", restart_command], env, daemon_timeout,
+                       f"restart command failed: {restart_command}")
             rep.step("restart-command", t)
         else:
             assert rep.old_pid is not None
@@ -287,7 +295,7 @@ async def upgrade(
         rep.new_pid = await wait_new_daemon(env, rep.old_pid or 0, daemon_timeout)
         rep.step("new-daemon", t, pid=rep.new_pid)
         t = time.monotonic()
-        rep.openflow_changes = await restore_openflow(frozen["snapshot_path"])
+        rep.openflow_changes = await restore_openflow(frozen["snapshot_path"], env)
         rep.step("restore-openflow", t, changes=len(rep.openflow_changes))
     except Exception as exc:
         rep.error = f"{type(exc).__name__}: {exc}"

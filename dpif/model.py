@@ -16,7 +16,7 @@ import errno
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 
@@ -260,13 +260,6 @@ class ExecuteRequest:
     mru: int | None = None
     hash: int | None = None
     upcall_pid: int | None = None
-
-
-@dataclass
-class UpcallSocketInfo:
-    portid: int
-    description: str = ""
-    extra: dict[str, str] = field(default_factory=dict)
 
 
 class Datapath(Protocol):

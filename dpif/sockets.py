@@ -14,7 +14,6 @@ NETLINK_GENERIC = 16
 SO_RCVBUFFORCE = 33  # Linux; not exported by the socket module
 SOL_NETLINK = 270
 NETLINK_ADD_MEMBERSHIP = 1
-NETLINK_DROP_MEMBERSHIP = 2
 NETLINK_NO_ENOBUFS = 5
 NETLINK_CAP_ACK = 10
 NETLINK_EXT_ACK = 11
@@ -60,9 +59,6 @@ class NetlinkSocket:
 
     def add_membership(self, group: int) -> None:
         self.sock.setsockopt(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, group)
-
-    def drop_membership(self, group: int) -> None:
-        self.sock.setsockopt(SOL_NETLINK, NETLINK_DROP_MEMBERSHIP, group)
 
     def send_nowait(self, data: bytes | bytearray) -> bool:
         """Send one datagram; False when the socket would block (the caller waits and tries again)."""

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from dpfreeze.sandbox import Sandbox, sandbox
+from dpfreeze.lab.sandbox import Sandbox, sandbox
 
 # Runs kernel-marked tests in the VM; lives in vm-tests/ (on pythonpath, see pyproject.toml).
 pytest_plugins = ["vmplugin"]

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 import trio
 
-from dpfreeze.sandbox import Sandbox
-from dpfreeze.service import FreezeService, ServiceConfig, SystemBackend
+from dpfreeze.freeze.service import FreezeService, ServiceConfig, SystemBackend
+from dpfreeze.lab.sandbox import Sandbox
 
 
 @asynccontextmanager

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from dpfreeze import cli
+from dpfreeze.cli import main as cli
 
 
 def registered(module: str) -> set[str]:
@@ -26,12 +26,13 @@ def test_table_lists_every_command_of_each_module(module: str) -> None:
 
 def test_a_command_imports_only_its_own_modules() -> None:
     code = (
-        "import sys; from dpfreeze import cli; cli.build_parser(cli.modules_for(['dpctl', 'show']));"
+        "import sys; from dpfreeze.cli import main as cli; "
+        "cli.build_parser(cli.modules_for(['dpctl', 'show']));"
         "print(sorted(m for m in sys.modules if m.startswith(('dpfreeze.', 'dpif.'))))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert "dpif.dpctl" in out
-    for heavy in ("dpfreeze.probe", "dpfreeze.service", "dpfreeze.snapshot", "scapy"):
+    assert "dpfreeze.cli.dpctl" in out
+    for heavy in ("dpfreeze.probe", "dpfreeze.freeze.service", "dpfreeze.snapshot", "scapy"):
         assert heavy not in out
 
 
@@ -39,7 +40,7 @@ def test_dpctl_runs_without_trio() -> None:
     """One-shot commands run on the blocking netlink edge: importing trio would cost seconds under TCG.
     (Here ovs_datapath is missing or present; either way the command ran and trio was never imported.)"""
     code = (
-        "import sys; from dpfreeze import cli; rc = cli.main(['dpctl', 'dump-dps']);"
+        "import sys; from dpfreeze.cli.main import main; rc = main(['dpctl', 'dump-dps']);"
         "print(rc, sorted(m for m in sys.modules if m.split('.')[0] in ('trio', 'attrs', 'dpif.transport')))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 import trio
 
-from dpfreeze import control
-from dpfreeze.control import (
+from dpfreeze.freeze import control
+from dpfreeze.freeze.control import (
     ControlError,
     LineDecoder,
     Request,

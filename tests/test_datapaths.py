@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dpfreeze import datapaths
+from dpfreeze.ovs import datapaths
 
 
 @pytest.mark.parametrize(("names", "expected"), [
@@ -37,7 +37,7 @@ async def test_auto_refuses_to_guess(monkeypatch: pytest.MonkeyPatch, names: lis
 
 
 async def test_a_module_reload_of_a_userspace_datapath_is_refused_before_anything(tmp_path: object) -> None:
-    from dpfreeze.ovsenv import OvsEnv
+    from dpfreeze.ovs.ovsenv import OvsEnv
     from dpfreeze.upgrade import UpgradeError, upgrade
 
     class NoApi:  # any call would be a change: the refusal must come first

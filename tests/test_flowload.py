@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import errno
-import io
 import struct
 from pathlib import Path
 from typing import Any
@@ -14,10 +13,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from netlinkfakes import EDGES, Client, FakeNetlinkSock
 
-from dpif import dpctl
-from dpif.bench import flow_lines
+from dpfreeze.cli import dpctl
+from dpfreeze.lab.bench_dpif import flow_lines
 from dpif.model import Flow
-from dpif.netlink import actions, flowkey, flowload
+from dpif.netlink import actions, flowkey, flowload, flowtext
 from dpif.netlink import messages as m
 from dpif.netlink.exchange import FramedBatch
 from dpif.netlink.wire import (
@@ -32,7 +31,7 @@ from dpif.transport import GenlClient
 
 DATA = Path(__file__).parent / "data"
 FAMILY, IFINDEX, SEQ = 0x1F, 7, 1000
-FLAGS = dpctl._QUIET_CREATE
+FLAGS = m.FLOW_CREATE_QUIET
 ENC = flowload.ENCODER
 
 
@@ -43,7 +42,7 @@ def test_the_extension_is_built() -> None:
 
 def reference(line: str, seq: int = SEQ) -> bytes | None:
     """The Python path's message for one add-flows line; None where it would not send one."""
-    parsed = dpctl.flow_line(line)
+    parsed = flowtext.flow_line(line)
     if parsed is None:
         return b""
     command, flow_text, acts = parsed
@@ -77,9 +76,9 @@ def check_line(line: str) -> bool:
 
 
 def clear_memos() -> None:
-    flowkey._PARSED_ATTRS.clear()
-    actions._PARSED.clear()
-    for memo in flowkey._PARSED_VALUES.values():
+    flowkey.parser.PARSED_ATTRS.clear()
+    actions.parser.PARSED.clear()
+    for memo in flowkey.parser.PARSED_VALUES.values():
         memo.clear()
 
 
@@ -397,7 +396,3 @@ def test_add_flows_same_with_and_without_the_encoder(
     assert slow[0] == 1 and "File exists" in slow[2] and "Failed parsing line number 65" in slow[2]
 
 
-def test_flow_line_matches_flow_file_lines() -> None:
-    text = "# c\n\nin_port(1) 2\nadd,x y\n"
-    assert [(n, *dpctl.flow_line(raw)) for n, raw in enumerate(io.StringIO(text), 1)  # type: ignore[misc]
-            if dpctl.flow_line(raw)] == list(dpctl.flow_file_lines(io.StringIO(text)))

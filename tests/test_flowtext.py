@@ -90,7 +90,7 @@ def test_live_kernel_dump_matches_ovs_dpctl(tmp_path: Path) -> None:
             sk.bind((0, 0))
             reply = _genl(sk, 16, 3, 2, wire.attr(2, b"ovs_flow\0"), 0)
             msg = next(wire.iter_messages(reply[0]))
-            family = wire.u16(wire.attr_map(msg.payload[wire.GENL_HDR.size :])[1])
+            family = struct.unpack("=H", dict(wire.iter_attrs(msg.payload[wire.GENL_HDR.size :]))[1])[0]
             dump = b"".join(_genl(sk, family, 3, 1, wire.OVS_HDR.pack(ifindex), wire.NLM_F_DUMP))
         ours = [format_dumped(a) for a in dumped_flows(dump)]
         assert len(ours) == len(corpus())
@@ -182,8 +182,8 @@ def test_key_plans_format_like_the_generic_walk(verbose: bool) -> None:
             for o in rnd.sample(offsets, min(len(offsets), variant)):
                 k[o] = rnd.choice((0, 1, 2, 3, 0x7F, 0xFF, rnd.randrange(256)))
             kb = bytes(k)
-            planned = fk._flow_format(kb, mask, verbose, ports)
-            assert planned == fk._flow_format_generic(kb, mask, verbose, ports)
+            planned = fk.formatter._flow_format(kb, mask, verbose, ports)
+            assert planned == fk.formatter._flow_format_generic(kb, mask, verbose, ports)
 
 
 @pytest.mark.parametrize("flags", [0, 0x12, 0x1FF, 0xE00, 0xFFF])

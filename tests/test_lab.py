@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import trio
 
-from dpfreeze.cli import UserError
-from dpfreeze.lab import LabState, lab_down, lab_up, load, state_path
-from dpfreeze.ovsenv import process_alive
+from dpfreeze.errors import UserError
+from dpfreeze.lab.topology import LabState, lab_down, lab_up, load, state_path
+from dpfreeze.ovs.ovsenv import process_alive
 
 
 @pytest.fixture(autouse=True)
@@ -85,7 +85,8 @@ async def test_up_builds_the_topology_and_down_removes_all_of_it() -> None:
 @pytest.mark.netdev
 async def test_down_cleans_up_after_an_up_that_was_killed(labdir: Path) -> None:
     """SIGKILL `lab up` half-way (after its first namespace): `down` still removes everything."""
-    code = "import trio, dpfreeze.lab as l; trio.run(lambda: l.lab_up('k', datapath='netdev', namespaces=6))"
+    code = ("import trio, dpfreeze.lab.topology as l; "
+            "trio.run(lambda: l.lab_up('k', datapath='netdev', namespaces=6))")
     proc = subprocess.Popen([sys.executable, "-c", code], env={**os.environ})
     try:
         deadline = time.monotonic() + 60

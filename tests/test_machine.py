@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from dpfreeze.machine import (
+from dpfreeze.freeze.machine import (
     TRANSITIONS,
     Event,
     FreezeState,

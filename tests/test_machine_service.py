@@ -18,15 +18,15 @@ from typing import Any
 import pytest
 import trio
 
-from dpfreeze import handover as ho
-from dpfreeze import pin as pin_mod
-from dpfreeze import portids
-from dpfreeze.control import ControlError, Request
-from dpfreeze.handover import Handover, MissBuffer, recirc_id
-from dpfreeze.machine import State, StateStore
-from dpfreeze.pin import PinSet, uses_recirculation
-from dpfreeze.portids import parse_proc_net_netlink
-from dpfreeze.service import FreezeService, ServiceConfig
+from dpfreeze.freeze import handover as ho
+from dpfreeze.freeze import pin as pin_mod
+from dpfreeze.freeze.control import ControlError, Request
+from dpfreeze.freeze.handover import Handover, MissBuffer, recirc_id
+from dpfreeze.freeze.machine import State, StateStore
+from dpfreeze.freeze.pin import PinSet, uses_recirculation
+from dpfreeze.freeze.service import FreezeService, ServiceConfig
+from dpfreeze.ovs import portids
+from dpfreeze.ovs.portids import parse_proc_net_netlink
 from dpfreeze.upgrade import verify
 from dpif.model import (
     Datapath,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import struct
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -11,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from dpfreeze.cli.dpctl import CommandError, _opt_dp, show_text
 from dpif.blocking import BlockingClient
-from dpif.dpctl import CommandError, _opt_dp, flow_file_lines, show_text
 from dpif.model import (
     DatapathInfo,
     DpStats,
@@ -39,6 +38,7 @@ from dpif.netlink.wire import (
     NLM_F_ACK_TLVS,
     NLM_F_CAPPED,
     NLM_F_CREATE,
+    NLM_F_DUMP,
     NLMSG_DONE,
     NLMSG_ERROR,
     OVS_HDR,
@@ -46,7 +46,7 @@ from dpif.netlink.wire import (
     Message,
     WireError,
     attr,
-    attr_map,
+    iter_attrs,
     iter_messages,
     pack_message,
 )
@@ -54,7 +54,7 @@ from dpif.sockets import NetlinkSocket, _proc_drops
 
 
 def attrs_of(req: m.Request) -> dict[int, bytes]:
-    return {t: bytes(v) for t, v in attr_map(req.body[GENL_HDR.size + OVS_HDR.size :]).items()}
+    return {t: bytes(v) for t, v in dict(iter_attrs(req.body[GENL_HDR.size + OVS_HDR.size :])).items()}
 
 
 def test_dp_set_always_carries_user_features() -> None:
@@ -76,10 +76,10 @@ def test_dp_new_uses_features_version_and_requires_upcall_pid() -> None:
 
 
 def test_dump_requests() -> None:
-    assert m.dp_get().is_dump and not m.dp_get("x").is_dump
-    assert m.vport_get(3).is_dump and not m.vport_get(3, 1).is_dump
+    assert (m.dp_get().flags & NLM_F_DUMP) and not (m.dp_get("x").flags & NLM_F_DUMP)
+    assert (m.vport_get(3).flags & NLM_F_DUMP) and not (m.vport_get(3, 1).flags & NLM_F_DUMP)
     dump = m.flow_dump(3)
-    assert dump.is_dump and attrs_of(dump) == {}  # never terse: no UFID_FLAGS
+    assert (dump.flags & NLM_F_DUMP) and attrs_of(dump) == {}  # never terse: no UFID_FLAGS
 
 
 def test_flow_put_flags_and_attrs() -> None:
@@ -206,7 +206,7 @@ def test_meter_set_carries_id_unit_and_every_band() -> None:
 
 def test_meter_get_asks_by_id() -> None:
     req = m.meter_get(33, 7)
-    assert GENL_HDR.unpack_from(req.body)[0] == fam.METER_CMD_GET and not req.is_dump
+    assert GENL_HDR.unpack_from(req.body)[0] == fam.METER_CMD_GET and not (req.flags & NLM_F_DUMP)
     assert attrs_of(req) == {1: struct.pack("=I", 7)}
 
 
@@ -312,19 +312,6 @@ def test_datapath_argument_is_taken_as_ovs_dpctl_takes_it() -> None:
         with pytest.raises(CommandError) as exc:
             _opt_dp(dps, argv, max_args)
         assert str(exc.value) == error
-
-
-def test_flow_file_lines() -> None:
-    text = (
-        "# comment\n\nin_port(1),eth() 2\nadd in_port(2) drop\ndelete in_port(3)\n"
-        "modify ufid:1,in_port(4)  1,2 \n"
-    )
-    assert list(flow_file_lines(io.StringIO(text))) == [
-        (3, "", "in_port(1),eth()", "2"),
-        (4, "add", "in_port(2)", "drop"),
-        (5, "del", "in_port(3)", None),
-        (6, "mod", "ufid:1,in_port(4)", "1,2"),
-    ]
 
 
 @settings(max_examples=300, deadline=None)

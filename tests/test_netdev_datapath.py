@@ -10,8 +10,10 @@ import pytest
 import trio
 from servicetools import freeze_service, until
 
-from dpfreeze import freeze_cli, ovsdb, snapshot_cli
-from dpfreeze.sandbox import Sandbox, SandboxError
+from dpfreeze.cli import freeze as freeze_cli
+from dpfreeze.cli import snapshot as snapshot_cli
+from dpfreeze.lab.sandbox import Sandbox, SandboxError
+from dpfreeze.ovs import ovsdb
 from dpfreeze.upgrade import upgrade
 from dpif.model import Flow
 from dpif.netdev_datapath import NetdevDatapath, list_netdev_datapaths

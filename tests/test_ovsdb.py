@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from dpfreeze import ovsdb
-from dpfreeze.ovsenv import OvsEnv
-from dpfreeze.sandbox import Sandbox
+from dpfreeze.lab.sandbox import Sandbox
+from dpfreeze.ovs import ovsdb
+from dpfreeze.ovs.ovsenv import OvsEnv
 
 
 def _env(rundir: Path) -> OvsEnv:

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from dpfreeze.ovsenv import DaemonNotRunning, OvsEnv, process_alive
-from dpfreeze.sandbox import Sandbox
+from dpfreeze.lab.sandbox import Sandbox
+from dpfreeze.ovs.ovsenv import DaemonNotRunning, OvsEnv, process_alive
 
 
 def test_defaults_are_debians() -> None:
@@ -47,7 +47,7 @@ def test_unixctl_path_from_pidfile(tmp_path: Path) -> None:
 
 
 def test_current_reads_the_process_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    from dpfreeze import ovsenv
+    from dpfreeze.ovs import ovsenv
 
     monkeypatch.setenv("OVS_RUNDIR", "/somewhere")
     assert ovsenv.current().db_sock == Path("/somewhere/db.sock")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dpfreeze.portmap import PortMap, UnmappedPort
+from dpfreeze.snapshot.portmap import PortMap, UnmappedPort
 from dpif.model import Flow, Vport, VportType
 from dpif.netlink import actions as act
 from dpif.netlink import flowtext

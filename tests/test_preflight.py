@@ -17,12 +17,13 @@ from typing import Any
 import pytest
 import trio
 
-from dpfreeze import control, ovsdb
-from dpfreeze.cli import UserError
-from dpfreeze.machine import Event, FreezeState, State, StateStore, step
+from dpfreeze.errors import UserError
+from dpfreeze.freeze import control
+from dpfreeze.freeze.machine import Event, FreezeState, State, StateStore, step
+from dpfreeze.freeze.service import ServiceConfig
+from dpfreeze.lab.sandbox import sandbox
+from dpfreeze.ovs import ovsdb
 from dpfreeze.preflight import REPAIR_DETAIL, preflight, stale_reason
-from dpfreeze.sandbox import sandbox
-from dpfreeze.service import ServiceConfig
 
 FROZEN_AT, TTL = 1000.0, 60.0
 VALID, EXPIRED = FROZEN_AT + 30, FROZEN_AT + TTL + 5

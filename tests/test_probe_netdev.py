@@ -10,12 +10,12 @@ import jsonschema
 import pytest
 import trio
 
-from dpfreeze.lab import tx_checksum_off
+from dpfreeze.lab.sandbox import NsPort, Sandbox
+from dpfreeze.lab.topology import tx_checksum_off
 from dpfreeze.probe import Endpoint, ProbeSpec, Timeline, run_probes, sleep_disruption
 from dpfreeze.probe.agent import ReceiverConfig
 from dpfreeze.probe.report import load_schema
 from dpfreeze.probe.run import _Agent
-from dpfreeze.sandbox import NsPort, Sandbox
 
 pytestmark = pytest.mark.netdev
 

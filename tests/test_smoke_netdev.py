@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from dpfreeze.ovsenv import process_alive
-from dpfreeze.sandbox import Sandbox, SandboxError, sandbox
+from dpfreeze.lab.sandbox import Sandbox, SandboxError, sandbox
+from dpfreeze.ovs.ovsenv import process_alive
 
 pytestmark = pytest.mark.netdev
 

@@ -15,11 +15,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dpfreeze import snapshot_cli
-from dpfreeze.cli import UserError
-from dpfreeze.netdevconf import Address, NetdevConfig, Route
-from dpfreeze.openflow import BridgeOpenFlow
-from dpfreeze.ovsdb import Versions
+from dpfreeze.cli import snapshot as snapshot_cli
+from dpfreeze.errors import UserError
+from dpfreeze.ovs.netdevconf import Address, NetdevConfig, Route
+from dpfreeze.ovs.openflow import BridgeOpenFlow
+from dpfreeze.ovs.ovsdb import Versions
 from dpfreeze.snapshot import (
     DatapathSnapshot,
     MeterRecord,

@@ -7,8 +7,8 @@ import socket
 import pytest
 import trio
 
-from dpfreeze import netdevconf
-from dpfreeze.sandbox import Sandbox
+from dpfreeze.lab.sandbox import Sandbox
+from dpfreeze.ovs import netdevconf
 
 pytestmark = [pytest.mark.netdev, pytest.mark.ovs_ports(0)]
 

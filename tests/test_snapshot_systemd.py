@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from dpfreeze.cli import build_parser
+from dpfreeze.cli.main import build_parser
 
 UNITS = files("dpfreeze") / "systemd"
 DROPIN = "ovs-vswitchd-dpfreeze.conf"

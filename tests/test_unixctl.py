@@ -108,8 +108,8 @@ async def test_no_daemon_is_unreachable(tmp_path: Path) -> None:
 
 async def test_a_daemon_that_never_answers_has_no_version(tmp_path: Path) -> None:
     """What the upgrade's new-daemon poll asks: a hung daemon is "not answering", not an error."""
-    from dpfreeze import appctl
-    from dpfreeze.ovsenv import OvsEnv
+    from dpfreeze.ovs import appctl
+    from dpfreeze.ovs.ovsenv import OvsEnv
 
     env = OvsEnv.from_environ({"OVS_RUNDIR": str(tmp_path)})
     env.pidfile("ovs-vswitchd").write_text("4242\n")

@@ -23,9 +23,6 @@ import trio
 from dpfreeze.probe.agent import ReceiverConfig, SenderConfig, config_to_json
 from dpfreeze.probe.report import Report, build_report
 
-READY_TIMEOUT = 60.0  # an agent imports scapy; under qemu TCG that alone takes several seconds
-STOP_TIMEOUT = 10.0
-
 
 class ProbeError(Exception):
     """The probes could not run (bad endpoint, agent failed); one line for the operator."""
@@ -71,6 +68,8 @@ class ProbeSpec:
     lead_s: float = 0.5  # steady traffic before the disruption
     tail_s: float = 0.5  # and after it
     drain_s: float = 0.3  # the receiver keeps listening after the sender stops
+    ready_timeout_s: float = 60.0  # an agent imports scapy; under qemu TCG that alone takes several seconds
+    stop_timeout_s: float = 10.0  # an agent writes its log on stop: a long run's takes a while under load
 
 
 def _single(group: BaseExceptionGroup[BaseException]) -> BaseException:
@@ -123,14 +122,14 @@ class _Agent:
 
     @classmethod
     async def start(cls, nursery: trio.Nursery, name: str, netns: str | None,
-                    cfg: SenderConfig | ReceiverConfig) -> _Agent:
+                    cfg: SenderConfig | ReceiverConfig, ready_timeout: float) -> _Agent:
         argv = _in_ns(netns, [sys.executable, "-m", "dpfreeze.probe", config_to_json(cfg)])
         proc: trio.Process = await nursery.start(partial(trio.run_process, argv, stdout=subprocess.PIPE,
                                                          check=False))
         agent = cls(name, proc, Path(cfg.out))
         assert proc.stdout is not None
         line = b""
-        with trio.move_on_after(READY_TIMEOUT):
+        with trio.move_on_after(ready_timeout):
             while not line.endswith(b"\n"):
                 chunk = await proc.stdout.receive_some(64)
                 if not chunk:
@@ -141,9 +140,9 @@ class _Agent:
             raise ProbeError(f"{name} agent in {netns or 'the host netns'} did not start (see its stderr)")
         return agent
 
-    async def stop(self) -> dict[str, Any]:
+    async def stop(self, timeout: float) -> dict[str, Any]:
         self.proc.terminate()
-        with trio.move_on_after(STOP_TIMEOUT):
+        with trio.move_on_after(timeout):
             await self.proc.wait()
         if self.proc.returncode != 0 or not self.out.exists():
             self.proc.kill()
@@ -168,16 +167,16 @@ async def run_probes(spec: ProbeSpec, disruption: Disruption, *, workdir: Path |
         # An error or cancellation in here cancels the nursery, and trio.run_process then stops both agents.
         try:
             async with trio.open_nursery() as nursery:
-                receiver = await _Agent.start(nursery, "receiver", dst.netns, rcfg)
-                sender = await _Agent.start(nursery, "sender", src.netns, scfg)
+                receiver = await _Agent.start(nursery, "receiver", dst.netns, rcfg, spec.ready_timeout_s)
+                sender = await _Agent.start(nursery, "sender", src.netns, scfg, spec.ready_timeout_s)
                 t0 = time.time_ns()
                 await trio.sleep(spec.lead_s)
                 await disruption(timeline)
                 await trio.sleep(spec.tail_s)
                 end = time.time_ns()
-                sent = await sender.stop()
+                sent = await sender.stop(spec.stop_timeout_s)
                 await trio.sleep(spec.drain_s)
-                got = await receiver.stop()
+                got = await receiver.stop(spec.stop_timeout_s)
         except BaseExceptionGroup as group:
             raise _single(group) from None
         params = {"src": src.where(), "dst": dst.where(), "rate": spec.rate, "flows": spec.flows,

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 from typing import NamedTuple, Protocol
 
-from dpif.netlink import actions, flowkey
+from dpif.netlink import flowkey
 from dpif.netlink import messages as m
+from dpif.netlink.actions import parser as action_parser
+from dpif.netlink.flowkey import parser as key_parser
 
 
 class Encoded(NamedTuple):
@@ -35,8 +37,8 @@ class _Ext(Protocol):
 def struct_table() -> tuple[tuple[str, int, int, tuple[tuple[str, str, int, int], ...]], ...]:
     """(prefix, type, length, ((name=, kind, offset, size), ...)) per struct attribute the parser reads."""
     out = []
-    for prefix, t in flowkey._STRUCTS:
-        spec = flowkey._PARSE_SPECS.get(t, flowkey.KEY_ATTRS[t])
+    for prefix, t in key_parser.STRUCTS:
+        spec = key_parser.PARSE_SPECS.get(t, flowkey.KEY_ATTRS[t])
         fields = tuple((f.name + "=", f.kind, f.offset, f.size) for f in spec.fields)
         out.append((prefix, t, spec.length, fields))
     return tuple(out)
@@ -52,8 +54,8 @@ class Encoder:
     def encode(self, lines: list[str], start: int, *, family: int, flags: int, ifindex: int, seq: int,
                max_count: int, max_bytes: int) -> Encoded:
         """Lines from `start` as create-flow messages (seq, seq+1, ...) until one Python must parse."""
-        return Encoded(*self._ext.encode(lines, start, flowkey._PARSED_ATTRS, actions._PARSED,
-                                         flowkey._PARSED_VALUES, family, flags, ifindex, seq, max_count,
+        return Encoded(*self._ext.encode(lines, start, key_parser.PARSED_ATTRS, action_parser.PARSED,
+                                         key_parser.PARSED_VALUES, family, flags, ifindex, seq, max_count,
                                          max_bytes))
 
 

@@ -127,3 +127,16 @@ def strip_stats(line: str) -> str:
 
 __all__ = ["ParseError", "ParsedFlow", "format_flow", "format_stats", "parse_flow", "parse_stats",
            "split_flow", "strip_stats"]
+
+
+def flow_line(raw: str) -> tuple[str, str, str | None] | None:
+    """One line of a flow file: (command, flow, actions), None for a blank line or a comment."""
+    line = raw.split("#", 1)[0].strip()
+    if not line:
+        return None
+    word, _, rest = line.partition(" ")
+    command = {"add": "add", "delete": "del", "modify": "mod"}.get(word.split(",")[0])
+    if command is None or word != word.split(",")[0]:
+        command, rest = "", line
+    flow, _, actions = rest.strip().partition(" ")
+    return command, flow, actions.strip() or None

@@ -55,10 +55,6 @@ class Request(NamedTuple):
     flags: int
     body: bytes
 
-    @property
-    def is_dump(self) -> bool:
-        return bool(self.flags & NLM_F_DUMP)
-
 
 @dataclass(frozen=True)
 class Body:
@@ -267,6 +263,7 @@ _F_STATS, _F_USED, _F_TCP_FLAGS = (_num(fam.FLOW_ATTRS, n) for n in ("stats", "u
 _FLOW_NEW_HDR = GENL_HDR.pack(fam.CMD_NEW, fam.OVS_FLOW.version, 0)
 _PUT_CREATE = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE
 _PUT_UPDATE = NLM_F_REQUEST | NLM_F_ACK
+FLOW_CREATE_QUIET = _PUT_CREATE & ~NLM_F_ACK  # framed add-flows batches: one ack per chunk, not per flow
 
 
 def flow_del(dp_ifindex: int, *, ufid: bytes | None = None, key: bytes | None = None) -> Request:

@@ -116,11 +116,6 @@ def iter_raw_attrs(buf: bytes | memoryview) -> Iterator[tuple[int, memoryview]]:
         off += align4(length)
 
 
-def attr_map(buf: bytes | memoryview) -> dict[int, memoryview]:
-    """Attributes by type (the last one wins, as the kernel's nla_parse does)."""
-    return dict(iter_attrs(buf))
-
-
 @dataclass(frozen=True)
 class Message:
     """One netlink message: header fields plus the payload after the nlmsghdr."""
@@ -199,36 +194,8 @@ def parse_error(msg: Message) -> KernelError | None:
 
 
 # Scalar payload helpers: one place for byte order and sizes.
-def u8(v: memoryview | bytes) -> int:
-    return _exact(v, 1)[0]
-
-
-def u16(v: memoryview | bytes) -> int:
-    return int(struct.unpack("=H", _exact(v, 2))[0])
-
-
-def be16(v: memoryview | bytes) -> int:
-    return int(struct.unpack("!H", _exact(v, 2))[0])
-
-
 def u32(v: memoryview | bytes) -> int:
     return int(struct.unpack("=I", _exact(v, 4))[0])
-
-
-def s32(v: memoryview | bytes) -> int:
-    return int(struct.unpack("=i", _exact(v, 4))[0])
-
-
-def be32(v: memoryview | bytes) -> int:
-    return int(struct.unpack("!I", _exact(v, 4))[0])
-
-
-def u64(v: memoryview | bytes) -> int:
-    return int(struct.unpack("=Q", _exact(v, 8))[0])
-
-
-def be64(v: memoryview | bytes) -> int:
-    return int(struct.unpack("!Q", _exact(v, 8))[0])
 
 
 def cstr(v: memoryview | bytes) -> str:

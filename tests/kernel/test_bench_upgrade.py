@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from dpfreeze.bench_upgrade import BenchSpec, bench
-from dpfreeze.lab import lab_dir
+from dpfreeze.lab.bench_upgrade import BenchSpec, bench
+from dpfreeze.lab.topology import lab_dir
 
 pytestmark = pytest.mark.kernel
 

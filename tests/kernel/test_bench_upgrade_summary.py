@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dpfreeze.bench_upgrade import RunResult, _ctl_mark, _upgrade_mark, markdown, summarize
+from dpfreeze.lab.bench_upgrade import RunResult, _ctl_mark, _upgrade_mark, markdown, summarize
 
 META = {"date": "2026-11-22 05:00 UTC", "kernel": "6.1.0-56-amd64", "ovs": "ovs-vswitchd 3.1.0",
         "cpu": "QEMU TCG", "runs": 3, "rate": 500.0, "newflow_ms": 20.0}
@@ -49,5 +49,5 @@ def test_timeline_marks_from_command_output() -> None:
     assert _ctl_mark("2026-11-22T05:01:23Z|00002|timeval|WARN|Unreasonably long 3078ms poll interval") is None
     line = "2026-11-22 04:00:00,000 INFO dpfreeze.upgrade upgrade.step bridges=1 step=freeze"
     assert _upgrade_mark(line) == "upgrade: freeze"
-    assert _upgrade_mark("2026 INFO dpfreeze.service state reason=x state=frozen") == "state: frozen"
+    assert _upgrade_mark("2026 INFO dpfreeze.freeze.service state reason=x state=frozen") == "state: frozen"
     assert _upgrade_mark("anything else") is None

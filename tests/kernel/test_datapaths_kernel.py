@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 import trio
 
-from dpfreeze import datapaths, snapshot_cli
-from dpfreeze.sandbox import Sandbox
+from dpfreeze.cli import snapshot as snapshot_cli
+from dpfreeze.lab.sandbox import Sandbox
+from dpfreeze.ovs import datapaths
 from dpfreeze.snapshot import Snapshot
 
 pytestmark = pytest.mark.kernel

@@ -11,8 +11,8 @@ from typing import Any
 import jsonschema
 import pytest
 
-from dpfreeze.demo import demo
-from dpfreeze.lab import lab_dir
+from dpfreeze.lab.demo import demo
+from dpfreeze.lab.topology import lab_dir
 
 pytestmark = pytest.mark.kernel
 

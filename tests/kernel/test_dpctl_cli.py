@@ -1,6 +1,6 @@
 """`dpfreeze dpctl` against `ovs-dpctl` on the real kernel datapath: same input, same output.
 
-The CLI runs in-process (`dpfreeze.cli.main`): Python start-up under TCG costs seconds per call.
+The CLI runs in-process (`dpfreeze.cli.main.main`): Python start-up under TCG costs seconds per call.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from dpfreeze.cli import main
+from dpfreeze.cli.main import main
 from dpif.netlink.flowtext import strip_stats
 
 pytestmark = pytest.mark.kernel

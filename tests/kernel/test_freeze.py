@@ -16,9 +16,10 @@ import pytest
 import trio
 from servicetools import freeze_service, until
 
-from dpfreeze import control, ovsdb
-from dpfreeze.machine import State, StateStore
-from dpfreeze.sandbox import NsPort, Sandbox
+from dpfreeze.freeze import control
+from dpfreeze.freeze.machine import State, StateStore
+from dpfreeze.lab.sandbox import NsPort, Sandbox
+from dpfreeze.ovs import ovsdb
 
 pytestmark = pytest.mark.kernel
 
@@ -114,7 +115,7 @@ async def test_del_flows_storm_and_kill9_of_the_daemon_then_lease_expiry(
 # `dpfreeze serve` without the CLI's other command modules (each import costs seconds under TCG).
 SERVE = (
     "import sys, trio; from pathlib import Path; from dpfreeze.log import setup_logging; "
-    "from dpfreeze.service import FreezeService, ServiceConfig, SystemBackend; setup_logging(1); "
+    "from dpfreeze.freeze.service import FreezeService, ServiceConfig, SystemBackend; setup_logging(1); "
     "trio.run(FreezeService(ServiceConfig(Path(sys.argv[1]), Path(sys.argv[2])), SystemBackend()).run)"
 )
 

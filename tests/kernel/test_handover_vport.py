@@ -13,8 +13,8 @@ import pytest
 import trio
 from test_dpif_provider import FRAME, dp, first_upcall, send_from_peer, veth  # noqa: F401 - fixtures
 
-from dpfreeze.handover import Handover, MissBuffer
-from dpfreeze.pin import PinSet
+from dpfreeze.freeze.handover import Handover, MissBuffer
+from dpfreeze.freeze.pin import PinSet
 from dpif.model import DpFeature, Upcall, UpcallKind, VportType
 from dpif.netlink_datapath import NetlinkDatapath
 

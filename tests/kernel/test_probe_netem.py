@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from dpfreeze.lab import lab_down, lab_up
+from dpfreeze.lab.topology import lab_down, lab_up
 from dpfreeze.probe import Endpoint, ProbeSpec, run_probes, sleep_disruption
 
 pytestmark = pytest.mark.kernel

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import pytest
 
-from dpfreeze.sandbox import Sandbox
+from dpfreeze.lab.sandbox import Sandbox
 
 pytestmark = pytest.mark.kernel
 

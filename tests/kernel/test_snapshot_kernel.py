@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 import trio
 
-from dpfreeze import netdevconf, snapshot_cli
-from dpfreeze.cli import UserError
-from dpfreeze.sandbox import Sandbox
+from dpfreeze.cli import snapshot as snapshot_cli
+from dpfreeze.errors import UserError
+from dpfreeze.lab.sandbox import Sandbox
+from dpfreeze.ovs import netdevconf
 from dpfreeze.snapshot import MeterRecord, Snapshot, diff, meter_ids
 from dpif.model import Meter, MeterBand, MeterBandStats, MeterBandType
 from dpif.netlink.wire import KernelError

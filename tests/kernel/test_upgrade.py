@@ -10,10 +10,10 @@ import pytest
 import trio
 from test_freeze import FLUSH_REPAIRED, freeze_service, pinging
 
-from dpfreeze import ovsdb
-from dpfreeze.bench_upgrade import CTL_OPTS
-from dpfreeze.freeze_cli import RemoteApi, cmd_thaw
-from dpfreeze.sandbox import Sandbox
+from dpfreeze.cli.freeze import RemoteApi, cmd_thaw
+from dpfreeze.lab.bench_upgrade import CTL_OPTS
+from dpfreeze.lab.sandbox import Sandbox
+from dpfreeze.ovs import ovsdb
 from dpfreeze.upgrade import upgrade
 from dpif.netlink_datapath import open_datapath
 

@@ -29,10 +29,10 @@ from typing import Any
 
 import trio
 
-from dpfreeze import netdevconf, openflow, ovsdb
 from dpfreeze.log import LOG, kv
-from dpfreeze.ovsenv import OvsEnv
-from dpfreeze.portmap import PortMap, UnmappedPort
+from dpfreeze.ovs import netdevconf, openflow, ovsdb
+from dpfreeze.ovs.ovsenv import OvsEnv
+from dpfreeze.snapshot.portmap import PortMap, UnmappedPort
 from dpif.model import Datapath, DatapathInfo, Flow, MetersUnsupported, Vport, VportType
 from dpif.netlink import actions as act
 from dpif.netlink import flowkey as fk

@@ -11,15 +11,15 @@ flags.  Every step compares with what the bridge already has, so restoring twice
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import trio
-
-from dpfreeze.ovsenv import OvsEnv
+from dpfreeze import command
+from dpfreeze.command import CommandFailed
+from dpfreeze.ovs import ovsdb
+from dpfreeze.ovs.ovsenv import OvsEnv
 
 DEFAULT_TIMEOUT = 10.0
 
@@ -86,36 +86,15 @@ class BridgeOpenFlow:
 
 async def _run(argv: Sequence[str], env: OvsEnv | None, *, stdin: bytes = b"",
                timeout: float = DEFAULT_TIMEOUT) -> str:
-    environ = {**os.environ, **env.environ()} if env else None
     try:
-        with trio.fail_after(timeout):
-            proc = await trio.run_process(list(argv), stdin=stdin, capture_stdout=True, capture_stderr=True,
-                                          check=False, env=environ)
-    except trio.TooSlowError:
-        raise OpenFlowError(f"{argv[0]} {argv[-1]}: no answer within {timeout:g} s") from None
-    except FileNotFoundError:
-        raise OpenFlowError(f"{argv[0]} not found (is Open vSwitch installed?)") from None
-    if proc.returncode != 0:
-        err = proc.stderr.decode(errors="replace").strip().splitlines()
-        last = err[-1].removeprefix(f"{argv[0]}: ") if err else f"exit status {proc.returncode}"
-        raise OpenFlowError(f"{argv[0]}: {last}")
-    return str(proc.stdout.decode(errors="replace"))
+        done = await command.run(argv, timeout=timeout, env=env.environ() if env else None, stdin=stdin)
+    except CommandFailed as exc:
+        raise OpenFlowError(str(exc)) from None
+    return done.text
 
 
 def _ofctl(version: str, *args: str) -> list[str]:
     return ["ovs-ofctl", "-O", version, *args]
-
-
-async def list_bridges(env: OvsEnv | None = None, timeout: float = DEFAULT_TIMEOUT) -> list[str]:
-    out = await _run(["ovs-vsctl", f"--timeout={max(1, int(timeout))}", "list-br"], env, timeout=timeout)
-    return [line for line in out.splitlines() if line]
-
-
-async def protocols(bridge: str, env: OvsEnv | None = None, timeout: float = DEFAULT_TIMEOUT) -> list[str]:
-    """Bridge:protocols, sorted (empty = OVS's default set, OpenFlow10 to OpenFlow15)."""
-    out = await _run(["ovs-vsctl", f"--timeout={max(1, int(timeout))}", "get", "bridge", bridge, "protocols"],
-                     env, timeout=timeout)
-    return sorted(v.strip().strip('"') for v in out.strip().strip("[]").split(",") if v.strip())
 
 
 def parse_flows(text: str) -> list[str]:
@@ -166,9 +145,22 @@ def _numbered(lines: Sequence[str], pattern: re.Pattern[str]) -> tuple[str, ...]
     return tuple(sorted(lines, key=lambda line: int(m.group(1)) if (m := pattern.match(line)) else -1))
 
 
-async def save_bridge(bridge: str, env: OvsEnv | None = None,
-                      timeout: float = DEFAULT_TIMEOUT) -> BridgeOpenFlow:
-    protos = await protocols(bridge, env, timeout)
+async def _protocols(bridge: str, env: OvsEnv | None, timeout: float) -> list[str]:
+    try:
+        bridges = await ovsdb.bridge_protocols(env, timeout)
+    except ovsdb.OvsdbError as exc:
+        raise OpenFlowError(str(exc)) from None
+    if bridge not in bridges:
+        raise OpenFlowError(f"no bridge named {bridge}")
+    return bridges[bridge]
+
+
+async def save_bridge(bridge: str, env: OvsEnv | None = None, timeout: float = DEFAULT_TIMEOUT,
+                      protos: Sequence[str] | None = None) -> BridgeOpenFlow:
+    """The bridge's OpenFlow state, read with the newest OpenFlow version it speaks (`protos`, its
+    Bridge:protocols, is read from OVSDB when not given)."""
+    if protos is None:
+        protos = await _protocols(bridge, env, timeout)
     version = protos[-1] if protos else "OpenFlow15"  # the newest, as ovs-save picks
     of10 = not protos or "OpenFlow10" in protos  # port-mod flags such as no-flood exist only in OF1.0
     # Groups need OpenFlow 1.1 and meters 1.3: a bridge limited to older versions cannot have them.
@@ -190,7 +182,11 @@ async def save_bridge(bridge: str, env: OvsEnv | None = None,
 
 
 async def save_all(env: OvsEnv | None = None, timeout: float = DEFAULT_TIMEOUT) -> list[BridgeOpenFlow]:
-    return [await save_bridge(br, env, timeout) for br in await list_bridges(env, timeout)]
+    try:
+        bridges = await ovsdb.bridge_protocols(env, timeout)
+    except ovsdb.OvsdbError as exc:
+        raise OpenFlowError(str(exc)) from None
+    return [await save_bridge(br, env, timeout, protos) for br, protos in bridges.items()]
 
 
 def _by_id(lines: Sequence[str], pattern: re.Pattern[str]) -> dict[int, str]:
@@ -246,7 +242,6 @@ async def restore_bridge(state: BridgeOpenFlow, env: OvsEnv | None = None,
 __all__ = [
     "BridgeOpenFlow",
     "OpenFlowError",
-    "list_bridges",
     "parse_flows",
     "parse_groups",
     "parse_meters",

@@ -22,14 +22,15 @@ from typing import Any, Protocol
 
 import trio
 
-from dpfreeze import control, datapaths, machine, ovsdb, ovsenv
-from dpfreeze.handover import Handover, MissBuffer
+from dpfreeze.freeze import control, machine
+from dpfreeze.freeze.handover import Handover, MissBuffer
+from dpfreeze.freeze.machine import ACTIVE, Event, State, StateStore, TransitionRefused
+from dpfreeze.freeze.pin import Pinner, PinSet, recirculating
+from dpfreeze.freeze.restorer import Restorer
 from dpfreeze.log import kv
-from dpfreeze.machine import ACTIVE, Event, State, StateStore, TransitionRefused
-from dpfreeze.ovsenv import OvsEnv
-from dpfreeze.pin import Pinner, PinSet, recirculating
-from dpfreeze.portids import portid_owners, upcall_owners, upcall_pids
-from dpfreeze.restorer import Restorer
+from dpfreeze.ovs import datapaths, ovsdb, ovsenv
+from dpfreeze.ovs.ovsenv import OvsEnv
+from dpfreeze.ovs.portids import portid_owners, upcall_owners, upcall_pids
 from dpfreeze.snapshot import Snapshot, take_snapshot
 from dpif.model import Datapath
 

@@ -13,7 +13,7 @@ import argparse
 import os
 import re
 import sys
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from typing import TextIO
 
 from dpif.blocking import BlockingClient, BlockingDatapath, get_datapath, list_datapaths
@@ -22,7 +22,7 @@ from dpif.netlink import actions as act
 from dpif.netlink import flowkey, flowload, flowtext, messages
 from dpif.netlink.dumptext import DumpText
 from dpif.netlink.exchange import FramedBatch
-from dpif.netlink.wire import NLM_F_ACK, KernelError
+from dpif.netlink.wire import KernelError
 
 
 class CommandError(OSError):
@@ -324,28 +324,6 @@ def cmd_add_flows(args: argparse.Namespace) -> int:
         return _process_flows(client, _dp_names(client), list(args.args), "add")
 
 
-def flow_file_lines(stream: TextIO) -> Iterator[tuple[int, str, str, str | None]]:
-    """lib/dpctl.c dpctl_parse_flow_line over ds_get_preprocessed_line: (line number, command, flow,
-    actions); comments (#) and blank lines skipped, an optional leading add/delete/modify word."""
-    for number, raw in enumerate(stream, 1):
-        parsed = flow_line(raw)
-        if parsed is not None:
-            yield number, *parsed
-
-
-def flow_line(raw: str) -> tuple[str, str, str | None] | None:
-    """One line of a flow file: (command, flow, actions), None for a blank line or a comment."""
-    line = raw.split("#", 1)[0].strip()
-    if not line:
-        return None
-    word, _, rest = line.partition(" ")
-    command = {"add": "add", "delete": "del", "modify": "mod"}.get(word.split(",")[0])
-    if command is None or word != word.split(",")[0]:
-        command, rest = "", line
-    flow, _, actions = rest.strip().partition(" ")
-    return command, flow, actions.strip() or None
-
-
 ADD_BATCH = 4096  # adds sent to the kernel at a time (their errors are printed then)
 
 
@@ -399,7 +377,7 @@ class _FramedAdds:
         b = self.batch
         while True:
             msgs, size = b.room()
-            e = self.encoder.encode(lines, i, family=self.family_id, flags=_QUIET_CREATE,
+            e = self.encoder.encode(lines, i, family=self.family_id, flags=messages.FLOW_CREATE_QUIET,
                                     ifindex=self.dp.ifindex, seq=b.next_seq,
                                     max_count=min(msgs, ADD_BATCH - b.count), max_bytes=size)
             b.extend(e.data, e.n, e.last)
@@ -420,9 +398,6 @@ class _FramedAdds:
         errors = self.dp.client.send_framed(self.batch)
         self.batch = self._new_batch()
         return _report(errors[i] for i in sorted(errors))
-
-
-_QUIET_CREATE = messages.flow_put(0, Flow(b"", None, b"")).flags & ~NLM_F_ACK
 
 
 def _process_flows(client: BlockingClient, dps: Sequence[str], argv: Sequence[str], default: str) -> int:
@@ -449,7 +424,7 @@ def _process_flows(client: BlockingClient, dps: Sequence[str], argv: Sequence[st
                     status |= st
                     if i == len(block):
                         break
-                parsed = flow_line(block[i])
+                parsed = flowtext.flow_line(block[i])
                 i += 1
                 number = base + i
                 if parsed is None:

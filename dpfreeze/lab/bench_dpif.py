@@ -11,9 +11,7 @@ alone against pyroute2's marshaller on the same messages (`--codec-only` runs ju
 
 from __future__ import annotations
 
-import argparse
 import compileall
-import json
 import os
 import subprocess
 import sys
@@ -23,24 +21,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from dpif.dpctl import CommandError
+from dpfreeze.errors import UserError
 from dpif.model import Flow
+from dpif.netlink import actions as act
 from dpif.netlink import families as fam
+from dpif.netlink import flowkey as fk
 from dpif.netlink import messages as m
+from dpif.netlink.flowtext import flow_line
 from dpif.netlink.wire import GENL_HDR, OVS_HDR, attr, pack_message
 
 MB = 1024 * 1024
-
-
-def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = subparsers.add_parser("bench", help="benchmarks")
-    sub = p.add_subparsers(dest="bench_command", metavar="WHAT", required=True)
-    d = sub.add_parser("dpif", help="netlink dump/install against ovs-dpctl (root, openvswitch module)")
-    d.add_argument("--flows", type=int, default=100_000, help="number of flows (default 100000)")
-    d.add_argument("--dp", default="dpbench0", help="scratch datapath name (created and deleted)")
-    d.add_argument("--json", type=Path, help="also write the results as JSON here")
-    d.add_argument("--codec-only", action="store_true", help="only our codec vs pyroute2 (no kernel needed)")
-    d.set_defaults(handler=cmd_bench_dpif)
 
 
 @dataclass
@@ -93,7 +83,7 @@ def run_timed(argv: Sequence[str], sample_s: float = 0.02) -> Timed:
     proc.returncode = os.waitstatus_to_exitcode(status)
     elapsed = time.perf_counter() - start
     if proc.returncode != 0 or b"Failed" in err or b"error" in err:
-        raise CommandError(f"{' '.join(argv[:3])}... failed: {err.decode(errors='replace').strip()[:200]}")
+        raise UserError(f"{' '.join(argv[:3])}... failed: {err.decode(errors='replace').strip()[:200]}")
     return Timed(elapsed, hwm / 1024)
 
 
@@ -141,9 +131,14 @@ def codec_bench(n: int) -> dict[str, float]:
     return out
 
 
+def _python_parse(key_text: str, actions_text: str | None) -> Flow:
+    """What add-flows does in Python for a line the C encoder leaves to it."""
+    key, mask = fk.parse_key(key_text, port_names={})
+    return Flow(key, mask or None, act.parse_actions(actions_text, port_names={}) if actions_text else None)
+
+
 def encoder_bench(n: int) -> dict[str, float]:
     """add-flows text -> framed messages for n bench lines: the C encoder (if built) vs the Python path."""
-    from dpif.dpctl import _QUIET_CREATE, flow_line, parse_flow_args
     from dpif.netlink.flowload import ENCODER
 
     lines = [line + "\n" for line in flow_lines(n)]
@@ -152,20 +147,20 @@ def encoder_bench(n: int) -> dict[str, float]:
     for i, line in enumerate(lines):
         parsed = flow_line(line)
         assert parsed is not None
-        body = m.flow_put(5, parse_flow_args(parsed[1], parsed[2], {}), create=True).body
-        pack_message(0x1F, _QUIET_CREATE, i, body)
+        body = m.flow_put(5, _python_parse(parsed[1], parsed[2]), create=True).body
+        pack_message(0x1F, m.FLOW_CREATE_QUIET, i, body)
     out["python_lines_per_s"] = n / (time.perf_counter() - t)
     if ENCODER is not None:
         t = time.perf_counter()
         i = seq = 0
         while i < n:
-            e = ENCODER.encode(lines, i, family=0x1F, flags=_QUIET_CREATE, ifindex=5, seq=seq, max_count=4096,
-                               max_bytes=64 * 1024)
+            e = ENCODER.encode(lines, i, family=0x1F, flags=m.FLOW_CREATE_QUIET, ifindex=5, seq=seq,
+                               max_count=4096, max_bytes=64 * 1024)
             i, seq = e.stop, seq + e.n
             if not e.full and i < n:  # a line for Python (its memos were cleared when full)
                 parsed = flow_line(lines[i])
                 assert parsed is not None
-                parse_flow_args(parsed[1], parsed[2], {})
+                _python_parse(parsed[1], parsed[2])
         out["c_lines_per_s"] = n / (time.perf_counter() - t)
     return out
 
@@ -193,13 +188,13 @@ async def kernel_bench(dp_name: str, n: int) -> dict[str, float]:
                 records = [f async for f in dp.flows()]
                 res["ours_dump_records_s"] = time.perf_counter() - t
                 if len(records) != n:
-                    raise CommandError(f"dumped {len(records)} flows, expected {n}")
+                    raise UserError(f"dumped {len(records)} flows, expected {n}")
                 await dp.flow_flush()
                 t = time.perf_counter()
                 failed = [r for r in await dp.flow_put_many(records) if r is not None]
                 res["ours_reinstall_records_s"] = time.perf_counter() - t
                 if failed:
-                    raise CommandError(f"{len(failed)} re-installs failed: {failed[0]}")
+                    raise UserError(f"{len(failed)} re-installs failed: {failed[0]}")
                 await dp.flow_flush()
             add = run_timed([*me, "add-flows", dp_name, str(path)])
             res["ours_add_s"], res["ours_add_rss_mb"] = add.seconds, add.max_rss_mb
@@ -211,26 +206,10 @@ async def kernel_bench(dp_name: str, n: int) -> dict[str, float]:
     return res
 
 
-def _compile_bytecode() -> None:
+def compile_bytecode() -> None:
     """Our modules' bytecode, as an installed package has it (bootstrap compiles it too): a source file
     edited since would otherwise be compiled anew by every timed process (seconds under TCG)."""
     import dpfreeze
 
     for pkg in (Path(__file__).parent, Path(dpfreeze.__file__).parent):
         compileall.compile_dir(pkg, quiet=2)
-
-
-async def cmd_bench_dpif(args: argparse.Namespace) -> int:
-    if args.flows <= 0 or args.flows > 1 << 24:
-        raise CommandError("--flows must be between 1 and 16777216")
-    results: dict[str, float] = {}
-    if not args.codec_only:
-        _compile_bytecode()
-        results |= await kernel_bench(args.dp, args.flows)
-    results |= {f"codec_{k}": v for k, v in codec_bench(min(args.flows, 20_000)).items()}
-    results |= {f"add_flows_text_{k}": v for k, v in encoder_bench(args.flows).items()}
-    for k, v in results.items():
-        print(f"{k:32} {v:12.3f}" if isinstance(v, float) else f"{k:32} {v:12}")
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
-    return 0

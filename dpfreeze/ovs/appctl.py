@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import trio
 
-from dpfreeze.ovsenv import OvsEnv
+from dpfreeze.ovs.ovsenv import OvsEnv
 from dpif.unixctl import call
 
 

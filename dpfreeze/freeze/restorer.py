@@ -19,8 +19,8 @@ from typing import Any
 
 import trio
 
+from dpfreeze.freeze.pin import PinSet
 from dpfreeze.log import kv
-from dpfreeze.pin import PinSet
 from dpfreeze.snapshot import DatapathSnapshot, RestoreReport, restore
 from dpif.model import Datapath
 

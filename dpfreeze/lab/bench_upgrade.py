@@ -29,7 +29,6 @@ the daemons (the old daemon's misses of its last poll interval go uncounted); mo
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import ctypes
 import json
@@ -51,12 +50,12 @@ from typing import Any, TextIO
 
 import trio
 
-from dpfreeze import appctl
-from dpfreeze.cli import UserError
-from dpfreeze.ovsenv import DaemonNotRunning, OvsEnv, proc_stat, process_alive
+from dpfreeze.errors import UserError
+from dpfreeze.lab.sandbox import Sandbox, SandboxError
+from dpfreeze.ovs import appctl
+from dpfreeze.ovs.ovsenv import DaemonNotRunning, OvsEnv, proc_stat, process_alive
 from dpfreeze.probe import Endpoint, ProbeError, ProbeSpec, Report, Timeline, run_probes
 from dpfreeze.probe.render import write
-from dpfreeze.sandbox import Sandbox, SandboxError
 from dpif.model import DpStats
 
 DATAPATH = "ovs-system"
@@ -306,13 +305,11 @@ async def dpfreeze_upgrade(ctx: Ctx, tl: Timeline, *, reload_kmod: bool = False)
     In-process, unlike the stock methods: importing dpfreeze costs minutes of CPU under a loaded TCG VM,
     time a production run spends before the freeze anyway.
     """
-    from dpfreeze.freeze_cli import upgrade_text
-    from dpfreeze.service import FreezeService, ServiceConfig, SystemBackend
+    from dpfreeze.freeze.service import FreezeService, ServiceConfig, SystemBackend
     from dpfreeze.upgrade import UpgradeReport, upgrade
 
     state = ctx.scratch / "dpfreeze-state"
     state.mkdir(exist_ok=True)
-    os.environ.update(ctx.sb.env.environ())  # the OVS tools the snapshot runs find the lab's OVS
     service = FreezeService(ServiceConfig(state_dir=state, socket_path=state / "control.sock"),
                             SystemBackend(ctx.sb.env))
     logger = logging.getLogger("dpfreeze")
@@ -340,7 +337,7 @@ async def dpfreeze_upgrade(ctx: Ctx, tl: Timeline, *, reload_kmod: bool = False)
             logger.setLevel(level)
             logger.propagate = propagate
             if rep is not None:
-                log.write(upgrade_text(rep) + "\n")
+                log.write(rep.text() + "\n")
     ctx.extra["upgrade"] = rep.to_json()
     if not rep.ok:
         raise MethodFailed("dpfreeze upgrade failed: " + (rep.error or "; ".join(rep.verify))[:300])
@@ -488,18 +485,6 @@ def filler_rules(path: Path, n: int) -> Path:
     return path
 
 
-def patient_probes() -> None:
-    """Give the probe agents minutes, not seconds, to start and to stop.
-
-    On a loaded host a TCG guest imports scapy (agent start) and writes a long run's log (agent stop) far
-    slower than the probes' defaults allow.  TODO(probes): make these ProbeSpec fields.
-    """
-    from dpfreeze.probe import run
-
-    run.READY_TIMEOUT = max(run.READY_TIMEOUT, 300.0)
-    run.STOP_TIMEOUT = max(run.STOP_TIMEOUT, 120.0)
-
-
 NEWFLOW_STRIDE = 2500  # new flows per run at most (a long TCG run sends ~1800) before ports are reused
 
 
@@ -508,7 +493,10 @@ def probe_spec(spec: BenchSpec, endpoints: tuple[Endpoint, Endpoint], run_index:
     the 10 s a datapath flow lives idle): a new flow must not hit a flow left by the previous run."""
     return ProbeSpec(src=endpoints[0], dst=endpoints[1], rate=spec.rate, newflow_ms=spec.newflow_ms,
                      newflow_hosts=False, lead_s=spec.lead_s, tail_s=spec.tail_s,
-                     newflow_first=run_index * NEWFLOW_STRIDE % 20000)
+                     newflow_first=run_index * NEWFLOW_STRIDE % 20000,
+                     # a loaded TCG guest imports scapy (agent start) and writes a long run's log (stop)
+                     # far slower than the probes' defaults allow
+                     ready_timeout_s=300.0, stop_timeout_s=120.0)
 
 
 async def measure(ctx: Ctx, spec: BenchSpec, method: str, run: int, out: Path,
@@ -656,7 +644,7 @@ def need_kernel_datapath(what: str) -> None:
 async def lab_ctx(name: str, workdir: Path, scratch: Path, datapath: str = "system",
                   openflow_rules: int = 0) -> tuple[Any, Ctx]:
     """A two-namespace lab on the kernel (or userspace) datapath with the bench's OpenFlow table."""
-    from dpfreeze.lab import lab_up
+    from dpfreeze.lab.topology import lab_up
 
     st = await lab_up(name, datapath=datapath, namespaces=2)
     sb = st.sandbox()
@@ -665,14 +653,13 @@ async def lab_ctx(name: str, workdir: Path, scratch: Path, datapath: str = "syst
     ctx = Ctx(sb, workdir, scratch, (a, b), shim=shim)
     if openflow_rules:
         ctx.filler = filler_rules(scratch / "filler.flows", openflow_rules)
-    patient_probes()
     await prepare(sb, ctx.filler)
     await sb.ping(sb.ports[0], sb.ports[1], count=2)  # ARP and MAC learning done before any probe
     return st, ctx
 
 
 async def bench(spec: BenchSpec, out: Path, progress: Callable[[str], None] = print) -> dict[str, Any]:
-    from dpfreeze.lab import lab_down
+    from dpfreeze.lab.topology import lab_down
 
     out.mkdir(parents=True, exist_ok=True)
     info = await meta(spec)
@@ -747,60 +734,3 @@ def _line(r: RunResult) -> str:
             + (f", restorer: {r.restorer.get('flows_restored')} flows {r.restorer.get('restored_after_s')} s "
                f"after the new daemon answered ({r.restorer.get('outcome')})" if r.restorer else "")
             + (f"  FAILED: {r.error}" if r.error else ""))
-
-
-# -- command line ----------------------------------------------------------------------------------------
-
-
-def _subparsers_of(sub: Any, name: str, help_text: str) -> Any:
-    """The sub-command group of `dpfreeze NAME`, made by another module (dpif.bench) or created here."""
-    parser = sub.choices.get(name) or sub.add_parser(name, help=help_text)
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            return action
-    return parser.add_subparsers(dest=f"{name}_command", metavar="WHAT", required=True)
-
-
-def add_commands(sub: Any) -> None:
-    p = _subparsers_of(sub, "bench", "benchmarks").add_parser(
-        "upgrade", help="stock OVS restarts vs dpfreeze upgrade, same traffic (kernel datapath in the VM, "
-        "or --datapath netdev natively)")
-    p.add_argument("--out", type=Path, default=Path("bench-upgrade"), help="results directory")
-    p.add_argument("--runs", type=int, default=BenchSpec.runs, help="runs per method (default 3)")
-    p.add_argument("--methods", default=",".join(BenchSpec.methods),
-                   help=f"comma-separated, of {', '.join(METHODS)} (default all)")
-    p.add_argument("--rate", type=float, default=BenchSpec.rate, help="established pps (500)")
-    p.add_argument("--newflow-ms", type=float, default=BenchSpec.newflow_ms,
-                   help="a new flow every T ms (20)")
-    p.add_argument("--openflow-rules", type=int, default=0, metavar="N",
-                   help="add N OpenFlow rules no probe matches, as a controller-programmed host has (0)")
-    p.add_argument("--datapath", choices=DATAPATH_TYPES, default=BenchSpec.datapath,
-                   help="system: openvswitch.ko (in the test VM, default); netdev: the userspace datapath, "
-                        "runs natively without the module")
-    p.set_defaults(handler=cmd_bench)
-
-
-async def cmd_bench(args: argparse.Namespace) -> int:
-    methods = tuple(m for m in args.methods.split(",") if m)
-    if bad := [m for m in methods if m not in METHODS]:
-        raise UserError(f"unknown method {bad[0]!r}: {', '.join(METHODS)}")
-    if not methods or not 1 <= args.runs <= 50 or args.rate <= 0 or args.newflow_ms <= 0:
-        raise UserError("need at least one method, --runs 1..50, positive --rate and --newflow-ms")
-    if not 0 <= args.openflow_rules <= 1_000_000:
-        raise UserError("--openflow-rules: 0..1000000")
-    if args.datapath == "system":
-        need_kernel_datapath("bench upgrade")
-    elif kmod := [m for m in methods if m in KMOD_METHODS]:
-        raise UserError(f"method {kmod[0]} reloads openvswitch.ko; a userspace datapath (--datapath netdev) "
-                        "does not use the module")
-    spec = BenchSpec(runs=args.runs, methods=methods, rate=args.rate, newflow_ms=args.newflow_ms,
-                     datapath=args.datapath, openflow_rules=args.openflow_rules)
-    try:
-        doc = await bench(spec, args.out)
-    except SandboxError as exc:
-        raise UserError(f"the lab failed: {exc}") from None
-    print()
-    print((args.out / "bench-upgrade.md").read_text())
-    print(f"results: {args.out / 'bench-upgrade.json'}, table: {args.out / 'bench-upgrade.md'}")
-    # A failing method is a result (reported above); a run with no measurement is a broken bench.
-    return 0 if all(r["established_sent"] is not None for r in doc["runs"]) else 1

@@ -17,10 +17,9 @@ from typing import Any
 import outcome
 import trio
 
-from dpfreeze import control, datapaths, machine, ovsenv
-from dpfreeze.cli import UserError
-from dpfreeze.preflight import OvsdbFlowRestoreWait, preflight
-from dpfreeze.service import (
+from dpfreeze.errors import UserError
+from dpfreeze.freeze import control, machine
+from dpfreeze.freeze.service import (
     DEFAULT_SOCKET,
     DEFAULT_STATE_DIR,
     FreezeService,
@@ -28,11 +27,12 @@ from dpfreeze.service import (
     SystemBackend,
     render_status,
 )
+from dpfreeze.ovs import datapaths, ovsenv
+from dpfreeze.preflight import OvsdbFlowRestoreWait, preflight
 from dpfreeze.snapshot import SnapshotError
 from dpfreeze.upgrade import (
     FreezeApi,
     UpgradeError,
-    UpgradeReport,
     restore_openflow,
     upgrade,
     wait_new_daemon,
@@ -83,24 +83,6 @@ def _emit(doc: dict[str, Any], as_json: bool, text: str) -> None:
     print(json.dumps(doc, indent=1, sort_keys=True) if as_json else text)
 
 
-def upgrade_text(rep: UpgradeReport) -> str:
-    lines = [f"upgrade {'OK' if rep.ok else 'FAILED'}: ovs-vswitchd {rep.old_pid} -> {rep.new_pid}"]
-    lines += [
-        f"  {s['step']}: {s['seconds']:.3f} s"
-        + "".join(f" {k}={v}" for k, v in s.items() if k not in ("step", "seconds"))
-        for s in rep.steps
-    ]
-    lines += [f"  openflow: {c}" for c in rep.openflow_changes]
-    lines += [f"  problem: {p}" for p in rep.verify]
-    lines += [f"  caution: {c}" for c in rep.cautions]
-    lines += [f"  restore: {r}" for r in rep.restore]
-    if rep.error:
-        lines.append(f"  error: {rep.error}")
-    if rep.status:
-        lines.append(render_status(rep.status))
-    return "\n".join(lines)
-
-
 async def cmd_serve(args: argparse.Namespace) -> int:
     service = FreezeService(_config(args), SystemBackend())
     try:
@@ -141,7 +123,7 @@ async def cmd_thaw(args: argparse.Namespace) -> int:
             try:
                 with trio.fail_after(args.openflow_timeout):
                     await wait_new_daemon(ovsenv.current(), 0, args.openflow_timeout)
-                    for line in await restore_openflow(status["snapshot_path"]):
+                    for line in await restore_openflow(status["snapshot_path"], ovsenv.current()):
                         print(f"openflow: {line}")
             except (OSError, UpgradeError, trio.TooSlowError, SnapshotError) as exc:
                 failed = f"OpenFlow state not restored: {exc or 'timed out'}"
@@ -214,7 +196,7 @@ async def cmd_upgrade(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rep.to_json(), indent=1, sort_keys=True))
     else:
-        print(upgrade_text(rep), file=sys.stdout if rep.ok else sys.stderr)
+        print(rep.text(), file=sys.stdout if rep.ok else sys.stderr)
     return 0 if rep.ok else 1
 
 

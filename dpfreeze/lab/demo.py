@@ -8,7 +8,6 @@ bench's dpfreeze leg run once, so the demo and the benchmark measure the same th
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import os
@@ -20,11 +19,9 @@ from typing import Any
 import trio
 from rich.console import Console
 
-from dpfreeze.bench_upgrade import BenchSpec, RunResult, lab_ctx, measure, need_kernel_datapath
-from dpfreeze.cli import UserError
+from dpfreeze.lab.bench_upgrade import BenchSpec, RunResult, lab_ctx, measure
 from dpfreeze.probe import Report
 from dpfreeze.probe.render import table, timeline
-from dpfreeze.sandbox import SandboxError
 
 # Lighter traffic than the bench: the demo must give a clean answer on a slow or shared TCG host too.
 SPEC = BenchSpec(runs=1, methods=("dpfreeze",), rate=200.0, newflow_ms=50.0, lead_s=1.0, settle_s=1.0,
@@ -55,7 +52,7 @@ def render(report: Report | None, res: RunResult) -> str:
 
 
 async def demo(out: Path) -> tuple[RunResult, dict[str, Path]]:
-    from dpfreeze.lab import lab_down
+    from dpfreeze.lab.topology import lab_down
 
     out.mkdir(parents=True, exist_ok=True)
     name = f"demo{os.getpid()}"
@@ -76,25 +73,3 @@ async def demo(out: Path) -> tuple[RunResult, dict[str, Path]]:
         paths["upgrade"] = out / "upgrade.json"
         paths["upgrade"].write_text(json.dumps(upgrade, indent=1) + "\n")
     return res, paths
-
-
-def add_commands(sub: Any) -> None:
-    p = sub.add_parser("demo",
-                       help="the main job: lab, probes, hitless upgrade, continuity report (in the VM)")
-    p.add_argument("--out", type=Path, default=Path("demo-out"), help="report directory (default demo-out)")
-    p.add_argument("--host-out", metavar="DIR",
-                   help="what --out is called outside the VM (only for the printed paths)")
-    p.set_defaults(handler=cmd_demo)
-
-
-async def cmd_demo(args: argparse.Namespace) -> int:
-    need_kernel_datapath("demo")
-    try:
-        res, paths = await demo(args.out)
-    except SandboxError as exc:
-        raise UserError(f"the lab failed: {exc}") from None
-    print(paths["text"].read_text())
-    shown = Path(args.host_out) if args.host_out else args.out
-    for what, path in paths.items():
-        print(f"{what:8} {shown / path.relative_to(args.out)}")
-    return 1 if res.error or res.established_lost is None else 0

@@ -8,7 +8,6 @@ functions the freeze service calls.
 from __future__ import annotations
 
 import argparse
-import errno
 import json
 import sys
 from contextlib import AsyncExitStack
@@ -16,9 +15,10 @@ from typing import Any
 
 import trio
 
-from dpfreeze import datapaths, openflow
-from dpfreeze.cli import UserError
-from dpfreeze.ovsenv import DaemonNotRunning
+from dpfreeze.errors import UserError
+from dpfreeze.kmod import open_or_create
+from dpfreeze.ovs import datapaths, openflow
+from dpfreeze.ovs.ovsenv import DaemonNotRunning
 from dpfreeze.snapshot import (
     DatapathSnapshot,
     RestoreReport,
@@ -29,10 +29,8 @@ from dpfreeze.snapshot import (
     restore,
     take_snapshot,
 )
-from dpif.model import DpFeature, NoSuchDatapath, VportType
+from dpif.model import DpFeature, NoSuchDatapath
 from dpif.netdev_datapath import NoSuchNetdevDatapath, is_netdev_name
-from dpif.netlink.wire import KernelError
-from dpif.netlink_datapath import create_datapath, list_datapaths
 from dpif.unixctl import UnixctlUnreachable
 
 
@@ -182,20 +180,3 @@ async def cmd_restore(args: argparse.Namespace) -> int:
     for line in of_lines:
         print(f"openflow {line}")
     return 0 if all(r.ok for r in reports) else 1
-
-
-async def open_or_create(dsnap: DatapathSnapshot) -> bool:
-    """Create the datapath (with the snapshot's features) when the kernel has none by that name."""
-    if dsnap.name in {d.name for d in await list_datapaths()}:
-        return False
-    local = next((v for v in dsnap.vports if v.port_no == 0 and v.type == VportType.INTERNAL), None)
-    pid = local.upcall_pids[0] if local and local.upcall_pids else 0
-    features = dsnap.info.features
-    try:
-        await create_datapath(dsnap.name, features=features, upcall_pid=pid, ifindex=dsnap.info.ifindex)
-    except KernelError as exc:
-        if exc.code not in (errno.EBUSY, errno.EEXIST):
-            raise
-        print(f"datapath {dsnap.name}: ifindex {dsnap.info.ifindex} is taken, the kernel chose another")
-        await create_datapath(dsnap.name, features=features, upcall_pid=pid)
-    return True

@@ -16,7 +16,6 @@ import os
 import secrets
 import shutil
 import signal
-import subprocess
 import tempfile
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
@@ -25,7 +24,9 @@ from typing import Literal
 
 import trio
 
-from dpfreeze.ovsenv import DaemonNotRunning, OvsEnv, process_alive
+from dpfreeze import command
+from dpfreeze.command import CommandFailed, Finished
+from dpfreeze.ovs.ovsenv import DaemonNotRunning, OvsEnv, process_alive
 
 log = logging.getLogger(__name__)
 
@@ -57,23 +58,13 @@ class NsPort:
         return ["ip", "netns", "exec", self.netns, *cmd]
 
 
-async def run(
-    argv: Sequence[str], *, env: dict[str, str] | None = None, check: bool = True, timeout: float = 60.0
-) -> subprocess.CompletedProcess[bytes]:
+async def run(argv: Sequence[str], *, env: dict[str, str] | None = None, check: bool = True,
+              timeout: float = 60.0) -> Finished:
     """Run a command to completion, capturing output; failures raise SandboxError with its stderr."""
-    with trio.fail_after(timeout):
-        proc = await trio.run_process(
-            list(argv),
-            capture_stdout=True,
-            capture_stderr=True,
-            check=False,
-            env={**os.environ, **(env or {})},
-        )
-    if check and proc.returncode != 0:
-        raise SandboxError(
-            f"{' '.join(argv)}: exit {proc.returncode}: {proc.stderr.decode(errors='replace').strip()}"
-        )
-    return proc
+    try:
+        return await command.run(argv, timeout=timeout, env=env, check=check)
+    except CommandFailed as exc:
+        raise SandboxError(f"{' '.join(argv)}: {exc.why}") from None
 
 
 def uptime() -> float:

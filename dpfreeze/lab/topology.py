@@ -1,4 +1,4 @@
-"""`dpfreeze lab up | down`: a throwaway topology for demos and tests, built on `dpfreeze.sandbox`.
+"""`dpfreeze lab up | down`: a throwaway topology for demos and tests, built on `dpfreeze.lab.sandbox`.
 
 A lab outlives the command that made it, so what it creates is written to a state file *before* each step
 (`$DPFREEZE_LAB_DIR/<name>.json`, default /run/dpfreeze/lab).  `down` reads it, tears the sandbox down and
@@ -8,7 +8,6 @@ crashed half-way goes away completely.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import secrets
@@ -20,10 +19,10 @@ from typing import Any
 
 import trio
 
-from dpfreeze.cli import UserError
-from dpfreeze.ovsenv import OvsEnv
+from dpfreeze.errors import UserError
+from dpfreeze.lab.sandbox import NsPort, Sandbox, run
+from dpfreeze.ovs.ovsenv import OvsEnv
 from dpfreeze.probe import Endpoint
-from dpfreeze.sandbox import NsPort, Sandbox, SandboxError, run
 
 TUNNEL_TYPES = ("vxlan", "geneve")
 UNDERLAY = ("172.31.254.1", "172.31.254.2")  # the two tunnel endpoints, on a veth pair in the switch netns
@@ -204,62 +203,3 @@ async def _links_with(prefix: str, netns: str | None) -> list[str]:
     argv = ["ip", *(["-n", netns] if netns else []), "-j", "link", "show"]
     links = json.loads((await run(argv)).stdout or b"[]")
     return [lk["ifname"] for lk in links if lk["ifname"].startswith(prefix)]
-
-
-# -- command line ------------------------------------------------------------------------------------------
-
-
-def _vlan(text: str) -> tuple[int, int]:
-    try:
-        i, tag = text.split("=")
-        return int(i), int(tag)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected NAMESPACE_INDEX=TAG, got {text!r}") from None
-
-
-def add_commands(sub: Any) -> None:
-    p = sub.add_parser("lab", help="throwaway OVS topologies for demos and tests")
-    lab_sub = p.add_subparsers(dest="lab_command", metavar="ACTION", required=True)
-    up = lab_sub.add_parser("up", help="create a private OVS, bridge(s) and namespaces on veth ports")
-    up.add_argument("--name", default="lab", help="lab name (state file <lab dir>/<name>.json)")
-    up.add_argument("--datapath", choices=("system", "netdev"), default="netdev",
-                    help="kernel datapath (needs openvswitch.ko) or userspace (default)")
-    up.add_argument("--namespaces", type=int, default=2, metavar="K", help="number of namespaces (default 2)")
-    up.add_argument("--vlan", type=_vlan, action="append", default=[], metavar="I=TAG",
-                    help="make namespace I's port an access port of VLAN TAG (repeatable)")
-    up.add_argument("--tunnel", choices=TUNNEL_TYPES, help="two bridges joined by a tunnel (kernel only)")
-    up.add_argument("--json", action="store_true", help="print the lab state as JSON")
-    up.set_defaults(handler=_up)
-    down = lab_sub.add_parser("down", help="remove everything the lab created")
-    down.add_argument("--name", default="lab")
-    down.set_defaults(handler=_down)
-
-
-async def _up(args: argparse.Namespace) -> int:
-    try:
-        st = await lab_up(args.name, datapath=args.datapath, namespaces=args.namespaces,
-                          vlans=dict(args.vlan), tunnel=args.tunnel)
-    except SandboxError as exc:
-        raise UserError(str(exc)) from None
-    if args.json:
-        print(json.dumps(asdict(st), indent=2))
-        return 0
-    print(f"lab {st.name}: {st.datapath} datapath, bridges {' '.join(st.bridges)}, "
-          f"state {state_path(st.name)}")
-    for p in st.ports:
-        tag = st.vlans.get(p["port"])
-        print(f"  {p['netns']}:{p['ifname']}  {p['ipv4']}  {p['ipv6']}  {p['mac']}  -> {p['bridge']} port "
-              f"{p['port']}" + (f" vlan {tag}" if tag else ""))
-    where = f" (daemons in netns {st.switch_ns})" if st.switch_ns else ""
-    print(f"OVS tools: export OVS_RUNDIR={st.env['rundir']}{where}")
-    return 0
-
-
-async def _down(args: argparse.Namespace) -> int:
-    try:
-        left = await lab_down(args.name)
-    except SandboxError as exc:
-        raise UserError(str(exc)) from None
-    if left:
-        raise UserError(f"lab {args.name}: could not remove {' '.join(left)}")
-    return 0

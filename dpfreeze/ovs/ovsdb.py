@@ -11,7 +11,6 @@ The `ovs` library blocks; each call runs in a worker thread and stops itself at 
 from __future__ import annotations
 
 import errno
-import os
 import platform
 import time
 from dataclasses import dataclass
@@ -23,8 +22,10 @@ import ovs.poller
 import ovs.stream
 import trio
 
-from dpfreeze import appctl, ovsenv
-from dpfreeze.ovsenv import OvsEnv, current
+from dpfreeze import command
+from dpfreeze.command import CommandFailed
+from dpfreeze.ovs import appctl, ovsenv
+from dpfreeze.ovs.ovsenv import OvsEnv, current
 
 FRW_KEY = "flow-restore-wait"
 DEFAULT_TIMEOUT = 5.0
@@ -94,10 +95,11 @@ def _get_schema(remote: str, deadline: float) -> dict[str, Any]:
         conn.close()
 
 
-def _open_idl(env: OvsEnv, deadline: float, columns: list[str]) -> ovs.db.idl.Idl:
+def _open_idl(env: OvsEnv, deadline: float, columns: list[str],
+              table: str = "Open_vSwitch") -> ovs.db.idl.Idl:
     remote = _remote(env)
     helper = ovs.db.idl.SchemaHelper(schema_json=_get_schema(remote, deadline))
-    helper.register_columns("Open_vSwitch", columns)
+    helper.register_columns(table, columns)
     idl = ovs.db.idl.Idl(remote, helper)
     try:
         while not idl.has_ever_connected() or idl.change_seqno == 0:
@@ -184,6 +186,21 @@ def _read_db_version(env: OvsEnv, timeout: float) -> str | None:
         idl.close()
 
 
+def _read_bridge_protocols(env: OvsEnv, timeout: float) -> dict[str, list[str]]:
+    idl = _open_idl(env, time.monotonic() + timeout, ["name", "protocols"], table="Bridge")
+    try:
+        return {row.name: sorted(row.protocols) for row in idl.tables["Bridge"].rows.values()}
+    finally:
+        idl.close()
+
+
+async def bridge_protocols(env: OvsEnv | None = None,
+                           timeout: float = DEFAULT_TIMEOUT) -> dict[str, list[str]]:
+    """Every bridge, by name, with its Bridge:protocols sorted (empty: OVS's default, OpenFlow10 to 15)."""
+    bridges = await trio.to_thread.run_sync(_read_bridge_protocols, env or current(), timeout)
+    return dict(sorted(bridges.items()))
+
+
 async def get_other_config(env: OvsEnv | None = None, timeout: float = DEFAULT_TIMEOUT) -> dict[str, str]:
     """Open_vSwitch:other_config, the global knobs (flow-restore-wait, hw-offload, flow-limit, ...)."""
     return await trio.to_thread.run_sync(_read_other_config, env or current(), timeout)
@@ -203,16 +220,13 @@ async def set_flow_restore_wait(value: bool, env: OvsEnv | None = None,
 
 
 async def first_line(argv: list[str], timeout: float, env: OvsEnv) -> str | None:
-    """A tool's first line of output (e.g. a version), or None if it failed, said nothing or is missing."""
+    """A tool's first line of output (e.g. a version), or None if it failed, said nothing or is missing
+    (the version is then unknown, which the snapshot records as null)."""
     try:
-        with trio.move_on_after(timeout):
-            proc = await trio.run_process(argv, capture_stdout=True, capture_stderr=True, check=False,
-                                          env={**os.environ, **env.environ()})
-            if proc.returncode == 0 and proc.stdout.strip():
-                return str(proc.stdout.decode(errors="replace").splitlines()[0].strip())
-    except OSError:
-        pass  # not installed: the version is unknown, which the snapshot records as null
-    return None
+        lines = (await command.run(argv, timeout=timeout, env=env.environ())).text.strip().splitlines()
+    except CommandFailed:
+        return None
+    return lines[0].strip() if lines else None
 
 
 async def versions(env: OvsEnv | None = None, timeout: float = DEFAULT_TIMEOUT) -> Versions:

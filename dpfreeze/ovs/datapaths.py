@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from contextlib import AbstractAsyncContextManager, suppress
 
-from dpfreeze import ovsenv
-from dpfreeze.ovsenv import OvsEnv
+from dpfreeze.ovs import ovsenv
+from dpfreeze.ovs.ovsenv import OvsEnv
 from dpif.model import Datapath
 from dpif.netdev_datapath import is_netdev_name, list_netdev_datapaths, open_netdev_datapath
 from dpif.netlink.exchange import FamilyNotFound

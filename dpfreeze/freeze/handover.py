@@ -22,9 +22,9 @@ from pathlib import Path
 
 import trio
 
+from dpfreeze.freeze.pin import PinSet
 from dpfreeze.log import kv
-from dpfreeze.pin import PinSet
-from dpfreeze.portids import live_portids, upcall_pids
+from dpfreeze.ovs.portids import live_portids, upcall_pids
 from dpif.model import (
     Datapath,
     DatapathInfo,

@@ -9,7 +9,7 @@ from typing import Any
 import trio
 from rich.console import Console
 
-from dpfreeze.cli import UserError
+from dpfreeze.errors import UserError
 from dpfreeze.probe.render import svg, table, timeline
 from dpfreeze.probe.report import Report, report_from_json
 from dpfreeze.probe.run import (
@@ -51,7 +51,7 @@ def add_commands(sub: Any) -> None:
 
 def _endpoints(args: argparse.Namespace) -> tuple[Endpoint, Endpoint]:
     if args.lab:
-        from dpfreeze.lab import load
+        from dpfreeze.lab.topology import load
 
         eps = load(args.lab).endpoints()
         try:

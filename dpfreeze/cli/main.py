@@ -14,26 +14,23 @@ import inspect
 import sys
 from collections.abc import Sequence
 
+from dpfreeze.errors import UserError
 from dpif.netlink.wire import KernelError, WireError
 
 # Which modules define each top-level command (each module has add_commands(subparsers)).  Only the
 # modules of the command being run are imported: under qemu TCG every import costs seconds.
 COMMANDS: dict[str, tuple[str, ...]] = {
-    "dpctl": ("dpif.dpctl",),
-    "bench": ("dpif.bench", "dpfreeze.bench_upgrade"),
+    "dpctl": ("dpfreeze.cli.dpctl",),
+    "bench": ("dpfreeze.cli.bench",),
     **dict.fromkeys(
-        ("serve", "freeze", "renew", "thaw", "status", "preflight", "upgrade"), ("dpfreeze.freeze_cli",)
+        ("serve", "freeze", "renew", "thaw", "status", "preflight", "upgrade"), ("dpfreeze.cli.freeze",)
     ),
-    "snapshot": ("dpfreeze.snapshot_cli",),
-    "probe": ("dpfreeze.probe.cli",),
-    "lab": ("dpfreeze.lab",),
-    "demo": ("dpfreeze.demo",),
+    "snapshot": ("dpfreeze.cli.snapshot",),
+    "probe": ("dpfreeze.cli.probe",),
+    "lab": ("dpfreeze.cli.lab",),
+    "demo": ("dpfreeze.cli.demo",),
 }
 COMMAND_MODULES: tuple[str, ...] = tuple(dict.fromkeys(m for mods in COMMANDS.values() for m in mods))
-
-
-class UserError(Exception):
-    """A refused command: printed as one line, exit status 1; nothing was changed."""
 
 
 def build_parser(modules: Sequence[str] = COMMAND_MODULES) -> argparse.ArgumentParser:
@@ -72,10 +69,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     return int(result or 0)
 
-
-if __name__ == "__main__":
-    # `python -m dpfreeze.cli` runs this file as __main__, a second copy of the module: dispatch through the
-    # imported one, whose UserError is the class the commands raise (else it escapes as a traceback).
-    from dpfreeze.cli import main as imported_main
-
-    sys.exit(imported_main())

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import trio
 
 from dpfreeze.log import kv
-from dpfreeze.portids import process_portids
+from dpfreeze.ovs.portids import process_portids
 from dpif.model import Datapath, DatapathInfo, Event, EventCmd, EventKind, Flow, Resync, Vport, VportType
 from dpif.netlink.actions import RECIRC as ACTION_RECIRC
 from dpif.netlink.flowkey import RECIRC_ID as KEY_RECIRC_ID

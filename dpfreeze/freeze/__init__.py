@@ -1,0 +1,1 @@
+"""The running freeze: state machine, service, control protocol, pin, hand-over, restorer."""

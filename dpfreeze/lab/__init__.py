@@ -1,0 +1,1 @@
+"""Throwaway labs and measurements: sandbox OVS, topologies, demo, benches."""
