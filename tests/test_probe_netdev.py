@@ -78,10 +78,10 @@ async def test_known_drop_is_measured_exactly(ovs: Sandbox, tmp_path: Path) -> N
 
     async with trio.open_nursery() as nursery:
         cfg = ReceiverConfig(iface=sink.ifname, out=str(tmp_path / "sink.json"))
-        thief = await _Agent.start(nursery, "sink", sink.netns, cfg)
+        thief = await _Agent.start(nursery, "sink", sink.netns, cfg, ready_timeout=60.0)
         rep = await run_probes(only_established(a, b), outage)
         await trio.sleep(0.2)
-        stolen = stolen_send_times(await thief.stop())
+        stolen = stolen_send_times(await thief.stop(timeout=10.0))
     est = rep.cls("established")
     ev = {e.name: e.t_ms for e in rep.events}
     print(f"stolen={len(stolen)} lost={est.lost} gap={est.largest_gap_ms} ms {est.loss_intervals} {ev}")
