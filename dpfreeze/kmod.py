@@ -13,10 +13,12 @@ from __future__ import annotations
 import errno
 import logging
 from collections.abc import Collection
+from contextlib import suppress
 from pathlib import Path
 
 from dpfreeze import command
 from dpfreeze.command import CommandFailed
+from dpfreeze.errors import DpfreezeError
 from dpfreeze.log import kv
 from dpfreeze.snapshot import DatapathSnapshot, RestoreReport, Snapshot, restore
 from dpif.model import VportType
@@ -27,7 +29,7 @@ LOG = logging.getLogger(__name__)
 MODULE = "openvswitch"
 
 
-class ReloadError(Exception):
+class ReloadError(DpfreezeError):
     """The module could not be reloaded, or would take state with it that no snapshot holds."""
 
 
@@ -62,11 +64,27 @@ async def reload_and_restore(snapshot_path: str | Path, proc: Path = Path("/proc
     for d in await list_datapaths():
         await delete_datapath(d.name)
     users = dependents((proc / "modules").read_text())
-    for m in [*users, MODULE]:
-        await _run("rmmod", m)
-    for m in [MODULE, *reversed(users)]:
-        await _run("modprobe", m)
+    try:
+        for m in [*users, MODULE]:
+            await _run("rmmod", m)
+        for m in [MODULE, *reversed(users)]:
+            await _run("modprobe", m)
+    except ReloadError as exc:
+        # Whatever state the failure left the module in, the datapaths come back before it is reported: a
+        # failed reload never leaves the host without them.
+        for m in [MODULE, *reversed(users)]:
+            with suppress(ReloadError):
+                await _run("modprobe", m)
+        try:
+            await _restore_all(snap)
+        except Exception as again:
+            raise ReloadError(f"{exc}; restoring the snapshot after it failed too: {again}") from None
+        raise ReloadError(f"{exc} (the module was loaded again and the snapshot restored)") from None
     LOG.info(kv("kmod.reloaded", module=MODULE, with_modules=",".join(users) or "-"))
+    return await _restore_all(snap)
+
+
+async def _restore_all(snap: Snapshot) -> list[RestoreReport]:
     reports = []
     for dsnap in snap.datapaths:
         await open_or_create(dsnap)
@@ -87,6 +105,6 @@ async def open_or_create(dsnap: DatapathSnapshot) -> bool:
     except KernelError as exc:
         if exc.code not in (errno.EBUSY, errno.EEXIST):
             raise
-        print(f"datapath {dsnap.name}: ifindex {dsnap.info.ifindex} is taken, the kernel chose another")
+        LOG.warning(kv("kmod.ifindex_taken", datapath=dsnap.name, ifindex=dsnap.info.ifindex))
         await create_datapath(dsnap.name, features=features, upcall_pid=pid)
     return True

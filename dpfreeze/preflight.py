@@ -134,11 +134,7 @@ def _load(config: ServiceConfig) -> machine.FreezeState:
 
 
 def _quarantine(config: ServiceConfig, now: float) -> str:
-    """Keep the unreadable file for the post-mortem, out of the way of the next start."""
-    path = config.state_file
-    dest = path.with_name(f"{path.name}.unreadable-{int(now)}")
-    path.replace(dest)
-    return f"moved the unreadable state file to {dest}"
+    return f"moved the unreadable state file to {StateStore(config.state_file).quarantine(now)}"
 
 
 async def look(

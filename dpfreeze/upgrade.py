@@ -24,6 +24,7 @@ import trio
 
 from dpfreeze import command, kmod
 from dpfreeze.command import CommandFailed
+from dpfreeze.errors import DpfreezeError
 from dpfreeze.freeze.service import render_status
 from dpfreeze.log import kv
 from dpfreeze.ovs import appctl, datapaths, openflow, ovsdb
@@ -35,7 +36,7 @@ LOG = logging.getLogger(__name__)
 VSWITCHD = "ovs-vswitchd"
 
 
-class UpgradeError(Exception):
+class UpgradeError(DpfreezeError):
     """The upgrade could not be done; flow-restore-wait was cleared, the new daemon may be running."""
 
 
@@ -67,6 +68,7 @@ class UpgradeReport:
     restore: list[str] = field(default_factory=list)  # what a module reload restored (RestoreReport lines)
     status: dict[str, Any] = field(default_factory=dict)
     error: str = ""
+    recovery: str = ""  # what was done after a failure so that a daemon runs
 
     def step(self, name: str, started: float, **extra: Any) -> None:
         self.steps.append({"step": name, "seconds": round(time.monotonic() - started, 3), **extra})
@@ -89,6 +91,8 @@ class UpgradeReport:
         lines += [f"  restore: {r}" for r in self.restore]
         if self.error:
             lines.append(f"  error: {self.error}")
+        if self.recovery:
+            lines.append(f"  recovery: {self.recovery}")
         if self.status:
             lines.append(render_status(self.status))
         return "\n".join(lines)
@@ -116,6 +120,41 @@ async def _run(argv: list[str], env: OvsEnv, timeout: float, failure: str) -> No
         LOG.warning(kv("upgrade.command_failed", argv=" ".join(argv), rc=exc.returncode,
                        stderr=exc.why[-300:]))
         raise UpgradeError(f"{failure}: {exc.why}") from None
+
+
+async def _thaw(api: FreezeApi, timeout: float = 120.0) -> dict[str, Any]:
+    """Thaw, or take the thaw somebody else did: a restart command that goes through systemd runs the
+    unit's ExecStartPost (`dpfreeze thaw`) before it returns."""
+    status = await api.status()
+    if status.get("state") == "frozen":
+        return await api.thaw()
+    with trio.move_on_after(timeout):
+        while status.get("state") == "handing_over":
+            await trio.sleep(0.1)
+            status = await api.status()
+    LOG.info(kv("upgrade.thawed_by_another", state=status.get("state")))
+    return status
+
+
+async def _daemon_again(env: OvsEnv, argv: list[str], rep: UpgradeReport) -> None:
+    """After a failed default restart, never leave the host without a daemon: start the old command line
+    again (the binary at its path), once, if nothing runs.  Said in the report either way."""
+    if not argv:
+        return
+    try:
+        pid = env.pid(VSWITCHD)
+    except DaemonNotRunning:
+        pid = 0
+    if pid and process_alive(pid):
+        return
+    try:
+        await start_vswitchd(env, argv)
+        rep.new_pid = await wait_new_daemon(env, rep.old_pid or 0, 30)
+    except (UpgradeError, OSError) as exc:
+        rep.recovery = f"no {VSWITCHD} runs, and starting it again failed: {exc}"
+    else:
+        rep.recovery = f"started {VSWITCHD} again after the failure (pid {rep.new_pid})"
+    LOG.warning(kv("upgrade.recovery", text=rep.recovery))
 
 
 def exit_keeps_flows(version_text: str) -> bool:
@@ -220,17 +259,21 @@ def verify(status: dict[str, Any], new_pid: int) -> list[str]:
     return problems
 
 
-async def upgrade(
-    api: FreezeApi,
-    env: OvsEnv,
-    *,
-    ttl: float,
-    datapath: str,
-    restart_command: str | None = None,
-    daemon_timeout: float = 60.0,
-    reload_kmod: bool = False,
-) -> UpgradeReport:
-    rep = UpgradeReport()
+@dataclass(frozen=True)
+class UpgradePlan:
+    """An upgrade checked before anything changes: every refusal happens while planning."""
+
+    ttl: float
+    datapath: str  # resolved
+    old_pid: int | None
+    argv: list[str]  # the old daemon's command line: the default restart starts it again
+    restart_command: str | None = None
+    reload_kmod: bool = False
+
+
+async def plan_upgrade(env: OvsEnv, *, ttl: float, datapath: str, restart_command: str | None = None,
+                       reload_kmod: bool = False) -> UpgradePlan:
+    """Check everything that can refuse the upgrade; raises UpgradeError, and nothing has changed."""
     if reload_kmod and restart_command:
         raise UpgradeError("--reload-kmod replaces the default restart; it takes no --restart-command")
     try:
@@ -245,13 +288,38 @@ async def upgrade(
             await kmod.check_reloadable({datapath})  # the freeze snapshots this datapath only
         except kmod.ReloadError as exc:
             raise UpgradeError(str(exc)) from None
-    t = time.monotonic()
+    old_pid = None
     try:
-        rep.old_pid = env.pid(VSWITCHD)
+        old_pid = env.pid(VSWITCHD)
     except DaemonNotRunning as exc:
         if restart_command is None:
             raise UpgradeError(f"{exc}: nothing to restart") from exc
-    argv = daemon_argv(rep.old_pid) if rep.old_pid else []
+    argv = daemon_argv(old_pid) if old_pid else []
+    return UpgradePlan(ttl, datapath, old_pid, argv, restart_command, reload_kmod)
+
+
+async def upgrade(
+    api: FreezeApi,
+    env: OvsEnv,
+    *,
+    ttl: float,
+    datapath: str,
+    restart_command: str | None = None,
+    daemon_timeout: float = 60.0,
+    reload_kmod: bool = False,
+) -> UpgradeReport:
+    plan = await plan_upgrade(env, ttl=ttl, datapath=datapath, restart_command=restart_command,
+                              reload_kmod=reload_kmod)
+    return await run_upgrade(api, env, plan, daemon_timeout=daemon_timeout)
+
+
+async def run_upgrade(api: FreezeApi, env: OvsEnv, plan: UpgradePlan, *,
+                      daemon_timeout: float = 60.0) -> UpgradeReport:
+    """Freeze, restart, restore OpenFlow, thaw; whatever fails, the freeze ends (thawed) and, on the default
+    restart, a daemon is started again if none runs."""
+    rep = UpgradeReport(old_pid=plan.old_pid)
+    argv = plan.argv
+    t = time.monotonic()
     other_config: dict[str, str] = {}
 
     async def read_other_config() -> None:  # beside the freeze: seconds of IDL work under emulation
@@ -260,7 +328,7 @@ async def upgrade(
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(read_other_config)
-        result = await outcome.acapture(api.freeze, ttl, datapath)  # its error stays itself, no group
+        result = await outcome.acapture(api.freeze, plan.ttl, plan.datapath)  # its error stays itself
         if isinstance(result, outcome.Error):
             nursery.cancel_scope.cancel()
     frozen = result.unwrap()
@@ -271,15 +339,15 @@ async def upgrade(
     try:
         t = time.monotonic()
         await api.take_upcalls()  # misses of the old daemon's exit are buffered for the new one, not lost
-        if restart_command:
-            await _run(["sh", "-c", restart_command], env, daemon_timeout,
-                       f"restart command failed: {restart_command}")
+        if plan.restart_command:
+            await _run(["sh", "-c", plan.restart_command], env, daemon_timeout,
+                       f"restart command failed: {plan.restart_command}")
             rep.step("restart-command", t)
         else:
             assert rep.old_pid is not None
             how = await stop_vswitchd(env, rep.old_pid)
             rep.step("stop", t, how=how)
-            if reload_kmod:
+            if plan.reload_kmod:
                 t = time.monotonic()
                 await api.detach()  # the module reload would fail the session, and a failure thaws
                 restored = await kmod.reload_and_restore(frozen["snapshot_path"])
@@ -300,6 +368,8 @@ async def upgrade(
     except Exception as exc:
         rep.error = f"{type(exc).__name__}: {exc}"
         LOG.error(kv("upgrade.failed", error=rep.error))
+        with trio.CancelScope(shield=True), trio.move_on_after(daemon_timeout + 10):
+            await _daemon_again(env, argv, rep)
         with trio.CancelScope(shield=True), trio.move_on_after(60):
             rep.status = await api.thaw()
         return rep
@@ -308,7 +378,7 @@ async def upgrade(
             await api.thaw()
         raise
     t = time.monotonic()
-    rep.status = await api.thaw()
+    rep.status = await _thaw(api)
     rep.step("thaw", t, outcome=(rep.status.get("report") or {}).get("outcome"))
     rep.verify = verify(rep.status, rep.new_pid)
     rep.ok = not rep.verify

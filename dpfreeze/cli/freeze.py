@@ -1,20 +1,21 @@
 """`dpfreeze serve | freeze | renew | thaw | status | preflight | upgrade`: thin front ends over the service.
 
 freeze/renew/thaw need the running service (the pin lives there); status and preflight fall back to the
-state file when the service is down; upgrade runs a service in-process when none is running.
+state file when the service is down; upgrade starts a service of its own when none is running.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import outcome
 import trio
 
 from dpfreeze.errors import UserError
@@ -29,12 +30,10 @@ from dpfreeze.freeze.service import (
 )
 from dpfreeze.ovs import datapaths, ovsenv
 from dpfreeze.preflight import OvsdbFlowRestoreWait, preflight
-from dpfreeze.snapshot import SnapshotError
 from dpfreeze.upgrade import (
-    FreezeApi,
-    UpgradeError,
+    plan_upgrade,
     restore_openflow,
-    upgrade,
+    run_upgrade,
     wait_new_daemon,
 )
 
@@ -86,7 +85,7 @@ def _emit(doc: dict[str, Any], as_json: bool, text: str) -> None:
 async def cmd_serve(args: argparse.Namespace) -> int:
     service = FreezeService(_config(args), SystemBackend())
     try:
-        await service.run()
+        await service.run(hold_fd=args.hold_fd)
     except machine.TransitionRefused as exc:
         raise UserError(str(exc)) from exc
     return 0
@@ -125,8 +124,8 @@ async def cmd_thaw(args: argparse.Namespace) -> int:
                     await wait_new_daemon(ovsenv.current(), 0, args.openflow_timeout)
                     for line in await restore_openflow(status["snapshot_path"], ovsenv.current()):
                         print(f"openflow: {line}")
-            except (OSError, UpgradeError, trio.TooSlowError, SnapshotError) as exc:
-                failed = f"OpenFlow state not restored: {exc or 'timed out'}"
+            except Exception as exc:  # whatever failed, the thaw below still happens
+                failed = f"OpenFlow state not restored: {exc or type(exc).__name__}"
                 print(f"dpfreeze: {failed}", file=sys.stderr)
     doc = await api.thaw(wait=not args.no_wait)
     _emit(doc, args.json, render_status(doc))
@@ -157,20 +156,57 @@ async def cmd_preflight(args: argparse.Namespace) -> int:
     return 0
 
 
+SERVICE_START_TIMEOUT = 120.0  # a fresh process imports trio and the codec: seconds under qemu TCG
+
+
 @asynccontextmanager
-async def _service_api(args: argparse.Namespace) -> AsyncIterator[FreezeApi]:
-    """The running service, or one started in-process for the duration of the upgrade."""
+async def _service_api(args: argparse.Namespace) -> AsyncIterator[RemoteApi]:
+    """The running service, or one started for this command that outlives it while a freeze lasts.
+
+    Why a process of its own and not the service in this one: the lease must outlive a command killed with
+    SIGKILL or Ctrl-C mid-upgrade, and give the upcalls back and clear flow-restore-wait when it runs out.
+    The started service holds the read end of a pipe whose write end only this process has: when this
+    process ends, however it ends, the service sees the end of the pipe and exits once no freeze is active.
+    """
     remote = RemoteApi(Path(args.socket))
     try:
         await remote.status()
     except UserError:
-        service = FreezeService(_config(args), SystemBackend())
-        async with trio.open_nursery() as nursery:
-            await nursery.start(service.run)
-            yield service
-            nursery.cancel_scope.cancel()
+        pass
+    else:
+        yield remote
         return
-    yield remote
+    state_dir = Path(args.state_dir)
+    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    log_path = state_dir / "service.log"
+    hold_r, hold_w = os.pipe()
+    try:
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
+        with open(os.open(log_path, flags, 0o600), "ab") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "dpfreeze.cli", "-v", "serve", "--socket", args.socket,
+                 "--state-dir", args.state_dir, "--hold-fd", str(hold_r)],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log, pass_fds=(hold_r,), start_new_session=True)
+        os.close(hold_r)
+        await _wait_started(remote, proc, log_path)
+        yield remote
+    finally:
+        os.close(hold_w)
+
+
+async def _wait_started(remote: RemoteApi, proc: subprocess.Popen[bytes], log_path: Path) -> None:
+    with trio.move_on_after(SERVICE_START_TIMEOUT):
+        while True:
+            try:
+                await remote.status()
+                return
+            except UserError:
+                if proc.poll() is not None and not Path(remote.path).exists():
+                    last = log_path.read_text(errors="replace").strip().splitlines()[-1:] or ["?"]
+                    raise UserError(f"the dpfreeze service did not start: {last[0]}") from None
+            await trio.sleep(0.1)
+    proc.kill()
+    raise UserError(f"the dpfreeze service did not answer within {SERVICE_START_TIMEOUT:g} s ({log_path})")
 
 
 async def _datapath(arg: str) -> str:
@@ -181,16 +217,11 @@ async def _datapath(arg: str) -> str:
 
 
 async def cmd_upgrade(args: argparse.Namespace) -> int:
+    env = ovsenv.current()
+    plan = await plan_upgrade(env, ttl=args.ttl, datapath=args.datapath, restart_command=args.restart_command,
+                              reload_kmod=args.reload_kmod)  # every refusal before a service is started
     async with _service_api(args) as api:
-        # Captured, not raised, in here: the in-process service's nursery would wrap a refusal in a group.
-        result = await outcome.acapture(
-            upgrade, api, ovsenv.current(), ttl=args.ttl, datapath=args.datapath,
-            restart_command=args.restart_command, reload_kmod=args.reload_kmod,
-        )
-    try:
-        rep = result.unwrap()
-    except UpgradeError as exc:
-        raise UserError(str(exc)) from None
+        rep = await run_upgrade(api, env, plan)
     if args.report:
         Path(args.report).write_text(json.dumps(rep.to_json(), indent=1, sort_keys=True) + "\n")
     if args.json:
@@ -215,10 +246,26 @@ def _common(p: argparse.ArgumentParser, *, json_flag: bool = True) -> None:
         p.add_argument("--json", action="store_true", help="machine-readable output")
 
 
+def seconds(maximum: float) -> Callable[[str], float]:
+    """An argparse type: a number of seconds in (0, maximum], refused at parse time (nothing changed)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+        if not 0 < value <= maximum:  # also refuses nan
+            raise argparse.ArgumentTypeError(f"must be more than 0 and at most {maximum:g} seconds, "
+                                             f"got {text}")
+        return value
+
+    return parse
+
+
 def _ttl(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--ttl",
-        type=float,
+        type=seconds(machine.MAX_TTL),
         default=machine.DEFAULT_TTL,
         help=f"lease in seconds: expiry thaws (default {machine.DEFAULT_TTL:g})",
     )
@@ -227,6 +274,7 @@ def _ttl(p: argparse.ArgumentParser) -> None:
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("serve", help="run the freeze service (control socket, pin, hand-over, lease)")
     _common(p, json_flag=False)
+    p.add_argument("--hold-fd", type=int, metavar="FD", help=argparse.SUPPRESS)  # `upgrade` without a service
     p.set_defaults(handler=cmd_serve)
 
     p = sub.add_parser("freeze", help="snapshot, set flow-restore-wait, pin flows, take over upcalls")
@@ -248,7 +296,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p.add_argument("--no-wait", action="store_true", help="return once the thaw has started")
     p.add_argument("--no-openflow", action="store_true",
                    help="do not restore the snapshot's OpenFlow state into the daemon first")
-    p.add_argument("--openflow-timeout", type=float, default=60.0, metavar="S",
+    p.add_argument("--openflow-timeout", type=seconds(3600), default=60.0, metavar="S",
                    help="how long to wait for the daemon and the restore (default 60)")
     p.set_defaults(handler=cmd_thaw)
 

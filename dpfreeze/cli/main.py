@@ -11,10 +11,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import inspect
+import logging
 import sys
 from collections.abc import Sequence
 
-from dpfreeze.errors import UserError
+from dpfreeze.errors import DpfreezeError
 from dpif.netlink.wire import KernelError, WireError
 
 # Which modules define each top-level command (each module has add_commands(subparsers)).  Only the
@@ -62,10 +63,24 @@ def main(argv: Sequence[str] | None = None) -> int:
             result = trio.run(handler, args)
         else:
             result = handler(args)
-    except (UserError, KernelError, WireError, OSError) as exc:
-        print(f"dpfreeze: error: {exc}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
+        print("dpfreeze: interrupted", file=sys.stderr)
         return 130
+    except BaseException as exc:  # every failure is one line for the operator; -v logs the traceback
+        if isinstance(exc, SystemExit):
+            raise
+        print(f"dpfreeze: error: {one_line(exc)}", file=sys.stderr)
+        logging.getLogger("dpfreeze").debug("traceback", exc_info=exc)
+        return 1
     return int(result or 0)
+
+
+def one_line(exc: BaseException) -> str:
+    """What the operator reads: an expected error's own message; anything else named by its type; a group
+    (nurseries wrap their children's errors) as its members, each in one line."""
+    if isinstance(exc, BaseExceptionGroup):
+        return "; ".join(dict.fromkeys(one_line(e) for e in exc.exceptions))
+    if isinstance(exc, DpfreezeError | KernelError | WireError | OSError):
+        return str(exc) or type(exc).__name__
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 

@@ -20,12 +20,14 @@ from typing import Any
 
 import trio
 
+from dpfreeze.errors import DpfreezeError
+
 MAX_LINE = 1 << 20
 COMMANDS = frozenset({"freeze", "thaw", "status", "renew", "take-upcalls", "detach", "reattach"})
 _PEERCRED = struct.Struct("=iII")  # struct ucred: pid, uid, gid
 
 
-class ControlError(Exception):
+class ControlError(DpfreezeError):
     """A malformed or refused control message (one line, safe to show to the operator)."""
 
 

@@ -18,6 +18,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from dpfreeze.errors import DpfreezeError, UserError
+
 STATE_VERSION = 1
 DEFAULT_TTL = 300.0
 MAX_TTL = 24 * 3600.0
@@ -55,11 +57,11 @@ TRANSITIONS: dict[tuple[State, Event], State] = {
 ACTIVE = frozenset({State.FROZEN, State.HANDING_OVER})
 
 
-class TransitionRefused(Exception):
+class TransitionRefused(UserError):
     """A command that is not allowed in the current state; nothing was changed."""
 
 
-class StateFileError(Exception):
+class StateFileError(DpfreezeError):
     """The persisted state is unreadable, foreign or from another version."""
 
 
@@ -155,17 +157,27 @@ class StateStore:
     def load(self) -> FreezeState:
         """The persisted state; a missing file is IDLE.  A corrupt one raises StateFileError."""
         try:
-            text = self.path.read_text()
+            data = self.path.read_bytes()
         except FileNotFoundError:
             return FreezeState()
+        except OSError as exc:
+            raise StateFileError(f"{self.path}: cannot read: {exc.strerror or exc}") from exc
         try:
-            doc = json.loads(text)
+            doc = json.loads(data.decode())
+        except UnicodeDecodeError as exc:
+            raise StateFileError(f"{self.path}: not text (byte {exc.start} is not UTF-8)") from exc
         except json.JSONDecodeError as exc:
             raise StateFileError(f"{self.path}: not JSON ({exc.msg})") from exc
         try:
             return FreezeState.from_json(doc)
         except StateFileError as exc:
             raise StateFileError(f"{self.path}: {exc}") from exc
+
+    def quarantine(self, now: float) -> Path:
+        """Move an unreadable state file aside, kept for the post-mortem, out of the way of the next start."""
+        dest = self.path.with_name(f"{self.path.name}.unreadable-{int(now)}")
+        self.path.replace(dest)
+        return dest
 
     def save(self, state: FreezeState) -> None:
         directory = self.path.parent

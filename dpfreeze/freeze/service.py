@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import socket
+import stat
 import time
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager, suppress
@@ -87,7 +88,14 @@ class FreezeService:
         self.backend = backend
         self.store = StateStore(config.state_file)
         self.clock = clock
-        self.state = self.store.load()
+        self._unreadable = ""  # why the state file could not be read at start (it was moved aside)
+        try:
+            self.state = self.store.load()
+        except machine.StateFileError as exc:
+            # Unknown freeze state: never crash-loop on it.  The file is kept aside and the service starts
+            # idle; run() clears flow-restore-wait, since nothing can say whose freeze set it.
+            self._unreadable = f"{exc}; moved to {self.store.quarantine(clock())}"
+            self.state = machine.FreezeState()
         self.pinner: Pinner | None = None
         self.handover: Handover | None = None
         self.restorer: Restorer | None = None  # instead of both, for a datapath that lives in the daemon
@@ -104,7 +112,13 @@ class FreezeService:
 
     def _apply(self, event: Event, detail: str = "", **changes: Any) -> None:
         nxt = machine.step(self.state, event, now=self.clock(), detail=detail, **changes)
-        self.store.save(nxt)
+        try:
+            self.store.save(nxt)
+        except OSError as exc:
+            if event in (Event.FREEZE, Event.RENEW):  # refused before anything changed
+                raise machine.StateFileError(f"cannot save the freeze state: {exc}") from exc
+            # Towards a thaw the safe act comes first: a full or read-only disk never keeps a freeze.
+            LOG.error(kv("state.not_saved", on=event.value, error=describe(exc)))
         self.state = nxt
         LOG.info(kv("state", state=nxt.state.value, reason=nxt.reason))
         if nxt.state is State.HANDING_OVER:
@@ -118,6 +132,10 @@ class FreezeService:
                 raise TransitionRefused(f"cannot freeze while {self.state.state.value}")
             machine.check_ttl(ttl)
             path = self.config.snapshot_file
+            try:  # a fresh machine has no state directory: only systemd's StateDirectory= ever made one
+                path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            except OSError as exc:
+                raise machine.StateFileError(f"cannot create {path.parent}: {exc.strerror or exc}") from exc
             async with self.backend.open_datapath(datapath) as dp:
                 pins = await self.backend.snapshot(dp, path)
             self._apply(
@@ -234,17 +252,42 @@ class FreezeService:
 
     # --- tasks -----------------------------------------------------------------------------------
 
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Serve until cancelled or SIGTERM/SIGINT; the state on disk is left for the next start."""
+    async def run(self, *, hold_fd: int | None = None,
+                  task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve until cancelled or SIGTERM/SIGINT; the state on disk is left for the next start.  With
+        `hold_fd`, also until that descriptor reads end-of-file (its writer, the command that started this
+        service, is gone) and no freeze is active."""
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             nursery.start_soon(self._signals, nursery.cancel_scope)
+            if hold_fd is not None:
+                nursery.start_soon(self._serve_while_held, hold_fd, nursery.cancel_scope)
             await nursery.start(self._listen)
+            if self._unreadable:
+                LOG.warning(kv("service.unreadable_state", error=self._unreadable))
+                await self._clear_flow_restore_wait_after_unknown_state()
             if self.state.state in ACTIVE:
                 LOG.warning(kv("service.resume", state=self.state.state.value, reason=self.state.reason))
                 await self._start_session()
             nursery.start_soon(self._lease)
             task_status.started()
+
+    async def _clear_flow_restore_wait_after_unknown_state(self) -> None:
+        with trio.move_on_after(FRW_ATTEMPTS * FRW_TIMEOUT + 5):
+            try:
+                await self.backend.set_flow_restore_wait(False)
+            except Exception as exc:
+                LOG.error(kv("service.flow_restore_wait_not_cleared", error=describe(exc)))
+
+    async def _serve_while_held(self, fd: int, scope: trio.CancelScope) -> None:
+        try:
+            await trio.lowlevel.wait_readable(fd)
+        finally:
+            os.close(fd)
+        LOG.info(kv("service.caller_gone", state=self.state.state.value))
+        while self.state.state in ACTIVE or not self._idle.is_set():  # the lease still ends the freeze
+            await trio.sleep(0.2)
+        scope.cancel()
 
     async def _signals(self, scope: trio.CancelScope) -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
@@ -424,6 +467,12 @@ class FreezeService:
 
     def _write_report(self) -> None:
         """The thaw report beside the state file, JSON and text, each written atomically."""
+        try:
+            self._write_report_files()
+        except OSError as exc:
+            LOG.error(kv("report.not_saved", error=describe(exc)))
+
+    def _write_report_files(self) -> None:
         doc = self.status_doc()
         for name, data in (
             ("report.json", json.dumps(doc, indent=1, sort_keys=True) + "\n"),
@@ -536,10 +585,15 @@ def describe(exc: BaseException) -> str:
 
 
 async def _claim_socket_path(path: Path) -> None:
-    """Refuse to start beside a live service; remove the socket a dead one left behind."""
+    """Refuse to start beside a live service; remove the socket a dead one left behind, and nothing else:
+    a path that is not a socket is refused, never deleted."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    if not path.exists():
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
         return
+    if not stat.S_ISSOCK(mode):
+        raise TransitionRefused(f"{path} exists and is not a socket: refusing to replace it")
     try:
         with trio.fail_after(2):
             stream = await trio.open_unix_socket(str(path))

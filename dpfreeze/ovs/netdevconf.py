@@ -17,13 +17,15 @@ from typing import Any
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
+from dpfreeze.errors import DpfreezeError
+
 RT_SCOPE_LINK = 253
 RTPROT_KERNEL = 2
 RT_TABLE_LOCAL = 255
 RTN_UNICAST = 1
 IFF_UP = 0x1
 
-class NetdevError(Exception):
+class NetdevError(DpfreezeError):
     """A netdev could not be read or re-configured; the message names the device."""
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from typing import Any
 
 from dpfreeze import command
 from dpfreeze.command import CommandFailed
+from dpfreeze.errors import DpfreezeError
 from dpfreeze.ovs import ovsdb
 from dpfreeze.ovs.ovsenv import OvsEnv
 
@@ -39,7 +40,7 @@ _PORT_LINE = re.compile(r"^\s*(\w+)\((.+)\): addr:")
 _TLV_LINE = re.compile(r"^\s*(0x[0-9a-f]+)\s+(\d+)\s+(\d+)\s+(tun_metadata\d+)\s*$")
 
 
-class OpenFlowError(Exception):
+class OpenFlowError(DpfreezeError):
     """ovs-ofctl or ovs-vsctl failed; the message is its last error line."""
 
 

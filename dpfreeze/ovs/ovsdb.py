@@ -24,6 +24,7 @@ import trio
 
 from dpfreeze import command
 from dpfreeze.command import CommandFailed
+from dpfreeze.errors import DpfreezeError
 from dpfreeze.ovs import appctl, ovsenv
 from dpfreeze.ovs.ovsenv import OvsEnv, current
 
@@ -31,7 +32,7 @@ FRW_KEY = "flow-restore-wait"
 DEFAULT_TIMEOUT = 5.0
 
 
-class OvsdbError(Exception):
+class OvsdbError(DpfreezeError):
     """ovsdb-server is unreachable, refused the transaction, or did not answer in time."""
 
 

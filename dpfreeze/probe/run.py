@@ -20,11 +20,12 @@ from typing import Any
 
 import trio
 
+from dpfreeze.errors import DpfreezeError
 from dpfreeze.probe.agent import ReceiverConfig, SenderConfig, config_to_json
 from dpfreeze.probe.report import Report, build_report
 
 
-class ProbeError(Exception):
+class ProbeError(DpfreezeError):
     """The probes could not run (bad endpoint, agent failed); one line for the operator."""
 
 

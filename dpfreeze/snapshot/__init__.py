@@ -29,6 +29,7 @@ from typing import Any
 
 import trio
 
+from dpfreeze.errors import DpfreezeError
 from dpfreeze.log import LOG, kv
 from dpfreeze.ovs import netdevconf, openflow, ovsdb
 from dpfreeze.ovs.ovsenv import OvsEnv
@@ -44,7 +45,7 @@ MAX_HEADER = 256
 _HEADER = re.compile(rb"^DPFREEZE-SNAPSHOT (\d+) sha256=([0-9a-f]{64}) length=(\d+)$")
 
 
-class SnapshotError(Exception):
+class SnapshotError(DpfreezeError):
     """A snapshot file was refused (foreign, corrupt, truncated, newer) or could not be written."""
 
 

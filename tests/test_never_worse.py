@@ -1,0 +1,177 @@
+"""Never worse than stock (docs/reliability.md): each failure ends with flow-restore-wait cleared and one
+line for the operator; each refusal changes nothing.  Pure: the fake datapath and backend of
+test_machine_service, the real command line."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import stat
+from pathlib import Path
+
+import pytest
+import trio
+from test_machine_service import (
+    FakeBackend,
+    FakeDatapath,
+    fake_proc,
+    flow,
+    frozen_service,
+    make_service,
+    until,
+)
+
+from dpfreeze.cli import freeze as freeze_cli
+from dpfreeze.cli.main import main as cli
+from dpfreeze.errors import DpfreezeError, UserError
+from dpfreeze.freeze import machine
+from dpfreeze.freeze.machine import State, StateFileError, StateStore, TransitionRefused
+from dpfreeze.freeze.pin import PinSet
+from dpfreeze.freeze.service import _claim_socket_path
+from dpfreeze.ovs import openflow
+from dpfreeze.snapshot import SnapshotError
+from dpfreeze.upgrade import UpgradeError
+
+__all__ = ["fake_proc"]  # the fixture, shared with test_machine_service
+
+
+def test_operator_errors_are_one_line_errors() -> None:
+    for cls in (TransitionRefused, StateFileError, SnapshotError, UpgradeError, openflow.OpenFlowError):
+        assert issubclass(cls, DpfreezeError), cls
+    assert issubclass(TransitionRefused, UserError)
+
+
+@pytest.mark.parametrize("content", [b"\xff\xfe\x00garbage", b"{not json", b'{"version": 99}', b""])
+def test_an_unreadable_state_file_is_a_state_file_error(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "state.json"
+    path.write_bytes(content)
+    with pytest.raises(StateFileError, match=str(path)):
+        StateStore(path).load()
+
+
+def test_status_of_a_non_utf8_state_file_is_one_line(tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "state.json").write_bytes(b"\xff\xfe")
+    rc = cli(["status", "--state-dir", str(tmp_path), "--socket", str(tmp_path / "none.sock")])
+    err = capsys.readouterr().err
+    assert rc == 1 and err.count("\n") == 1 and "not text" in err and "Traceback" not in err
+
+
+async def test_serve_on_a_corrupt_state_file_starts_idle_and_clears_flow_restore_wait(
+        tmp_path: Path, fake_proc: object) -> None:
+    state = tmp_path / "state" / "state.json"
+    state.parent.mkdir()
+    state.write_bytes(b"\xff corrupt")
+    dp = FakeDatapath()
+    backend = FakeBackend(dp)
+    svc = make_service(tmp_path, dp, backend)  # no traceback, no crash loop under Restart=always
+    assert svc.state.state is State.IDLE
+    async with trio.open_nursery() as nursery:
+        await nursery.start(svc.run)
+        assert backend.frw == [False]  # nothing can say whose freeze set it: cleared, as stock leaves it
+        nursery.cancel_scope.cancel()
+    kept = list(state.parent.glob("state.json.unreadable-*"))
+    assert len(kept) == 1 and kept[0].read_bytes() == b"\xff corrupt"
+
+
+async def test_lease_expiry_thaws_even_when_the_state_cannot_be_saved(
+        tmp_path: Path, fake_proc: object, monkeypatch: pytest.MonkeyPatch) -> None:
+    async with frozen_service(tmp_path, ttl=0.3, flows=[flow(1)]) as (svc, _, backend):
+        def full(_self: StateStore, _state: machine.FreezeState) -> None:
+            raise OSError(28, "No space left on device")
+
+        monkeypatch.setattr(StateStore, "save", full)
+        await until(lambda: svc.state.state is State.THAWED)
+        assert backend.frw == [True, False]
+
+
+async def test_a_freeze_that_cannot_be_saved_is_refused(tmp_path: Path, fake_proc: object,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    dp = FakeDatapath()
+    backend = FakeBackend(dp)
+    svc = make_service(tmp_path, dp, backend)
+
+    def read_only(_self: StateStore, _state: machine.FreezeState) -> None:
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr(StateStore, "save", read_only)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(svc.run)
+        with pytest.raises(StateFileError, match="Read-only"):
+            await svc.freeze(30, "ovs-system")
+        assert svc.state.state is State.IDLE and backend.frw == []
+        nursery.cancel_scope.cancel()
+
+
+async def test_socket_path_naming_an_ordinary_file_is_refused_not_deleted(tmp_path: Path) -> None:
+    victim = tmp_path / "precious.conf"
+    victim.write_text("keep me")
+    with pytest.raises(TransitionRefused, match="not a socket"):
+        await _claim_socket_path(victim)
+    assert victim.read_text() == "keep me"
+
+
+async def test_a_dead_services_socket_is_replaced(tmp_path: Path) -> None:
+    path = tmp_path / "c.sock"
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.bind(str(path))
+    s.close()  # bound, never listening: what a killed service leaves
+    assert stat.S_ISSOCK(os.lstat(path).st_mode)
+    await _claim_socket_path(path)
+    assert not path.exists()
+
+
+async def test_thaw_happens_when_the_openflow_restore_fails(tmp_path: Path, fake_proc: object,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    async def no_restore(*_args: object, **_kw: object) -> list[str]:
+        raise openflow.OpenFlowError("ovs-ofctl: br0 is not a bridge or a socket")
+
+    async def daemon_up(*_args: object, **_kw: object) -> int:
+        return 1
+
+    monkeypatch.setattr(freeze_cli, "restore_openflow", no_restore)
+    monkeypatch.setattr(freeze_cli, "wait_new_daemon", daemon_up)
+    async with frozen_service(tmp_path) as (svc, _, backend):
+        args = argparse.Namespace(socket=str(svc.config.socket_path), no_openflow=False, openflow_timeout=5.0,
+                                  no_wait=False, json=False)
+        assert await freeze_cli.cmd_thaw(args) == 1  # the failed restore is reported ...
+        assert svc.state.state is State.THAWED and backend.frw == [True, False]  # ... and the thaw done
+
+
+@pytest.mark.parametrize("argv", [["upgrade", "--ttl", "0"], ["freeze", "--ttl", "nan"],
+                                  ["renew", "--ttl", "-5"], ["thaw", "--openflow-timeout", "-1"]])
+def test_bad_durations_are_refused_before_anything_happens(tmp_path: Path, argv: list[str],
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        cli([*argv, "--state-dir", str(tmp_path), "--socket", str(tmp_path / "c.sock")])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "seconds" in err and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []
+
+
+async def test_freeze_on_a_fresh_machine_creates_the_state_directory(
+        tmp_path: Path, fake_proc: object, monkeypatch: pytest.MonkeyPatch) -> None:
+    made: list[Path] = []
+    real_write = Path.write_text
+
+    def write_text_no_mkdir(self: Path, data: str, *args: object, **kw: object) -> int:
+        assert self.parent.is_dir(), f"{self.parent} does not exist"  # as os.open(O_CREAT) fails there
+        made.append(self.parent)
+        return real_write(self, data)
+
+    async def snapshot(self: FakeBackend, dp: FakeDatapath, path: Path) -> object:
+        self.pins = PinSet(await dp.info(), tuple(await dp.ports()), tuple([*dp.table.values()]))
+        write_text_no_mkdir(path, "snapshot")
+        return self.pins
+
+    monkeypatch.setattr(FakeBackend, "snapshot", snapshot)
+    dp = FakeDatapath()
+    svc = make_service(tmp_path / "fresh" / "var" / "lib", dp)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(svc.run)
+        await svc.freeze(30, "ovs-system")
+        assert svc.state.state is State.FROZEN
+        assert stat.S_IMODE(os.stat(made[0]).st_mode) == 0o700
+        await svc.thaw()
+        nursery.cancel_scope.cancel()
