@@ -28,7 +28,7 @@ from dpfreeze.errors import DpfreezeError, UserError
 from dpfreeze.freeze import machine
 from dpfreeze.freeze.machine import State, StateFileError, StateStore, TransitionRefused
 from dpfreeze.freeze.pin import PinSet
-from dpfreeze.freeze.service import _claim_socket_path
+from dpfreeze.freeze.service import FreezeService, _claim_socket_path
 from dpfreeze.ovs import openflow
 from dpfreeze.snapshot import SnapshotError
 from dpfreeze.upgrade import UpgradeError
@@ -174,4 +174,19 @@ async def test_freeze_on_a_fresh_machine_creates_the_state_directory(
         assert svc.state.state is State.FROZEN
         assert stat.S_IMODE(os.stat(made[0]).st_mode) == 0o700
         await svc.thaw()
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_freeze_of_another_boot_is_ended_not_resumed(tmp_path: Path, fake_proc: object) -> None:
+    """After a quick reboot the state file still says FROZEN within its lease; the datapath of that name is
+    a new one: it is not re-pinned with the old snapshot, and flow-restore-wait is cleared."""
+    async with frozen_service(tmp_path, flows=[flow(1)]) as (first, dp, backend):
+        assert first.state.boot_id == machine.current_boot() != ""
+    await dp.flow_flush()  # the new boot's datapath: empty
+    backend.frw.clear()
+    second = FreezeService(first.config, backend, boot=lambda: "another-boot")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(second.run)
+        assert second.state.state is State.THAWED and "before this boot" in second.state.error
+        assert backend.frw == [False] and len(dp.table) == 0
         nursery.cancel_scope.cancel()

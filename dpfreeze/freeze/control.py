@@ -11,6 +11,7 @@ half-written line can never be mistaken for a complete command.
 from __future__ import annotations
 
 import json
+import math
 import os
 import socket
 import struct
@@ -23,7 +24,18 @@ import trio
 from dpfreeze.errors import DpfreezeError
 
 MAX_LINE = 1 << 20
-COMMANDS = frozenset({"freeze", "thaw", "status", "renew", "take-upcalls", "detach", "reattach"})
+# Each command and the arguments it takes, with their JSON types, as data: a request is checked against
+# this before any of it reaches the service (numbers are finite and never booleans).
+ARGS: dict[str, dict[str, type]] = {
+    "freeze": {"ttl": float, "datapath": str},
+    "renew": {"ttl": float},
+    "thaw": {"wait": bool},
+    "status": {},
+    "take-upcalls": {},
+    "detach": {},
+    "reattach": {},
+}
+COMMANDS = frozenset(ARGS)
 _PEERCRED = struct.Struct("=iII")  # struct ucred: pid, uid, gid
 
 
@@ -85,7 +97,21 @@ def decode_request(line: bytes) -> Request:
         raise ControlError(f"unknown command {cmd!r} (expected one of {', '.join(sorted(COMMANDS))})")
     if not isinstance(args, dict):
         raise ControlError("request args must be a JSON object")
-    return Request(rid, cmd, args)
+    return Request(rid, cmd, {name: _arg(cmd, name, value) for name, value in args.items()})
+
+
+def _arg(cmd: str, name: str, value: Any) -> Any:
+    kind = ARGS[cmd].get(name)
+    if kind is None:
+        raise ControlError(f"{cmd} takes no argument {name!r}")
+    if kind is float:
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise ControlError(f"{cmd}: {name} must be a finite number, got {json.dumps(value)[:40]}")
+        return float(value)
+    if not isinstance(value, kind):
+        raise ControlError(f"{cmd}: {name} must be a {'boolean' if kind is bool else 'string'}, "
+                           f"got {json.dumps(value)[:40]}")
+    return value
 
 
 def decode_response(line: bytes) -> Response:

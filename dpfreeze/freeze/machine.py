@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import enum
 import json
-import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from dpfreeze import files
 from dpfreeze.errors import DpfreezeError, UserError
 
 STATE_VERSION = 1
@@ -79,6 +78,7 @@ class FreezeState:
     error: str = ""  # the last failure, if any
     counters: dict[str, int] = field(default_factory=dict)
     report: dict[str, Any] = field(default_factory=dict)  # the hand-over report of the last thaw
+    boot_id: str = ""  # the kernel boot the freeze was made in: a reboot ends every datapath it pinned
 
     def lease_remaining(self, now: float | None = None) -> float | None:
         if self.state not in ACTIVE or not self.lease_expires:
@@ -110,9 +110,18 @@ class FreezeState:
                 error=str(doc["error"]),
                 counters={str(k): int(v) for k, v in dict(doc["counters"]).items()},
                 report=dict(doc["report"]),
+                boot_id=str(doc.get("boot_id", "")),  # absent from the files of earlier releases
             )
         except (KeyError, ValueError, TypeError) as exc:
             raise StateFileError(f"malformed state file: {exc}") from exc
+
+
+def current_boot(path: Path = Path("/proc/sys/kernel/random/boot_id")) -> str:
+    """The kernel's id of this boot ("" where it cannot be read)."""
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return ""
 
 
 def check_ttl(ttl: float) -> float:
@@ -157,7 +166,7 @@ class StateStore:
     def load(self) -> FreezeState:
         """The persisted state; a missing file is IDLE.  A corrupt one raises StateFileError."""
         try:
-            data = self.path.read_bytes()
+            data = files.read_private(self.path)
         except FileNotFoundError:
             return FreezeState()
         except OSError as exc:
@@ -180,21 +189,5 @@ class StateStore:
         return dest
 
     def save(self, state: FreezeState) -> None:
-        directory = self.path.parent
-        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        data = json.dumps(state.to_json(), indent=1, sort_keys=True).encode() + b"\n"
-        fd, tmp = tempfile.mkstemp(prefix=self.path.name + ".", suffix=".tmp", dir=directory)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        files.private_dir(self.path.parent)
+        files.write_atomic(self.path, json.dumps(state.to_json(), indent=1, sort_keys=True).encode() + b"\n")

@@ -23,6 +23,7 @@ from typing import Any, Protocol
 
 import trio
 
+from dpfreeze import files
 from dpfreeze.freeze import control, machine
 from dpfreeze.freeze.handover import Handover, MissBuffer
 from dpfreeze.freeze.machine import ACTIVE, Event, State, StateStore, TransitionRefused
@@ -82,10 +83,12 @@ class ServiceConfig:
 
 class FreezeService:
     def __init__(
-        self, config: ServiceConfig, backend: Backend, *, clock: Callable[[], float] = time.time
+        self, config: ServiceConfig, backend: Backend, *, clock: Callable[[], float] = time.time,
+        boot: Callable[[], str] = machine.current_boot,
     ) -> None:
         self.config = config
         self.backend = backend
+        self.boot = boot()
         self.store = StateStore(config.state_file)
         self.clock = clock
         self._unreadable = ""  # why the state file could not be read at start (it was moved aside)
@@ -133,7 +136,7 @@ class FreezeService:
             machine.check_ttl(ttl)
             path = self.config.snapshot_file
             try:  # a fresh machine has no state directory: only systemd's StateDirectory= ever made one
-                path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+                files.private_dir(path.parent)
             except OSError as exc:
                 raise machine.StateFileError(f"cannot create {path.parent}: {exc.strerror or exc}") from exc
             async with self.backend.open_datapath(datapath) as dp:
@@ -144,6 +147,7 @@ class FreezeService:
                 datapath=datapath,
                 snapshot_path=str(path),
                 counters={"flows": len(pins.flows), "vports": len(pins.vports)},
+                boot_id=self.boot,
             )
             await self._start_session()
             if self.state.state is not State.FROZEN:
@@ -230,14 +234,12 @@ class FreezeService:
         """The control-socket dispatcher: refusals become one-line ControlErrors."""
         try:
             if req.cmd == "freeze":
-                return await self.freeze(
-                    float(req.args.get("ttl", machine.DEFAULT_TTL)),
-                    str(req.args.get("datapath", DEFAULT_DATAPATH)),
-                )
+                return await self.freeze(req.args.get("ttl", machine.DEFAULT_TTL),
+                                         req.args.get("datapath", DEFAULT_DATAPATH))
             if req.cmd == "renew":
-                return await self.renew(float(req.args.get("ttl", machine.DEFAULT_TTL)))
+                return await self.renew(req.args.get("ttl", machine.DEFAULT_TTL))
             if req.cmd == "thaw":
-                return await self.thaw(wait=bool(req.args.get("wait", True)))
+                return await self.thaw(wait=req.args.get("wait", True))
             if req.cmd == "take-upcalls":
                 return await self.take_upcalls()
             if req.cmd == "detach":
@@ -266,7 +268,12 @@ class FreezeService:
             if self._unreadable:
                 LOG.warning(kv("service.unreadable_state", error=self._unreadable))
                 await self._clear_flow_restore_wait_after_unknown_state()
-            if self.state.state in ACTIVE:
+            if self.state.state in ACTIVE and self.state.boot_id and self.state.boot_id != self.boot:
+                # Nothing of that freeze survived the reboot: re-pinning a datapath that only has its name
+                # would write an old snapshot into a new datapath.  End it, clearing flow-restore-wait.
+                LOG.warning(kv("service.freeze_of_another_boot", state=self.state.state.value))
+                await self._fail("the freeze was made before this boot; its datapath is gone")
+            elif self.state.state in ACTIVE:
                 LOG.warning(kv("service.resume", state=self.state.state.value, reason=self.state.reason))
                 await self._start_session()
             nursery.start_soon(self._lease)
@@ -474,13 +481,9 @@ class FreezeService:
 
     def _write_report_files(self) -> None:
         doc = self.status_doc()
-        for name, data in (
-            ("report.json", json.dumps(doc, indent=1, sort_keys=True) + "\n"),
-            ("report.txt", render_status(doc) + "\n"),
-        ):
-            tmp = self.config.state_dir / (name + ".tmp")
-            tmp.write_text(data)
-            tmp.replace(self.config.state_dir / name)
+        files.write_atomic(self.config.state_dir / "report.json",
+                           (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode())
+        files.write_atomic(self.config.state_dir / "report.txt", (render_status(doc) + "\n").encode())
 
     async def _fail(self, detail: str) -> None:
         """Any failure: persist it, clear flow-restore-wait (best effort, bounded), end THAWED."""

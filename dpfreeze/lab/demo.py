@@ -28,13 +28,19 @@ SPEC = BenchSpec(runs=1, methods=("dpfreeze",), rate=200.0, newflow_ms=50.0, lea
                  tail_s=1.0)
 
 
-def verdict(res: RunResult) -> str:
+def verdict(res: RunResult, report: Report | None) -> tuple[bool, str]:
+    """Hitless or not, and the line that says so: every probe class counts (established, new flows, TCP,
+    ARP, ND), and the TCP connection must survive."""
     if res.error:
-        return f"upgrade FAILED: {res.error}"
-    if res.established_lost == 0 and res.newflow_lost == 0:
-        return "HITLESS: 0 established packets lost, 0 new-flow packets dropped"
-    return (f"NOT hitless: {res.established_lost} established packets lost (largest gap "
-            f"{res.largest_gap_ms:.1f} ms), {res.newflow_lost} new-flow packets dropped")
+        return False, f"upgrade FAILED: {res.error}"
+    if report is None:
+        return False, "NOT measured: the probes gave no report"
+    problems = [f"{c.lost} {c.name} lost" for c in report.classes if c.lost]
+    problems += [f"the TCP connection {'broke' if c.tcp.connected else 'never connected'}"
+                 for c in report.classes if c.tcp is not None and not c.tcp.survived]
+    if not problems:
+        return True, "HITLESS: 0 lost in every class (established, new flows, TCP, ARP, ND), TCP survived"
+    return False, f"NOT hitless: {', '.join(problems)} (largest established gap {res.largest_gap_ms:.1f} ms)"
 
 
 def render(report: Report | None, res: RunResult) -> str:
@@ -47,11 +53,11 @@ def render(report: Report | None, res: RunResult) -> str:
     console.print(f"upcall storm: {res.excess_misses} misses beyond the new flows' own and the replays "
                   f"({res.missed} missed, {res.expected_misses} new flows, {res.replayed} replayed)",
                   highlight=False, markup=False)
-    console.print(verdict(res), highlight=False, markup=False)
+    console.print(verdict(res, report)[1], highlight=False, markup=False)
     return console.export_text()
 
 
-async def demo(out: Path) -> tuple[RunResult, dict[str, Path]]:
+async def demo(out: Path) -> tuple[RunResult, bool, dict[str, Path]]:
     from dpfreeze.lab.topology import lab_down
 
     out.mkdir(parents=True, exist_ok=True)
@@ -72,4 +78,4 @@ async def demo(out: Path) -> tuple[RunResult, dict[str, Path]]:
     if upgrade is not None:
         paths["upgrade"] = out / "upgrade.json"
         paths["upgrade"].write_text(json.dumps(upgrade, indent=1) + "\n")
-    return res, paths
+    return res, verdict(res, report)[0], paths

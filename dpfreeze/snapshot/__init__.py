@@ -29,6 +29,7 @@ from typing import Any
 
 import trio
 
+from dpfreeze import files
 from dpfreeze.errors import DpfreezeError
 from dpfreeze.log import LOG, kv
 from dpfreeze.ovs import netdevconf, openflow, ovsdb
@@ -140,7 +141,7 @@ class Snapshot:
     def load(cls, path: str | os.PathLike[str]) -> Snapshot:
         p = Path(path)
         try:
-            data = p.read_bytes()
+            data = files.read_private(p)
         except OSError as exc:
             raise SnapshotError(f"{p}: cannot read: {exc.strerror or exc}") from None
         return cls.decode(data, str(p))
@@ -190,25 +191,9 @@ def decode_body(data: bytes, source: str) -> dict[str, Any]:
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    directory = path.parent if str(path.parent) else Path(".")
-    tmp = directory / f".{path.name}.tmp-{os.getpid()}"
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-        dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        files.write_atomic(path, data)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise SnapshotError(f"{path}: cannot write: {exc.strerror or exc}") from None
 
 

@@ -1,0 +1,45 @@
+"""dpfreeze's own files (state, snapshots, reports, logs): they hold network configuration, so they are
+private (0600, in 0700 directories), written atomically, and never read or written through a symlink."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def private_dir(path: Path) -> None:
+    """Create `path` (and its parents) 0700 where missing; an existing one is left as it is."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+
+def read_private(path: Path) -> bytes:
+    """The file's bytes; a symlink in its place is refused (ELOOP), not followed."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as f:
+        return f.read()
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write 0600 so that a crash leaves the old file or the new one, never a mix: a fresh temporary file
+    (O_EXCL: never an existing file or link), fsync, rename over `path` (which replaces a link, never
+    follows it), fsync of the directory."""
+    directory = path.parent if str(path.parent) else Path(".")
+    tmp = directory / f".{path.name}.tmp-{os.getpid()}"
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
