@@ -87,6 +87,8 @@ class ReplyReader:
             except json.JSONDecodeError:
                 self._parts = [s]
                 break
+            except RecursionError:
+                raise ProtocolError("reply nested too deeply") from None
             rest = s[end:]
             self._parts = [rest] if rest.strip() else []
             out.append(_reply(obj))

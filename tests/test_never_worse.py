@@ -190,3 +190,16 @@ async def test_a_freeze_of_another_boot_is_ended_not_resumed(tmp_path: Path, fak
         assert second.state.state is State.THAWED and "before this boot" in second.state.error
         assert backend.frw == [False] and len(dp.table) == 0
         nursery.cancel_scope.cancel()
+
+
+async def test_thaw_with_nothing_frozen_is_not_an_error(tmp_path: Path, fake_proc: object,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """Every ordinary start of ovs-vswitchd runs the drop-in's ExecStartPost `dpfreeze thaw`."""
+    svc = make_service(tmp_path, FakeDatapath())
+    async with trio.open_nursery() as nursery:
+        await nursery.start(svc.run)
+        args = argparse.Namespace(socket=str(svc.config.socket_path), no_openflow=False, openflow_timeout=5.0,
+                                  no_wait=False, json=False)
+        assert await freeze_cli.cmd_thaw(args) == 0
+        assert capsys.readouterr().out.strip() == "nothing to thaw: idle"
+        nursery.cancel_scope.cancel()

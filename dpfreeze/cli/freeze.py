@@ -116,17 +116,20 @@ async def cmd_thaw(args: argparse.Namespace) -> int:
     """
     api = RemoteApi(Path(args.socket))
     failed = ""
-    if not args.no_openflow:
-        status = await api.status()
-        if status.get("state") == machine.State.FROZEN.value and status.get("snapshot_path"):
-            try:
-                with trio.fail_after(args.openflow_timeout):
-                    await wait_new_daemon(ovsenv.current(), 0, args.openflow_timeout)
-                    for line in await restore_openflow(status["snapshot_path"], ovsenv.current()):
-                        print(f"openflow: {line}")
-            except Exception as exc:  # whatever failed, the thaw below still happens
-                failed = f"OpenFlow state not restored: {exc or type(exc).__name__}"
-                print(f"dpfreeze: {failed}", file=sys.stderr)
+    status = await api.status()
+    if status.get("state") != machine.State.FROZEN.value:
+        # Nothing to thaw (an ordinary start of ovs-vswitchd runs ExecStartPost too): not an error.
+        _emit(status, args.json, f"nothing to thaw: {status.get('state')}")
+        return 0
+    if not args.no_openflow and status.get("snapshot_path"):
+        try:
+            with trio.fail_after(args.openflow_timeout):
+                await wait_new_daemon(ovsenv.current(), 0, args.openflow_timeout)
+                for line in await restore_openflow(status["snapshot_path"], ovsenv.current()):
+                    print(f"openflow: {line}")
+        except Exception as exc:  # whatever failed, the thaw below still happens
+            failed = f"OpenFlow state not restored: {exc or type(exc).__name__}"
+            print(f"dpfreeze: {failed}", file=sys.stderr)
     doc = await api.thaw(wait=not args.no_wait)
     _emit(doc, args.json, render_status(doc))
     return 1 if doc.get("error") or failed else 0

@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, ...]] = {
         ("serve", "freeze", "renew", "thaw", "status", "preflight", "upgrade"), ("dpfreeze.cli.freeze",)
     ),
     "snapshot": ("dpfreeze.cli.snapshot",),
+    "install-units": ("dpfreeze.cli.units",),
     "probe": ("dpfreeze.cli.probe",),
     "lab": ("dpfreeze.cli.lab",),
     "demo": ("dpfreeze.cli.demo",),

@@ -83,6 +83,8 @@ def _object(line: bytes) -> dict[str, Any]:
         doc = json.loads(line)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ControlError(f"not a JSON line: {exc}") from exc
+    except RecursionError:
+        raise ControlError("not a JSON line: nested too deeply") from None
     if not isinstance(doc, dict):
         raise ControlError("a control message must be a JSON object")
     return doc
@@ -93,7 +95,7 @@ def decode_request(line: bytes) -> Request:
     rid, cmd, args = doc.get("id", 0), doc.get("cmd"), doc.get("args", {})
     if not isinstance(rid, int) or isinstance(rid, bool):
         raise ControlError("request id must be an integer")
-    if cmd not in COMMANDS:
+    if not isinstance(cmd, str) or cmd not in COMMANDS:
         raise ControlError(f"unknown command {cmd!r} (expected one of {', '.join(sorted(COMMANDS))})")
     if not isinstance(args, dict):
         raise ControlError("request args must be a JSON object")

@@ -157,6 +157,22 @@ def step(
     return replace(current, state=nxt, reason=reason, **changes)
 
 
+def decode_state(data: bytes, source: str) -> FreezeState:
+    """The state file's bytes to a FreezeState; anything else is one StateFileError naming `source`."""
+    try:
+        doc = json.loads(data.decode())
+    except UnicodeDecodeError as exc:
+        raise StateFileError(f"{source}: not text (byte {exc.start} is not UTF-8)") from exc
+    except json.JSONDecodeError as exc:
+        raise StateFileError(f"{source}: not JSON ({exc.msg})") from exc
+    except RecursionError as exc:
+        raise StateFileError(f"{source}: not JSON (nested too deeply)") from exc
+    try:
+        return FreezeState.from_json(doc)
+    except StateFileError as exc:
+        raise StateFileError(f"{source}: {exc}") from exc
+
+
 class StateStore:
     """The state file: written atomically (temp file, fsync, rename, fsync of the directory)."""
 
@@ -171,16 +187,7 @@ class StateStore:
             return FreezeState()
         except OSError as exc:
             raise StateFileError(f"{self.path}: cannot read: {exc.strerror or exc}") from exc
-        try:
-            doc = json.loads(data.decode())
-        except UnicodeDecodeError as exc:
-            raise StateFileError(f"{self.path}: not text (byte {exc.start} is not UTF-8)") from exc
-        except json.JSONDecodeError as exc:
-            raise StateFileError(f"{self.path}: not JSON ({exc.msg})") from exc
-        try:
-            return FreezeState.from_json(doc)
-        except StateFileError as exc:
-            raise StateFileError(f"{self.path}: {exc}") from exc
+        return decode_state(data, str(self.path))
 
     def quarantine(self, now: float) -> Path:
         """Move an unreadable state file aside, kept for the post-mortem, out of the way of the next start."""

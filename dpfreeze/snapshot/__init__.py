@@ -185,7 +185,7 @@ def decode_body(data: bytes, source: str) -> dict[str, Any]:
         if not isinstance(parsed, dict) or parsed.get("format") != version:
             raise ValueError("body does not match the header's version")
         Snapshot.from_json(parsed)  # validate the whole structure now, not half-way through a restore
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
         raise SnapshotError(f"{source}: corrupt snapshot body ({type(exc).__name__}: {exc})") from None
     return parsed
 

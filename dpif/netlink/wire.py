@@ -180,6 +180,8 @@ def parse_error(msg: Message) -> KernelError | None:
     (err,) = struct.unpack_from("=i", p, 0)
     if err == 0:
         return None
+    if not -4095 <= err < 0:  # the kernel's errors are -MAX_ERRNO..-1
+        raise WireError(f"NLMSG_ERROR with error code {err}, not an errno")
     message, offset = "", None
     if msg.flags & NLM_F_ACK_TLVS and len(p) >= 4 + NLMSG_HDR.size:
         (orig_len,) = struct.unpack_from("=I", p, 4)
