@@ -7,7 +7,10 @@ state file when the service is down; upgrade starts a service of its own when no
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import functools
 import json
+import operator
 import os
 import subprocess
 import sys
@@ -18,6 +21,7 @@ from typing import Any
 
 import trio
 
+from dpfreeze import kernels
 from dpfreeze.errors import UserError
 from dpfreeze.freeze import control, machine
 from dpfreeze.freeze.service import (
@@ -36,6 +40,8 @@ from dpfreeze.upgrade import (
     run_upgrade,
     wait_new_daemon,
 )
+from dpif.model import DpFeature
+from dpif.netlink_datapath import list_datapaths
 
 
 class RemoteApi:
@@ -152,11 +158,26 @@ async def cmd_status(args: argparse.Namespace) -> int:
 
 
 async def cmd_preflight(args: argparse.Namespace) -> int:
+    """The freeze state, then the kernel: with --repair (ExecStartPre) a kernel problem is a warning only,
+    since refusing to start ovs-vswitchd for it would be worse than any upgrade."""
     result = await preflight(_config(args), OvsdbFlowRestoreWait(ovsenv.current()), repair=args.repair)
     if result.stale and not args.repair:
         raise UserError(f"stale freeze: {result.stale} (`dpfreeze preflight --repair` repairs it)")
-    _emit(result.to_json(), args.json, result.text())
-    return 0
+    kernel = kernels.check(await _datapath_features())
+    doc = {**result.to_json(), "kernel": dataclasses.asdict(kernel)}
+    _emit(doc, args.json, "\n".join([result.text(), *(kernel.lines() if kernel.checked else [])]))
+    return 1 if kernel.problems and not args.repair else 0
+
+
+async def _datapath_features() -> DpFeature | None:
+    """The features the kernel datapaths use (None without the module or a datapath)."""
+    if not Path("/sys/module/openvswitch").is_dir():
+        return None
+    try:
+        dps = await list_datapaths()
+    except OSError:
+        return None
+    return DpFeature(functools.reduce(operator.or_, (d.features for d in dps), 0)) if dps else None
 
 
 SERVICE_START_TIMEOUT = 120.0  # a fresh process imports trio and the codec: seconds under qemu TCG
