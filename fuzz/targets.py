@@ -59,6 +59,8 @@ def flow_text(data: bytes) -> None:
     prints as flags(+key) alone, which reads back as no tun_id at all; the golden tests hold us to OVS.)"""
     parsed = flowtext.parse_flow(data.decode("utf-8", "replace"))
     printed = flowtext.format_flow(parsed.key, parsed.mask, parsed.actions)
+    if printed.startswith("<empty>"):
+        return  # an empty key: OVS prints it so and cannot read that back either (odp_flow_format)
     try:
         flowtext.parse_flow(printed)
     except ValueError as exc:

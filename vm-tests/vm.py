@@ -35,6 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--smp", type=int, default=2)
     run.add_argument("--mem", default="1G")
     run.add_argument("-q", "--quiet", action="store_true", help="no boot summary on stderr")
+    run.add_argument("--systemd", action="store_true",
+                     help="boot systemd as PID 1 (Debian's openvswitch units started; the command is a service)")
     run.add_argument("command", nargs="+", help="the command (joined with spaces, run by bash)")
     sub.add_parser("prepare", help="fetch the kernel, build the initrd, probe KVM; print what was chosen")
     args = parser.parse_args(argv)
@@ -57,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
             smp=args.smp,
             mem=args.mem,
             on_output=_echo,
+            init="systemd" if args.systemd else "busybox",
         )
     except (vmharness.VMError, OSError, subprocess.SubprocessError) as exc:
         print(f"vm.py: {exc}", file=sys.stderr)

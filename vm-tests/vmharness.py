@@ -325,12 +325,14 @@ def run_in_vm(
     smp: int = 2,
     mem: str = "1G",
     on_output: Callable[[str], None] | None = None,
+    init: str = "busybox",
 ) -> VMResult:
     """Run `command` (bash) in a fresh VM with openvswitch and veth loaded; returns its status and output.
 
     `results` (default: a new temporary directory, left for the caller) is /results in the guest.  Raises
     VMError, with the console log, when the guest does not report a status within `timeout` seconds.
-    `on_output` receives the command's output as it arrives (for live progress).
+    `on_output` receives the command's output as it arrives (for live progress).  `init="systemd"` boots
+    the guest with systemd as PID 1 (Debian's openvswitch units started, the command run as a service).
     """
     kernel = resolve_kernel()
     initrd = build_initrd(kernel)
@@ -342,7 +344,9 @@ def run_in_vm(
     (results / "cmd.sh").write_text(
         _command_script(command, Path(cwd or os.getcwd()).resolve(), guest_env(env))
     )
-    argv = _qemu_argv(kernel, initrd, accel, results, smp=smp, mem=mem)
+    (results / "dpf-run.sh").unlink(missing_ok=True)
+    boot = "dpf_init=systemd" if init == "systemd" else ""
+    argv = _qemu_argv(kernel, initrd, accel, results, smp=smp, mem=mem, append=boot)
     log = results / "guest.log"
     seen = 0
     start = time.monotonic()

@@ -148,7 +148,9 @@ class KernelVMs:
         self.done: list[tuple[str, VMRun]] = []
 
     def _group(self, item: pytest.Item) -> str:
-        return item.nodeid.split("::")[0] if self.config.getoption("kernel_vm") == "module" else "session"
+        """`systemd`-marked tests get boots of their own, with systemd as PID 1."""
+        key = item.nodeid.split("::")[0] if self.config.getoption("kernel_vm") == "module" else "session"
+        return f"systemd:{key}" if item.get_closest_marker("systemd") else key
 
     @pytest.hookimpl(trylast=True)
     def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
@@ -203,7 +205,7 @@ class KernelVMs:
         keep = self.config.getoption("kernel_vm_keep")
         if keep:
             keep.mkdir(parents=True, exist_ok=True)
-        results = Path(tempfile.mkdtemp(prefix=f"{key.replace('/', '_')}-", dir=keep))
+        results = Path(tempfile.mkdtemp(prefix=f"{key.replace('/', '_').replace(':', '-')}-", dir=keep))
         (results / "nodeids").write_text("\n".join(nodeids) + "\n")
         rootdir = self.config.rootpath
         verbose = self.config.getoption("verbose") > 0
@@ -223,6 +225,7 @@ class KernelVMs:
                 results=results,
                 timeout=self.config.getoption("kernel_vm_timeout"),
                 on_output=self._say if verbose else None,
+                init="systemd" if key.startswith("systemd:") else "busybox",
             )
         except vmharness.VMError as exc:
             run.error = str(exc)
