@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--mem", default="1G")
     run.add_argument("-q", "--quiet", action="store_true", help="no boot summary on stderr")
     run.add_argument("--systemd", action="store_true",
-                     help="boot systemd as PID 1 (Debian's openvswitch units started; the command is a service)")
+                     help="systemd as PID 1 (Debian's openvswitch units started; the command is a service)")
     run.add_argument("command", nargs="+", help="the command (joined with spaces, run by bash)")
     sub.add_parser("prepare", help="fetch the kernel, build the initrd, probe KVM; print what was chosen")
     args = parser.parse_args(argv)
