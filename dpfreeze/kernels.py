@@ -13,6 +13,7 @@ import gzip
 import lzma
 import os
 import re
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -107,21 +108,62 @@ def module_file(release: str, root: Path = Path("/")) -> Path | None:
     return next(iter(sorted(base.rglob(MODULE_GLOB))), None) if base.is_dir() else None
 
 
-def srcversion_of(path: Path) -> str | None:
-    """The module's srcversion from its .modinfo strings (plain, .xz or .gz; None for what we cannot read,
-    .zst among them)."""
+def _module_bytes(path: Path) -> bytes | None:
+    """The module file, decompressed (.xz, .gz); None for what the standard library cannot read (.zst)."""
     try:
         raw = path.read_bytes()
         if path.suffix == ".xz":
-            raw = lzma.decompress(raw)
-        elif path.suffix == ".gz":
-            raw = gzip.decompress(raw)
-        elif path.suffix != ".ko":
-            return None
+            return lzma.decompress(raw)
+        if path.suffix == ".gz":
+            return gzip.decompress(raw)
     except (OSError, lzma.LZMAError, gzip.BadGzipFile, EOFError):
         return None
-    m = re.search(rb"srcversion=([0-9A-F]+)\0", raw)
+    return raw if path.suffix == ".ko" else None
+
+
+def _note_desc(note: bytes) -> bytes | None:
+    """The descriptor of the first ELF note in `note` (the build id, for a GNU build-id note)."""
+    if len(note) < 12:
+        return None
+    namesz, descsz, _ = struct.unpack_from("<III", note)
+    start = 12 + (namesz + 3) // 4 * 4
+    return note[start : start + descsz] if len(note) >= start + descsz else None
+
+
+def build_id_of(module: bytes) -> bytes | None:
+    """The GNU build id of an ELF64 module: its .note.gnu.build-id section's descriptor."""
+    try:
+        shoff, = struct.unpack_from("<Q", module, 0x28)
+        shentsize, shnum, shstrndx = struct.unpack_from("<HHH", module, 0x3A)
+        sections = [struct.unpack_from("<IIQQQQ", module, shoff + i * shentsize) for i in range(shnum)]
+        names_off = sections[shstrndx][4]
+        for name, _, _, _, offset, size in sections:
+            end = module.find(b"\0", names_off + name)
+            if module[names_off + name : end] == b".note.gnu.build-id":
+                return _note_desc(module[offset : offset + size])
+    except (struct.error, IndexError):
+        return None
+    return None
+
+
+def srcversion_of(module: bytes) -> str | None:
+    m = re.search(rb"srcversion=([0-9A-F]+)\0", module)
     return m.group(1).decode() if m else None
+
+
+def same_module(loaded: Path, on_disk: Path) -> bool | None:
+    """Whether the loaded module is the file on disk: by GNU build id (sysfs notes), else by srcversion
+    (modules that have one); None when neither can tell."""
+    module = _module_bytes(on_disk)
+    if module is None:
+        return None
+    note = loaded / "notes" / ".note.gnu.build-id"
+    if note.is_file() and (live := _note_desc(note.read_bytes())) and (disk := build_id_of(module)):
+        return live == disk
+    src = loaded / "srcversion"
+    if src.is_file() and (disk_src := srcversion_of(module)):
+        return src.read_text().strip() == disk_src
+    return None
 
 
 def check(features: DpFeature | None, root: Path = Path("/"), running: str | None = None) -> KernelReport:
@@ -134,12 +176,9 @@ def check(features: DpFeature | None, root: Path = Path("/"), running: str | Non
     nxt, how = next_boot(root)
     problems = []
     on_disk = module_file(running, root)
-    if on_disk is not None:
-        live = (loaded / "srcversion").read_text().strip() if (loaded / "srcversion").is_file() else None
-        disk = srcversion_of(on_disk)
-        if live and disk and live != disk:
-            problems.append(f"the loaded openvswitch module is not the one on disk ({on_disk}): it was "
-                            "replaced since it was loaded; the next module load or reboot brings the new one")
+    if on_disk is not None and same_module(loaded, on_disk) is False:
+        problems.append(f"the loaded openvswitch module is not the one on disk ({on_disk}): it was "
+                        "replaced since it was loaded; the next module load or reboot brings the new one")
     if nxt is None:
         problems.append(f"cannot tell which kernel boots next ({how})")
     elif nxt != running:

@@ -5,11 +5,12 @@ the one on disk, and datapath features the next kernel may lack."""
 from __future__ import annotations
 
 import lzma
+import struct
 from pathlib import Path
 
 import pytest
 
-from dpfreeze.kernels import check, next_boot, srcversion_of, version_key
+from dpfreeze.kernels import check, next_boot, same_module, version_key
 from dpif.model import DpFeature
 
 RUNNING = "6.1.0-57-amd64"
@@ -17,17 +18,43 @@ NEWER = "6.12.38+deb13-amd64"
 OLDER = "5.10.0-35-amd64"
 
 
-def module(root: Path, release: str, srcversion: str = "ABC123", suffix: str = ".ko") -> Path:
+def note(build_id: bytes) -> bytes:
+    return struct.pack("<III", 4, len(build_id), 3) + b"GNU\0" + build_id
+
+
+def fake_ko(build_id: bytes, srcversion: str = "") -> bytes:
+    """A minimal ELF64 module: a null section, .note.gnu.build-id, .shstrtab, and .modinfo strings."""
+    names = b"\0.note.gnu.build-id\0.shstrtab\0"
+    modinfo = f"license=GPL\0srcversion={srcversion}\0".encode() if srcversion else b""
+    body = note(build_id) + names + modinfo
+    note_off, names_off = 64, 64 + len(note(build_id))
+    shoff = 64 + len(body)
+    header = bytearray(64)
+    header[:4] = b"\x7fELF"
+    struct.pack_into("<Q", header, 0x28, shoff)
+    struct.pack_into("<HHH", header, 0x3A, 64, 3, 2)
+    sections = [bytes(64),
+                struct.pack("<IIQQQQ", 1, 7, 0, 0, note_off, len(note(build_id))).ljust(64, b"\0"),
+                struct.pack("<IIQQQQ", 20, 3, 0, 0, names_off, len(names)).ljust(64, b"\0")]
+    return bytes(header) + body + b"".join(sections)
+
+
+def module(root: Path, release: str, build_id: bytes = b"\x01" * 20, suffix: str = ".ko",
+           srcversion: str = "") -> Path:
     path = root / "lib/modules" / release / "kernel/net/openvswitch" / f"openvswitch{suffix}"
     path.parent.mkdir(parents=True, exist_ok=True)
-    body = b"\x7fELF....license=GPL\0srcversion=" + srcversion.encode() + b"\0depends=nf_conntrack\0"
+    body = fake_ko(build_id, srcversion)
     path.write_bytes(lzma.compress(body) if suffix.endswith(".xz") else body)
     return path
 
 
-def loaded(root: Path, srcversion: str = "ABC123") -> None:
-    (root / "sys/module/openvswitch").mkdir(parents=True)
-    (root / "sys/module/openvswitch/srcversion").write_text(srcversion + "\n")
+def loaded(root: Path, build_id: bytes | None = b"\x01" * 20, srcversion: str = "") -> None:
+    sysfs = root / "sys/module/openvswitch"
+    (sysfs / "notes").mkdir(parents=True)
+    if build_id is not None:
+        (sysfs / "notes/.note.gnu.build-id").write_bytes(note(build_id))
+    if srcversion:
+        (sysfs / "srcversion").write_text(srcversion + "\n")
 
 
 def images(root: Path, *releases: str) -> None:
@@ -78,7 +105,7 @@ def test_a_healthy_host(tmp_path: Path) -> None:
     images(tmp_path, RUNNING, NEWER)
     loaded(tmp_path)
     module(tmp_path, RUNNING)
-    module(tmp_path, NEWER, "FFF000", ".ko.xz")
+    module(tmp_path, NEWER, b"\x02" * 20, ".ko.xz")
     report = check(DpFeature.DISPATCH_UPCALL_PER_CPU, tmp_path, running=RUNNING)
     assert report.problems == [] and report.lines() == [
         f"kernel: running {RUNNING}, next boot {NEWER} (newest /boot/vmlinuz-*)"]
@@ -87,8 +114,8 @@ def test_a_healthy_host(tmp_path: Path) -> None:
 def test_every_problem_is_one_line(tmp_path: Path) -> None:
     images(tmp_path, OLDER, RUNNING)
     (tmp_path / "vmlinuz").symlink_to(f"boot/vmlinuz-{OLDER}")  # a downgrade: the older kernel boots next
-    loaded(tmp_path, "ABC123")
-    module(tmp_path, RUNNING, "DEF456")  # the package replaced the module after it was loaded
+    loaded(tmp_path, b"\xaa" * 20)
+    module(tmp_path, RUNNING, b"\xbb" * 20)  # the package replaced the module after it was loaded
     report = check(DpFeature.DISPATCH_UPCALL_PER_CPU | DpFeature.VPORT_PIDS, tmp_path, running=RUNNING)
     assert len(report.problems) == 3, report.problems
     assert "the loaded openvswitch module is not the one on disk" in report.problems[0]
@@ -105,8 +132,19 @@ def test_unknown_next_boot_is_said(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("suffix", [".ko", ".ko.xz"])
-def test_srcversion_is_read_from_plain_and_compressed_modules(tmp_path: Path, suffix: str) -> None:
-    assert srcversion_of(module(tmp_path, RUNNING, "0A1B2C", suffix)) == "0A1B2C"
+def test_the_build_id_tells_the_loaded_module_from_another(tmp_path: Path, suffix: str) -> None:
+    loaded(tmp_path, b"\x07" * 20)
+    sysfs = tmp_path / "sys/module/openvswitch"
+    assert same_module(sysfs, module(tmp_path, RUNNING, b"\x07" * 20, suffix)) is True
+    assert same_module(sysfs, module(tmp_path, NEWER, b"\x08" * 20, suffix)) is False
+
+
+def test_srcversion_where_there_is_no_build_id(tmp_path: Path) -> None:
+    loaded(tmp_path, None, srcversion="0A1B2C")
+    sysfs = tmp_path / "sys/module/openvswitch"
+    assert same_module(sysfs, module(tmp_path, RUNNING, srcversion="0A1B2C")) is True
+    assert same_module(sysfs, module(tmp_path, NEWER, srcversion="FFFFFF")) is False
+    assert same_module(sysfs, module(tmp_path, OLDER)) is None  # neither can tell: no verdict
 
 
 def test_versions_sort_numerically() -> None:
