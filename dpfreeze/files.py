@@ -4,6 +4,7 @@ private (0600, in 0700 directories), written atomically, and never read or writt
 from __future__ import annotations
 
 import os
+import secrets
 from pathlib import Path
 
 
@@ -24,7 +25,9 @@ def write_atomic(path: Path, data: bytes) -> None:
     (O_EXCL: never an existing file or link), fsync, rename over `path` (which replaces a link, never
     follows it), fsync of the directory."""
     directory = path.parent if str(path.parent) else Path(".")
-    tmp = directory / f".{path.name}.tmp-{os.getpid()}"
+    # A random name, not only the pid: a crash leaves its temporary file, and after a reboot the service
+    # often gets the same pid again; O_EXCL would then refuse every save.
+    tmp = directory / f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         try:

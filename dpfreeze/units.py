@@ -108,12 +108,12 @@ async def _verify(plan: Plan) -> None:
     ovs_unit = next((d / OVS_UNIT for d in system_dirs if (d / OVS_UNIT).exists()), None)
     with tempfile.TemporaryDirectory(prefix="dpfreeze-units-") as scratch:
         stage = Path(scratch)
-        texts = list(plan.targets().values())
-        (stage / SERVICE).write_text(texts[0])
+        texts = {path.relative_to(plan.unit_dir): text for path, text in plan.targets().items()}
+        (stage / SERVICE).write_text(texts[Path(SERVICE)])
         units = [str(stage / SERVICE)]
         if ovs_unit is not None:
             (stage / DROPIN_DIR).mkdir()
-            (stage / DROPIN_DIR / DROPIN).write_text(texts[1])
+            (stage / DROPIN_DIR / DROPIN).write_text(texts[Path(DROPIN_DIR, DROPIN)])
             shutil.copy(ovs_unit, stage / OVS_UNIT)
             units.append(str(stage / OVS_UNIT))
         try:

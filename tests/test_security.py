@@ -125,3 +125,11 @@ async def test_a_negative_ttl_is_refused_by_the_service(tmp_path: Path, fake_pro
             await svc.handle(control.decode_request(b'{"id": 1, "cmd": "freeze", "args": {"ttl": -1}}'))
         assert not svc.config.state_file.exists()
         nursery.cancel_scope.cancel()
+
+
+def test_a_temporary_file_left_by_a_crash_never_blocks_a_save(tmp_path: Path) -> None:
+    """After a reboot the service often gets the pid it had: a crash's leftover must not refuse saves."""
+    store = StateStore(tmp_path / "state.json")
+    (tmp_path / f".state.json.tmp-{os.getpid()}").write_text("left by a crash")
+    store.save(store.load())
+    assert store.load().state.value == "idle"
