@@ -207,3 +207,27 @@ def test_svg_and_table_render() -> None:
     console = Console(width=160, record=True)
     console.print(table(rep))
     assert "established" in console.export_text()
+
+
+def test_the_demo_verdict_counts_every_class_inside_the_upgrade_only() -> None:
+    from dpfreeze.lab.bench_upgrade import RunResult
+    from dpfreeze.lab.demo import verdict
+    from dpfreeze.probe.report import ClassReport, Event, LossInterval, Report, TcpDetails
+
+    def cls(name: str, *losses: tuple[float, int], tcp: TcpDetails | None = None) -> ClassReport:
+        lost = sum(n for _, n in losses)
+        return ClassReport(name, 100.0, 200, 200 - lost, lost, 0, 0, 0.0, None,
+                           [LossInterval(t, t + 100.0 * n, n) for t, n in losses], tcp)
+
+    def report(*classes: ClassReport) -> Report:
+        return Report("s", 1, "now", 0, 20_000.0, list(classes),
+                      [Event("dpfreeze begins", 1000.0), Event("dpfreeze done", 16_000.0)], {})
+
+    res = RunResult("dpfreeze", 1)
+    alive = TcpDetails(True, True, 0, None)
+    ok, text = verdict(res, report(cls("established"), cls("nd", (18_200.0, 1)), cls("tcp", tcp=alive)))
+    assert ok and text.endswith("outside the upgrade: 1 nd lost"), text
+    ok, text = verdict(res, report(cls("established"), cls("arp", (9000.0, 2)), cls("tcp", tcp=alive)))
+    assert not ok and text.startswith("NOT hitless: 2 arp lost during the upgrade"), text
+    ok, text = verdict(res, report(cls("tcp", tcp=TcpDetails(True, False, 3, "reset"))))
+    assert not ok and "the TCP connection broke" in text, text

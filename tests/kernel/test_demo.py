@@ -6,28 +6,15 @@ import json
 from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
-from typing import Any
 
 import jsonschema
 import pytest
 
 from dpfreeze.lab.demo import demo
 from dpfreeze.lab.topology import lab_dir
+from dpfreeze.probe.report import report_from_json
 
 pytestmark = pytest.mark.kernel
-
-
-def restart_window_loss(report: dict[str, Any]) -> dict[str, tuple[int, int]]:
-    """(lost, sent) of every class from the moment dpfreeze begins (the freeze included) to the end of the
-    hand-over: the window that stock restarts lose traffic in and that dpfreeze answers for."""
-    t = {e["name"]: e["t_ms"] for e in report["events"]}
-    start, end = t["dpfreeze begins"], t["dpfreeze done"]
-    out = {}
-    for c in report["classes"]:
-        if c["name"] in ("established", "newflow", "tcp", "arp", "nd"):
-            lost = sum(i["lost"] for i in c["loss_intervals"] if i["end_ms"] > start and i["start_ms"] < end)
-            out[c["name"]] = (lost, round((end - start) / c["interval_ms"]))
-    return out
 
 
 async def test_demo_keeps_traffic_across_the_restart_and_writes_every_report(
@@ -48,7 +35,7 @@ async def test_demo_keeps_traffic_across_the_restart_and_writes_every_report(
     # Asserted: nothing lost from the freeze until the hand-over is done (the stock procedures lose every
     # new flow there), and every miss taken while no daemon ran went to the new one.  The probe rig's own
     # failures (send errors, receiver drops) would show as losses too: they are reported, not excused.
-    window = restart_window_loss(report)
+    window = report_from_json(paths["json"].read_text()).lost_between("dpfreeze begins", "dpfreeze done")
     record_property("restart window (lost, sent)", window)
     record_property("probe rig", {k: report["params"][k] for k in ("send_errors", "send_errnos",
                                                                     "receiver_drops")})
