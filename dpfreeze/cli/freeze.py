@@ -21,7 +21,7 @@ from typing import Any
 
 import trio
 
-from dpfreeze import kernels
+from dpfreeze import files, kernels
 from dpfreeze.errors import UserError
 from dpfreeze.freeze import control, machine
 from dpfreeze.freeze.service import (
@@ -201,17 +201,19 @@ async def _service_api(args: argparse.Namespace) -> AsyncIterator[RemoteApi]:
         yield remote
         return
     state_dir = Path(args.state_dir)
-    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    files.private_dir(state_dir)
     log_path = state_dir / "service.log"
     hold_r, hold_w = os.pipe()
     try:
         flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
-        with open(os.open(log_path, flags, 0o600), "ab") as log:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "dpfreeze.cli", "-v", "serve", "--socket", args.socket,
-                 "--state-dir", args.state_dir, "--hold-fd", str(hold_r)],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=log, pass_fds=(hold_r,), start_new_session=True)
-        os.close(hold_r)
+        try:
+            with open(os.open(log_path, flags, 0o600), "ab") as log:
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", "dpfreeze.cli", "-v", "serve", "--socket", args.socket,
+                     "--state-dir", args.state_dir, "--hold-fd", str(hold_r)], stdin=subprocess.DEVNULL,
+                    stdout=log, stderr=log, pass_fds=(hold_r,), start_new_session=True)
+        finally:
+            os.close(hold_r)  # the service's copy is its own; ours would keep its end of the pipe open
         await _wait_started(remote, proc, log_path)
         yield remote
     finally:

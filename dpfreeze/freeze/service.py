@@ -267,7 +267,8 @@ class FreezeService:
             await nursery.start(self._listen)
             if self._unreadable:
                 LOG.warning(kv("service.unreadable_state", error=self._unreadable))
-                await self._clear_flow_restore_wait_after_unknown_state()
+                if why := await self._clear_flow_restore_wait():
+                    LOG.error(kv("service.flow_restore_wait_not_cleared", error=why))
             if self.state.state in ACTIVE and self.state.boot_id and self.state.boot_id != self.boot:
                 # Nothing of that freeze survived the reboot: re-pinning a datapath that only has its name
                 # would write an old snapshot into a new datapath.  End it, clearing flow-restore-wait.
@@ -279,12 +280,14 @@ class FreezeService:
             nursery.start_soon(self._lease)
             task_status.started()
 
-    async def _clear_flow_restore_wait_after_unknown_state(self) -> None:
-        with trio.move_on_after(FRW_ATTEMPTS * FRW_TIMEOUT + 5):
+    async def _clear_flow_restore_wait(self) -> str:
+        """Clear flow-restore-wait, bounded and shielded; returns why it failed ("" when it did not)."""
+        with trio.CancelScope(shield=True), trio.move_on_after(FRW_ATTEMPTS * FRW_TIMEOUT + 5) as scope:
             try:
                 await self.backend.set_flow_restore_wait(False)
             except Exception as exc:
-                LOG.error(kv("service.flow_restore_wait_not_cleared", error=describe(exc)))
+                return describe(exc)
+        return "no answer in time" if scope.cancelled_caught else ""
 
     async def _serve_while_held(self, fd: int, scope: trio.CancelScope) -> None:
         try:
@@ -487,15 +490,12 @@ class FreezeService:
 
     async def _fail(self, detail: str) -> None:
         """Any failure: persist it, clear flow-restore-wait (best effort, bounded), end THAWED."""
-        with trio.CancelScope(shield=True), trio.move_on_after(FRW_ATTEMPTS * FRW_TIMEOUT + 5):
-            try:
-                await self.backend.set_flow_restore_wait(False)
-            except Exception as exc:
-                detail += f"; clearing flow-restore-wait failed too: {exc}"
-            with suppress(TransitionRefused):
-                self._apply(Event.FAIL, detail=detail)
-            with suppress(TransitionRefused):
-                self._apply(Event.FAIL, detail=detail)
+        if why := await self._clear_flow_restore_wait():
+            detail += f"; clearing flow-restore-wait failed too: {why}"
+        with suppress(TransitionRefused):
+            self._apply(Event.FAIL, detail=detail)
+        with suppress(TransitionRefused):
+            self._apply(Event.FAIL, detail=detail)
 
 
 class SystemBackend:
@@ -590,7 +590,7 @@ def describe(exc: BaseException) -> str:
 async def _claim_socket_path(path: Path) -> None:
     """Refuse to start beside a live service; remove the socket a dead one left behind, and nothing else:
     a path that is not a socket is refused, never deleted."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    files.private_dir(path.parent)
     try:
         mode = path.lstat().st_mode
     except FileNotFoundError:
