@@ -13,6 +13,7 @@ import logging
 import os
 import re
 import shlex
+import shutil
 import signal
 import time
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ from typing import Any, Protocol
 import outcome
 import trio
 
-from dpfreeze import command, kmod
+from dpfreeze import command, files, kmod
 from dpfreeze.command import CommandFailed
 from dpfreeze.errors import DpfreezeError
 from dpfreeze.freeze.service import render_status
@@ -61,6 +62,8 @@ class UpgradeReport:
     ok: bool = False
     old_pid: int | None = None
     new_pid: int | None = None
+    old_version: str = ""  # `ovs-appctl version` of each daemon: an upgrade often changes it
+    new_version: str = ""
     steps: list[dict[str, Any]] = field(default_factory=list)
     openflow_changes: list[str] = field(default_factory=list)
     verify: list[str] = field(default_factory=list)  # problems found by the verification; empty = good
@@ -79,7 +82,8 @@ class UpgradeReport:
 
     def text(self) -> str:
         """What the operator reads: the outcome line, then one line per step, finding and error."""
-        lines = [f"upgrade {'OK' if self.ok else 'FAILED'}: ovs-vswitchd {self.old_pid} -> {self.new_pid}"]
+        lines = [f"upgrade {'OK' if self.ok else 'FAILED'}: ovs-vswitchd {self.old_version or '?'} (pid "
+                 f"{self.old_pid}) -> {self.new_version or '?'} (pid {self.new_pid})"]
         lines += [
             f"  {s['step']}: {s['seconds']:.3f} s"
             + "".join(f" {k}={v}" for k, v in s.items() if k not in ("step", "seconds"))
@@ -96,6 +100,11 @@ class UpgradeReport:
         if self.status:
             lines.append(render_status(self.status))
         return "\n".join(lines)
+
+
+def _version(line: str | None) -> str:
+    """"ovs-vswitchd (Open vSwitch) 3.1.0" -> "3.1.0"; "" when the daemon did not say."""
+    return line.split()[-1] if line else ""
 
 
 def daemon_argv(pid: int, proc: Path = Path("/proc")) -> list[str]:
@@ -136,9 +145,29 @@ async def _thaw(api: FreezeApi, timeout: float = 120.0) -> dict[str, Any]:
     return status
 
 
-async def _daemon_again(env: OvsEnv, argv: list[str], rep: UpgradeReport) -> None:
-    """After a failed default restart, never leave the host without a daemon: start the old command line
-    again (the binary at its path), once, if nothing runs.  Said in the report either way."""
+def keep_binary(pid: int, directory: Path, proc: Path = Path("/proc")) -> Path | None:
+    """A private copy of the running daemon's own binary, to roll back to if the new one does not come up.
+
+    Read through /proc/PID/exe: the file the daemon was started from, even once a package has replaced the
+    one at its path (Debian's ovs-vswitchd links OVS's own libraries statically, so the binary alone runs).
+    Named ovs-vswitchd, so that the rolled-back process is one that ovs-ctl recognises.  None (no rollback,
+    the rest goes on) when it cannot be copied, e.g. on a full disk."""
+    try:
+        files.private_dir(directory)
+        tmp = directory / f".{VSWITCHD}.{os.getpid()}"
+        shutil.copyfile(proc / str(pid) / "exe", tmp)
+        tmp.chmod(0o700)
+        tmp.replace(directory / VSWITCHD)
+    except OSError as exc:
+        LOG.warning(kv("upgrade.no_rollback_binary", error=str(exc)))
+        return None
+    return directory / VSWITCHD
+
+
+async def _daemon_again(env: OvsEnv, argv: list[str], rep: UpgradeReport, kept: Path | None) -> None:
+    """After a failed restart, never leave the host without a daemon: if nothing runs, roll back, once: the
+    old daemon's own binary (`keep_binary`) with its command line, else that command line as it is (the
+    binary now at its path).  Said in the report either way."""
     if not argv:
         return
     try:
@@ -147,13 +176,17 @@ async def _daemon_again(env: OvsEnv, argv: list[str], rep: UpgradeReport) -> Non
         pid = 0
     if pid and process_alive(pid):
         return
+    what = f"the previous {VSWITCHD} ({rep.old_version or 'version unknown'}, kept from pid {rep.old_pid})"
+    if kept is None:
+        what = f"{VSWITCHD} again from its path (the previous binary was not kept)"
     try:
-        await start_vswitchd(env, argv)
+        await start_vswitchd(env, [str(kept), *argv[1:]] if kept else argv)
         rep.new_pid = await wait_new_daemon(env, rep.old_pid or 0, 30)
     except (UpgradeError, OSError) as exc:
-        rep.recovery = f"no {VSWITCHD} runs, and starting it again failed: {exc}"
+        rep.recovery = f"no {VSWITCHD} runs, and starting {what} failed: {exc}"
     else:
-        rep.recovery = f"started {VSWITCHD} again after the failure (pid {rep.new_pid})"
+        rep.new_version = _version(await appctl.version(env, VSWITCHD))
+        rep.recovery = f"rolled back: started {what} with its command line (pid {rep.new_pid})"
     LOG.warning(kv("upgrade.recovery", text=rep.recovery))
 
 
@@ -307,17 +340,28 @@ async def upgrade(
     restart_command: str | None = None,
     daemon_timeout: float = 60.0,
     reload_kmod: bool = False,
+    rollback_dir: Path | None = None,
 ) -> UpgradeReport:
     plan = await plan_upgrade(env, ttl=ttl, datapath=datapath, restart_command=restart_command,
                               reload_kmod=reload_kmod)
-    return await run_upgrade(api, env, plan, daemon_timeout=daemon_timeout)
+    return await run_upgrade(api, env, plan, daemon_timeout=daemon_timeout, rollback_dir=rollback_dir)
 
 
-async def run_upgrade(api: FreezeApi, env: OvsEnv, plan: UpgradePlan, *,
-                      daemon_timeout: float = 60.0) -> UpgradeReport:
-    """Freeze, restart, restore OpenFlow, thaw; whatever fails, the freeze ends (thawed) and, on the default
-    restart, a daemon is started again if none runs."""
-    rep = UpgradeReport(old_pid=plan.old_pid)
+async def run_upgrade(api: FreezeApi, env: OvsEnv, plan: UpgradePlan, *, daemon_timeout: float = 60.0,
+                      rollback_dir: Path | None = None) -> UpgradeReport:
+    """Freeze, restart, restore OpenFlow, thaw; whatever fails, the freeze ends (thawed) and, if no daemon
+    runs, the old one is rolled back to (its binary kept in `rollback_dir`, removed at the end)."""
+    kept = keep_binary(plan.old_pid, rollback_dir) if plan.old_pid and rollback_dir else None
+    try:
+        return await _run_upgrade(api, env, plan, daemon_timeout, kept)
+    finally:
+        if kept is not None:
+            kept.unlink(missing_ok=True)
+
+
+async def _run_upgrade(api: FreezeApi, env: OvsEnv, plan: UpgradePlan, daemon_timeout: float,
+                       kept: Path | None) -> UpgradeReport:
+    rep = UpgradeReport(old_pid=plan.old_pid, old_version=_version(await appctl.version(env, VSWITCHD)))
     argv = plan.argv
     t = time.monotonic()
     other_config: dict[str, str] = {}
@@ -361,7 +405,8 @@ async def run_upgrade(api: FreezeApi, env: OvsEnv, plan: UpgradePlan, *,
             rep.step("start", t)
         t = time.monotonic()
         rep.new_pid = await wait_new_daemon(env, rep.old_pid or 0, daemon_timeout)
-        rep.step("new-daemon", t, pid=rep.new_pid)
+        rep.new_version = _version(await appctl.version(env, VSWITCHD))
+        rep.step("new-daemon", t, pid=rep.new_pid, version=rep.new_version)
         t = time.monotonic()
         rep.openflow_changes = await restore_openflow(frozen["snapshot_path"], env)
         rep.step("restore-openflow", t, changes=len(rep.openflow_changes))
@@ -369,7 +414,7 @@ async def run_upgrade(api: FreezeApi, env: OvsEnv, plan: UpgradePlan, *,
         rep.error = f"{type(exc).__name__}: {exc}"
         LOG.error(kv("upgrade.failed", error=rep.error))
         with trio.CancelScope(shield=True), trio.move_on_after(daemon_timeout + 10):
-            await _daemon_again(env, argv, rep)
+            await _daemon_again(env, argv, rep, kept)
         with trio.CancelScope(shield=True), trio.move_on_after(60):
             rep.status = await api.thaw()
         return rep

@@ -26,7 +26,7 @@ from dpfreeze.freeze.machine import State, StateStore
 from dpfreeze.freeze.pin import PinSet, uses_recirculation
 from dpfreeze.freeze.service import FreezeService, ServiceConfig
 from dpfreeze.ovs import portids
-from dpfreeze.ovs.portids import parse_proc_net_netlink
+from dpfreeze.ovs.portids import SocketQueue, parse_proc_net_netlink, parse_socket_queues
 from dpfreeze.upgrade import verify
 from dpif.model import (
     Datapath,
@@ -64,7 +64,8 @@ class FakeDatapath:
     name = "ovs-system"
     lives_in_daemon = False
 
-    def __init__(self, per_cpu: bool = True) -> None:
+    def __init__(self, per_cpu: bool = True, kernel_has_per_cpu: bool = True) -> None:
+        self.kernel_has_per_cpu = kernel_has_per_cpu  # False: a kernel before 5.14
         self.features = DpFeature.UNALIGNED | (DpFeature.DISPATCH_UPCALL_PER_CPU if per_cpu else 0)
         self.per_cpu_pids: tuple[int, ...] = (OLD_DAEMON, OLD_DAEMON) if per_cpu else ()
         self.vports = {
@@ -94,6 +95,8 @@ class FakeDatapath:
         )
 
     async def set_features(self, features: int, per_cpu_pids: Sequence[int] | None = None) -> DatapathInfo:
+        if features & DpFeature.DISPATCH_UPCALL_PER_CPU and not self.kernel_has_per_cpu:
+            raise KernelError(errno.EOPNOTSUPP)
         self.features_set.append(features)
         self.features = DpFeature(features)
         if per_cpu_pids is not None:
@@ -366,7 +369,8 @@ async def test_freeze_pins_flows_and_takes_upcalls_only_when_the_daemon_is_gone(
 
 
 async def test_per_vport_takeover_and_give_back_without_restart(tmp_path, fake_proc) -> None:
-    dp = FakeDatapath(per_cpu=False)
+    """A kernel before 5.14: per-vport it is, to the end."""
+    dp = FakeDatapath(per_cpu=False, kernel_has_per_cpu=False)
     backend = FakeBackend(dp)
     svc = make_service(tmp_path, dp, backend)
     async with trio.open_nursery() as nursery:
@@ -383,6 +387,78 @@ async def test_per_vport_takeover_and_give_back_without_restart(tmp_path, fake_p
         assert doc["report"]["handover"]["gave_back"] is True
         assert all(v.upcall_pids == (OLD_DAEMON,) for v in dp.vports.values())
         assert backend.frw == [True, False]
+        nursery.cancel_scope.cancel()
+
+
+async def test_the_old_per_vport_daemon_keeps_nothing_and_a_new_one_gets_its_mode_before_the_thaw(
+        tmp_path, fake_proc) -> None:
+    """Taken early (ExecStop) from a live per-vport daemon: its own live vport pids never read as a new
+    per-vport daemon.  A new one that puts its pids on every vport gets per-vport dispatch at once, during
+    the freeze, not after the thaw."""
+    dp = FakeDatapath(per_cpu=False)
+    svc = make_service(tmp_path, dp)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(svc.run)
+        await svc.freeze(60, "ovs-system")
+        await svc.take_upcalls()  # the old daemon still runs
+        await until(lambda: bool(dp.features & DpFeature.DISPATCH_UPCALL_PER_CPU))
+        await trio.sleep(0.05)
+        assert dp.features & DpFeature.DISPATCH_UPCALL_PER_CPU  # not handed back to the old daemon
+        fake_proc.set_live(NEW_DAEMON)  # the old one is gone, a new per-vport one starts
+        for port_no in dp.vports:
+            await dp.port_set_upcall_pids(port_no, (NEW_DAEMON,))
+        await until(lambda: not dp.features & DpFeature.DISPATCH_UPCALL_PER_CPU)
+        assert svc.state.state is State.FROZEN
+        doc = await svc.thaw()
+        assert doc["report"]["outcome"].startswith("new daemon owns the upcalls"), doc["report"]
+        assert doc["report"]["handover"]["switched_to_per_vport"] is True
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_per_vport_datapath_is_held_per_cpu_and_given_back_per_vport(tmp_path, fake_proc) -> None:
+    """A datapath an OVS < 2.16 left per-vport is held per-CPU (a per-CPU daemon after it sets the flag
+    before its pids: the misses in between reach us, not a long-dead pid), and given back as it was."""
+    dp = FakeDatapath(per_cpu=False)
+    dp.per_cpu_pids = (12345, 12345)  # a per-CPU daemon's, long gone
+    backend = FakeBackend(dp)
+    svc = make_service(tmp_path, dp, backend)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(svc.run)
+        await svc.freeze(60, "ovs-system")
+        fake_proc.set_live()
+        await until(lambda: bool(dp.features & DpFeature.DISPATCH_UPCALL_PER_CPU))
+        assert set(dp.per_cpu_pids) == {OURS}
+        doc = await svc.thaw()  # no new daemon: back to per-vport, the vports' own pids
+        assert doc["report"]["handover"]["gave_back"] is True
+        assert not dp.features & DpFeature.DISPATCH_UPCALL_PER_CPU
+        assert all(v.upcall_pids == (OLD_DAEMON,) for v in dp.vports.values())
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_daemon_older_than_per_cpu_dispatch_gets_the_upcalls_per_vport(tmp_path, fake_proc) -> None:
+    """A downgrade to OVS < 2.16: the new daemon sets its pids on every vport and leaves the per-CPU ones
+    (ours) alone.  The hand-over switches the datapath to per-vport dispatch, so its misses reach it."""
+    dp = FakeDatapath()
+    backend = FakeBackend(dp)
+    svc = make_service(tmp_path, dp, backend)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(svc.run)
+        await svc.freeze(60, "ovs-system")
+        fake_proc.set_live()
+        await until(lambda: set(dp.per_cpu_pids) == {OURS})
+
+        async def old_daemon_starts() -> None:
+            await until(lambda: backend.frw == [True, False])
+            fake_proc.set_live(OURS, NEW_DAEMON)
+            for port_no in dp.vports:
+                await dp.port_set_upcall_pids(port_no, (NEW_DAEMON,))
+
+        nursery.start_soon(old_daemon_starts)
+        doc = await svc.thaw()
+        assert doc["report"]["outcome"].startswith("new daemon owns the upcalls"), doc["report"]
+        assert not dp.features_set[-1] & DpFeature.DISPATCH_UPCALL_PER_CPU
+        assert doc["report"]["handover"]["switched_to_per_vport"] is True
+        assert "handed over per-vport" in (svc.config.state_dir / "report.txt").read_text()
         nursery.cancel_scope.cancel()
 
 
@@ -480,6 +556,29 @@ def test_proc_net_netlink_parsing() -> None:
         "ffff8a0c4c9b7000 0   1          00000000 0        0        0     2        0        42\n"
     )
     assert parse_proc_net_netlink(text) == {2147483649: 31337}
+    text += "ffff8a0c4c9b7800 16  77         00000000 98304    0        0     2        3        43\n"
+    assert parse_socket_queues(text)[77] == SocketQueue(rmem=98304, drops=3)
+
+
+async def test_the_replay_waits_for_the_new_daemon_to_read_what_it_was_given(tmp_path) -> None:
+    """Misses go back in chunks, each once the new daemon's upcall sockets are nearly empty: a burst of
+    thousands overflowed a per-vport daemon's one socket per port."""
+    proc = FakeProc(tmp_path / "proc")
+    dp = FakeDatapath()
+    h = ho.Handover(dp, PinSet(await dp.info(), (), ()), poll_interval=0.005, proc=proc.root)
+    h.stats.new_owner_pids = [NEW_DAEMON]
+    for _ in range(ho.REPLAY_CHUNK * 3):
+        h.buffer.add(Upcall(UpcallKind.MISS, 5, b"\0" * 60, key(1, 0), hash=7))
+    full = f"0000000000000000 16 {NEW_DAEMON} 00000000 {ho.REPLAY_QUEUE_BYTES + 1} 0 0 2 0 9000"
+    (proc.root / "net" / "netlink").write_text("header\n" + full + "\n")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(h._replay_buffer)
+        await trio.sleep(0.05)
+        assert dp.executed == []  # the daemon has not read its queue: nothing more is sent
+        proc.set_live(NEW_DAEMON)  # read: empty queue, no drops
+        await until(lambda: len(dp.executed) == ho.REPLAY_CHUNK * 3)
+    assert h.stats.replayed == ho.REPLAY_CHUNK * 3
+    assert h.stats.replay_waits > 0 and h.stats.new_owner_drops == 0
 
 
 def test_recirculation_is_recognised() -> None:
@@ -542,7 +641,8 @@ async def test_take_upcalls_before_the_old_daemon_stops(tmp_path, fake_proc) -> 
 
 
 async def test_pids_reset_by_an_exiting_per_vport_daemon_are_taken_again(tmp_path, fake_proc) -> None:
-    dp = FakeDatapath(per_cpu=False)
+    """On a kernel before 5.14, where per-vport is the only dispatch."""
+    dp = FakeDatapath(per_cpu=False, kernel_has_per_cpu=False)
     pins = PinSet(await dp.info(), tuple(await dp.ports()), ())
     h = Handover(dp, pins, poll_interval=0.005, proc=fake_proc.root)
     h.ours = (OURS,)

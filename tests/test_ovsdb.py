@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import socket
 import time
 from pathlib import Path
@@ -62,3 +64,32 @@ async def test_versions(ovs: Sandbox) -> None:
     await ovs.stop_vswitchd()
     stopped = await ovsdb.versions(ovs.env)
     assert stopped.vswitchd_running is None and stopped.vswitchd_binary == v.vswitchd_binary
+
+
+def test_dropped_columns_lists_what_the_installed_schema_lacks() -> None:
+    running = {"tables": {"Interface": {"columns": {"name": {}, "ingress_policing_kpkts_rate": {}}},
+                          "CT_Zone": {"columns": {"limit": {}}}}}
+    installed = {"tables": {"Interface": {"columns": {"name": {}}}}}
+    assert ovsdb.dropped_columns(running, installed) == {"CT_Zone": ["limit"],
+                                                         "Interface": ["ingress_policing_kpkts_rate"]}
+    assert ovsdb.dropped_columns(running, running) == {}
+
+
+@pytest.mark.netdev
+@pytest.mark.ovs_ports(2)
+async def test_a_downgrade_names_the_set_columns_its_schema_drops(ovs: Sandbox, tmp_path: Path) -> None:
+    """The installed schema is 2.15's shape (no Interface:ingress_policing_kpkts_*): the column set on one
+    interface is named before ovs-ctl's conversion would drop it; the unset one is not."""
+    schema = json.loads(ovs.env.schema.read_text())
+    for column in ("ingress_policing_kpkts_rate", "ingress_policing_kpkts_burst"):
+        del schema["tables"]["Interface"]["columns"][column]
+    schema["version"] = "8.2.0"
+    (tmp_path / "vswitch.ovsschema").write_text(json.dumps(schema))
+    older = dataclasses.replace(ovs.env, pkgdatadir=tmp_path)
+    assert await ovsdb.conversion_losses(ovs.env) == (json.loads(ovs.env.schema.read_text())["version"], [])
+    await ovs.vsctl("set", "Interface", ovs.ports[0].port, "ingress_policing_kpkts_rate=100")
+    target, losses = await ovsdb.conversion_losses(older)
+    assert target == "8.2.0"
+    assert losses == [ovsdb.ColumnLoss("Interface", "ingress_policing_kpkts_rate", 1)]
+    assert losses[0].describe(target) == ("conf.db: converting to the installed schema 8.2.0 drops "
+                                          "Interface:ingress_policing_kpkts_rate (set on 1 row)")

@@ -9,8 +9,9 @@ import jsonschema
 import pytest
 
 from dpfreeze.probe import frames
-from dpfreeze.probe.render import svg, table, timeline, write
+from dpfreeze.probe.render import compare_svg, svg, table, timeline, write
 from dpfreeze.probe.report import (
+    Bucket,
     Report,
     build_report,
     datagram_class,
@@ -125,6 +126,18 @@ def test_datagram_class_counts_loss_duplicates_reordering() -> None:
     assert c.largest_gap_ms == 20.0
     assert c.loss_intervals[0].start_ms == 40.0 and c.loss_intervals[0].lost == 20
     assert c.latency is not None and c.latency.max_ms == 2.0
+    assert c.buckets == [Bucket(0.0, 100, 20, 2.0)]
+
+
+def test_buckets_show_delay_and_loss_over_time() -> None:
+    """A new flow queued for 3 s (dpfreeze holding the misses) is late, not lost; a dropped one is lost."""
+    t0 = 0
+    sent = [(0, k, k * 250 * MS) for k in range(8)]  # two per 500 ms step
+    rx = [(0, 0, 0, 1 * MS), (0, 1, 250 * MS, 251 * MS), (0, 2, 500 * MS, 3500 * MS),
+          (0, 3, 750 * MS, 3500 * MS), (0, 6, 1500 * MS, 1502 * MS), (0, 7, 1750 * MS, 1750 * MS)]
+    c = datagram_class("newflow", sent, rx, 250.0, t0)
+    assert c.buckets == [Bucket(0.0, 2, 0, 1.0), Bucket(500.0, 2, 0, 3000.0), Bucket(1000.0, 2, 2, None),
+                         Bucket(1500.0, 2, 0, 2.0)]
 
 
 def test_resolution_class_matches_replies_to_requests() -> None:
@@ -231,3 +244,34 @@ def test_the_demo_verdict_counts_every_class_inside_the_upgrade_only() -> None:
     assert not ok and text.startswith("NOT hitless: 2 arp lost during the upgrade"), text
     ok, text = verdict(res, report(cls("tcp", tcp=TcpDetails(True, False, 3, "reset"))))
     assert not ok and "the TCP connection broke" in text, text
+
+
+def _upgrade_run(outage_s: float, late_s: float) -> Report:
+    """A 20 s run at 100 pps, 'dpkg -i' at 5 s: `outage_s` of loss and then `late_s` of 2 s delays."""
+    t0 = 1_000 * MS
+    est = _stream(2000, 1, t0)
+    est = [(f, q, t0 + q * 10 * MS) for f, q, _ in est]
+    out0, out1 = t0 + 6000 * MS, t0 + int((6 + outage_s) * 1000) * MS
+    probes = []
+    for f, q, s in est:
+        if out0 <= s < out1:
+            continue
+        delay = 2000 * MS if out1 <= s < out1 + int(late_s * 1000) * MS else MS
+        probes += [1, f, q, s, s + delay]
+    sender = {"rate": 100.0, "newflow_ms": 10.0, "established": [x for row in est for x in row],
+              "newflow": [], "send_errors": 0}
+    events = [("dpkg -i 3.1", t0 + 5000 * MS), ("dpkg done", t0 + 15000 * MS)]
+    return build_report(sender, {"probes": probes, "tcp": []}, events, t0, t0 + 20000 * MS)
+
+
+def test_compare_svg_aligns_runs_on_the_event_and_never_stacks_labels(tmp_path: Path) -> None:
+    import xml.etree.ElementTree as ET
+
+    stock, ours = _upgrade_run(4.0, 0.0), _upgrade_run(0.0, 3.0)
+    doc = compare_svg([("stock", stock), ("dpfreeze", ours)], "dpkg -i 3.1", "2.15 -> 3.1 by dpkg -i")
+    ET.fromstring(doc)
+    assert "lost 400 of 2000, gap 4.0 s" in doc and "lost 0 of 2000, slowest 2.0 s" in doc
+    assert doc.count('fill="#d9534f"><title>') == 8  # stock's 4 s outage: eight whole 0.5 s cells
+    assert doc.count('fill="#c77c02"><title>') == 6  # dpfreeze's 3 s of late packets
+    assert "stock: 1 dpkg -i 3.1 (+0.0 s), 2 dpkg done (+10.0 s)" in doc  # events explained once, below
+    (tmp_path / "cmp.svg").write_text(doc)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import ovsdebs
 import vmharness
 
 
@@ -38,14 +39,23 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--systemd", action="store_true",
                      help="systemd as PID 1 (Debian's openvswitch units started; the command is a service)")
     run.add_argument("command", nargs="+", help="the command (joined with spaces, run by bash)")
-    sub.add_parser("prepare", help="fetch the kernel, build the initrd, probe KVM; print what was chosen")
+    sub.add_parser("prepare", help="fetch the kernel and the OVS packages, build the initrd, probe KVM")
+    debs = sub.add_parser("debs", help="print a cached OVS release's .deb files in dpkg's order")
+    debs.add_argument("release", choices=sorted(ovsdebs.RELEASES))
     args = parser.parse_args(argv)
+
+    if args.cmd == "debs":
+        release = ovsdebs.fetch(vmharness.cache_dir(), (args.release,))[args.release]
+        print(" ".join(ovsdebs.debs(release, args.release)))
+        return 0
 
     if args.cmd == "prepare":
         kernel = vmharness.resolve_kernel()
         initrd = vmharness.build_initrd(kernel)
         print(f"kernel {kernel.version} ({kernel.root})\ninitrd {initrd}")
         print(f"accel {vmharness.choose_accel(kernel, initrd)}")
+        for name, debs in ovsdebs.fetch(vmharness.cache_dir()).items():
+            print(f"ovs {name} {debs}")
         return 0
 
     env = dict(item.split("=", 1) for item in args.env)

@@ -148,9 +148,12 @@ class KernelVMs:
         self.done: list[tuple[str, VMRun]] = []
 
     def _group(self, item: pytest.Item) -> str:
-        """`systemd`-marked tests get boots of their own, with systemd as PID 1."""
-        key = item.nodeid.split("::")[0] if self.config.getoption("kernel_vm") == "module" else "session"
-        return f"systemd:{key}" if item.get_closest_marker("systemd") else key
+        """`systemd`-marked tests get a boot per module, with systemd as PID 1: such a module changes the
+        guest as a host changes (units installed, packages up- and downgraded); the next must not see it."""
+        module = item.nodeid.split("::")[0]
+        if item.get_closest_marker("systemd"):
+            return f"systemd:{module}"
+        return module if self.config.getoption("kernel_vm") == "module" else "session"
 
     @pytest.hookimpl(trylast=True)
     def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:

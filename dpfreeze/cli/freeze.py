@@ -32,7 +32,7 @@ from dpfreeze.freeze.service import (
     SystemBackend,
     render_status,
 )
-from dpfreeze.ovs import datapaths, ovsenv
+from dpfreeze.ovs import datapaths, ovsdb, ovsenv
 from dpfreeze.preflight import OvsdbFlowRestoreWait, preflight
 from dpfreeze.upgrade import (
     plan_upgrade,
@@ -97,12 +97,25 @@ async def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+async def warn_schema_losses() -> None:
+    """Name the set conf.db columns that the installed schema lacks, before ovs-ctl's conversion drops
+    them (a package downgrade: the freeze in ExecStop runs once the older package is unpacked)."""
+    try:
+        target, losses = await ovsdb.conversion_losses()
+    except (ovsdb.OvsdbError, OSError) as exc:
+        print(f"dpfreeze: cannot compare conf.db with the installed schema: {exc}", file=sys.stderr)
+        return
+    for loss in losses:
+        print(f"dpfreeze: warning: {loss.describe(target)}", file=sys.stderr)
+
+
 async def cmd_freeze(args: argparse.Namespace) -> int:
     api = RemoteApi(Path(args.socket))
     doc = await api.freeze(args.ttl, await _datapath(args.datapath))
     if args.take_upcalls:
         doc = await api.take_upcalls()
     _emit(doc, args.json, render_status(doc))
+    await warn_schema_losses()
     return 0
 
 
@@ -246,8 +259,9 @@ async def cmd_upgrade(args: argparse.Namespace) -> int:
     env = ovsenv.current()
     plan = await plan_upgrade(env, ttl=args.ttl, datapath=args.datapath, restart_command=args.restart_command,
                               reload_kmod=args.reload_kmod)  # every refusal before a service is started
+    await warn_schema_losses()
     async with _service_api(args) as api:
-        rep = await run_upgrade(api, env, plan)
+        rep = await run_upgrade(api, env, plan, rollback_dir=Path(args.state_dir) / "rollback")
     if args.report:
         Path(args.report).write_text(json.dumps(rep.to_json(), indent=1, sort_keys=True) + "\n")
     if args.json:

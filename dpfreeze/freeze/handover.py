@@ -24,10 +24,11 @@ import trio
 
 from dpfreeze.freeze.pin import PinSet
 from dpfreeze.log import kv
-from dpfreeze.ovs.portids import live_portids, upcall_pids
+from dpfreeze.ovs.portids import live_portids, socket_queues, upcall_pids
 from dpif.model import (
     Datapath,
     DatapathInfo,
+    DpFeature,
     ExecuteRequest,
     Resync,
     Upcall,
@@ -42,6 +43,9 @@ from dpif.netlink.wire import WireError, attr, iter_attrs, u32
 LOG = logging.getLogger(__name__)
 
 RECIRC0_ACTIONS = attr(ACTION_RECIRC, struct.pack("=I", 0))
+REPLAY_CHUNK = 32  # misses re-injected at a time (an upcall of a small packet takes about 1.5 KB of queue)
+REPLAY_QUEUE_BYTES = 64 << 10  # unread bytes on the new daemon's upcall sockets before the next chunk
+REPLAY_DRAIN_TIMEOUT = 2.0
 
 
 # --- the miss buffer -----------------------------------------------------------------------------
@@ -104,6 +108,9 @@ class HandoverStats:
     not_replayable: int = 0  # recirc_id != 0
     gave_back: bool = False
     new_owner_pids: list[int] = field(default_factory=list)
+    switched_to_per_vport: bool = False  # the new daemon predates per-CPU dispatch (see `new_owner`)
+    replay_waits: int = 0  # polls spent waiting for the new daemon to read what was replayed
+    new_owner_drops: int = 0  # upcalls the new daemon's sockets dropped during the replay (should stay 0)
 
     def as_dict(self, buffer: MissBuffer) -> dict[str, object]:
         return {
@@ -139,6 +146,7 @@ class Handover:
         self.take_now = trio.Event()
         self.handing_over = False  # from the flow-restore-wait clear on, the new daemon's pids are final
         self.receiver: UpcallReceiver | None = None
+        self.before: frozenset[int] = frozenset()  # every upcall pid at the first take: the old daemon's
         self.consumed = 0  # items of the receiver's stream handled by `receive`
 
     async def current_pids(self) -> tuple[DatapathInfo, list[Vport], tuple[int, ...]]:
@@ -160,29 +168,42 @@ class Handover:
 
     async def keep(self) -> None:
         """Re-take pids that point nowhere (0 or dead) until the hand-over: a per-vport daemon resets its
-        vports' pids to 0 as it exits, after an early take."""
+        vports' pids to 0 as it exits, after an early take.  A new per-vport daemon gets its mode at once."""
         while not self.handing_over:
             await trio.sleep(self.poll_interval)
             if self.handing_over:
                 return
-            _, _, pids = await self.current_pids()
+            info, vports, pids = await self.current_pids()
+            if await self.adopt_per_vport_daemon(info, vports):
+                continue
             live = live_portids(self.proc)
             if any(p not in self.ours and (not p or p not in live) for p in pids):
                 LOG.info(kv("handover.retake", pids=",".join(map(str, pids))))
                 await self.take(self.ours)
 
     async def take(self, portids: Sequence[int]) -> None:
-        """Point every upcall at our sockets, keeping all datapath features."""
+        """Point every upcall at our sockets, per-CPU wherever the kernel has it, keeping every other feature.
+
+        Why per-CPU even on a per-vport datapath (one left by OVS < 2.16): the next daemon, if it uses
+        per-CPU dispatch, first sets the flag and only later its pids, and in between the kernel sends misses
+        to whatever per-CPU pids the datapath last had (a daemon's of long ago, dead): 7 new flows were lost
+        that way at the start of 3.1 after 2.15 (kernel 6.1).  Ours are alive until the hand-over."""
         self.ours = tuple(portids)
         info = await self.dp.info()
+        n = max(len(info.per_cpu_pids), os.cpu_count() or 1)
+        pids = [self.ours[i % len(self.ours)] for i in range(n)]
         if info.per_cpu_dispatch:
             self.stats.mode = "per-cpu"
-            n = max(len(info.per_cpu_pids), os.cpu_count() or 1)
-            await self.dp.set_features(info.features, [self.ours[i % len(self.ours)] for i in range(n)])
+            await self.dp.set_features(info.features, pids)
         else:
-            self.stats.mode = "per-vport"
-            for v in await self.dp.ports():
-                await self.dp.port_set_upcall_pids(v.port_no, self.ours)
+            try:
+                await self.dp.set_features(info.features | DpFeature.DISPATCH_UPCALL_PER_CPU, pids)
+                self.stats.mode = "per-cpu (the datapath was per-vport)"
+            except OSError as exc:  # a kernel before 5.14: per-vport it stays
+                LOG.info(kv("handover.per_cpu_refused", error=str(exc)))
+                self.stats.mode = "per-vport"
+                for v in await self.dp.ports():
+                    await self.dp.port_set_upcall_pids(v.port_no, self.ours)
         self.stats.taken_over = True
         LOG.info(kv("handover.taken", mode=self.stats.mode, pids=",".join(map(str, self.ours))))
 
@@ -206,16 +227,45 @@ class Handover:
             nursery.start_soon(self.receive, receiver)
             task_status.started()
             await self.wait_owner_gone()
+            info, vports, pids = await self.current_pids()
+            self.before = frozenset([*pids, *info.per_cpu_pids, *(p for v in vports for p in v.upcall_pids)])
             await self.take(receiver.portids)
             await self.keep()
 
     async def new_owner(self) -> bool:
-        """True once every current upcall pid is non-zero and none is ours: the new daemon took them."""
-        _, _, pids = await self.current_pids()
+        """True once every current upcall pid is non-zero and none is ours: the new daemon took them.
+
+        A daemon that predates per-CPU dispatch (OVS < 2.16: a downgrade) keeps the datapath's per-CPU flag,
+        leaves the per-CPU pids alone and puts its own on every vport; the kernel would go on sending every
+        miss to us, and to nobody once we go (stock loses every new flow there, for good).  That daemon's
+        mode is per-vport, so the datapath is switched to it."""
+        info, vports, pids = await self.current_pids()
+        if await self.adopt_per_vport_daemon(info, vports):
+            info, vports, pids = await self.current_pids()
         if pids and all(p and p not in self.ours for p in pids):
             self.stats.new_owner_pids = sorted(set(pids))
             return True
         return False
+
+    async def adopt_per_vport_daemon(self, info: DatapathInfo, vports: Sequence[Vport]) -> bool:
+        """Switch the datapath to per-vport dispatch if a new per-vport daemon runs (see `new_owner`), as
+        soon as it has put its pids on every vport: its misses reach it from then on, not our buffer,
+        where an ARP or ND request waits out its requester's 1 s retry (a downgrade took 17 s from the new
+        daemon's start to its thaw under TCG)."""
+        if not (info.per_cpu_dispatch and self.per_vport_daemon(vports)):
+            return False
+        await self.dp.set_features(info.features & ~DpFeature.DISPATCH_UPCALL_PER_CPU)
+        self.stats.switched_to_per_vport = True
+        LOG.warning(kv("handover.dispatch_switched", to="per-vport",
+                       why="the new daemon set per-vport pids and left the per-CPU ones"))
+        return True
+
+    def per_vport_daemon(self, vports: Sequence[Vport]) -> bool:
+        """Every vport upcalls to a live socket that is neither ours nor one the old daemon had."""
+        live = live_portids(self.proc)
+        pids = [p for v in vports for p in v.upcall_pids]
+        return bool(vports) and all(p and p not in self.ours and p not in self.before and p in live
+                                    for p in pids)
 
     async def wait_new_owner(self) -> None:
         while not await self.new_owner():
@@ -245,12 +295,38 @@ class Handover:
         ups = self.buffer.drain()
         replayable = [up for up in ups if recirc_id(up.key) == 0]
         self.stats.not_replayable += len(ups) - len(replayable)
-        for result in await self.dp.execute_many([replay_request(up) for up in replayable]):
-            if result is None:
-                self.stats.replayed += 1
-            else:
-                self.stats.replay_failed += 1
-                LOG.warning(kv("handover.replay_failed", error=str(result)))
+        drops = self._new_owner_drops()
+        for i in range(0, len(replayable), REPLAY_CHUNK):
+            await self._until_new_owner_drained()
+            chunk = replayable[i:i + REPLAY_CHUNK]
+            for result in await self.dp.execute_many([replay_request(up) for up in chunk]):
+                if result is None:
+                    self.stats.replayed += 1
+                else:
+                    self.stats.replay_failed += 1
+                    LOG.warning(kv("handover.replay_failed", error=str(result)))
+        await self._until_new_owner_drained()
+        self.stats.new_owner_drops += self._new_owner_drops() - drops
+
+    def _new_owner_drops(self) -> int:
+        queues = socket_queues(self.proc)
+        return sum(queues[p].drops for p in self.stats.new_owner_pids if p in queues)
+
+    async def _until_new_owner_drained(self) -> None:
+        """Backpressure on the replay: the new daemon's upcall sockets hold at most REPLAY_QUEUE_BYTES unread.
+
+        Why: every buffered miss goes back to the kernel at once otherwise, and the kernel queues the upcalls
+        on the new daemon's sockets faster than it reads them.  A daemon in per-vport mode (one socket per
+        port) overflowed with thousands of misses queued over a 90 s downgrade, and dropped 2 862 of them
+        (kernel 6.1, OVS 2.15, TCG).  Bounded: after REPLAY_DRAIN_TIMEOUT the replay goes on regardless."""
+        with trio.move_on_after(REPLAY_DRAIN_TIMEOUT):
+            while True:
+                queues = socket_queues(self.proc)
+                unread = sum(queues[p].rmem for p in self.stats.new_owner_pids if p in queues)
+                if unread <= REPLAY_QUEUE_BYTES:
+                    return
+                self.stats.replay_waits += 1
+                await trio.sleep(self.poll_interval)
 
     async def give_back(self) -> None:
         """If the pids are still ours (no new daemon took them), restore the snapshot's pids."""
@@ -260,9 +336,11 @@ class Handover:
         if not any(p in self.ours for p in pids):
             return
         snap = self.pins.datapath
-        if info.per_cpu_dispatch:
+        if snap.per_cpu_dispatch:
             await self.dp.set_features(info.features, snap.per_cpu_pids or [0])
         else:
+            if info.per_cpu_dispatch:  # ours (see `take`): the datapath goes back to per-vport dispatch
+                await self.dp.set_features(info.features & ~DpFeature.DISPATCH_UPCALL_PER_CPU)
             before = {v.port_no: v.upcall_pids for v in self.pins.vports}
             for v in vports:
                 await self.dp.port_set_upcall_pids(v.port_no, before.get(v.port_no) or (0,))

@@ -559,9 +559,14 @@ def render_status(doc: dict[str, Any]) -> str:
     ho = doc.get("handover") or report.get("handover") or {}
     if ho:
         lines.append(
-            f"upcalls: mode {ho.get('mode') or '-'}, taken over {ho.get('taken_over')}, misses "
+            f"upcalls: mode {ho.get('mode') or '-'}"
+            + (" (handed over per-vport: the new daemon predates per-CPU dispatch)"
+               if ho.get("switched_to_per_vport") else "")
+            + f", taken over {ho.get('taken_over')}, misses "
             f"{ho.get('misses', 0)}, buffered {ho.get('buffered', 0)}, "
-            f"replayed {ho.get('replayed', 0)}, "
+            f"replayed {ho.get('replayed', 0)}"
+            + (f" (its sockets dropped {ho['new_owner_drops']})" if ho.get("new_owner_drops") else "")
+            + ", "
             f"dropped {ho.get('overflow_packets', 0)} (overflow) + {ho.get('not_replayable', 0)} "
             f"(recirc_id != 0) + {ho.get('replay_failed', 0)} (failed)"
         )

@@ -11,6 +11,7 @@ The `ovs` library blocks; each call runs in a worker thread and stops itself at 
 from __future__ import annotations
 
 import errno
+import json
 import platform
 import time
 from dataclasses import dataclass
@@ -101,6 +102,11 @@ def _open_idl(env: OvsEnv, deadline: float, columns: list[str],
     remote = _remote(env)
     helper = ovs.db.idl.SchemaHelper(schema_json=_get_schema(remote, deadline))
     helper.register_columns(table, columns)
+    return _connect(remote, helper, deadline)
+
+
+def _connect(remote: str, helper: ovs.db.idl.SchemaHelper, deadline: float) -> ovs.db.idl.Idl:
+    """An IDL with its first monitor reply in: the registered columns of every row are readable."""
     idl = ovs.db.idl.Idl(remote, helper)
     try:
         while not idl.has_ever_connected() or idl.change_seqno == 0:
@@ -244,3 +250,64 @@ async def versions(env: OvsEnv | None = None, timeout: float = DEFAULT_TIMEOUT) 
     except OvsdbError:
         db_version = None
     return Versions(platform.release(), binary, running, db_version)
+
+
+@dataclass(frozen=True)
+class ColumnLoss:
+    """A column of the running conf.db that the installed schema lacks, and how many rows set it: the
+    conversion ovs-ctl runs when ovsdb-server next starts (a downgrade) drops it without a word."""
+
+    table: str
+    column: str
+    rows: int
+
+    def describe(self, target: str) -> str:
+        return (f"conf.db: converting to the installed schema {target} drops {self.table}:{self.column} "
+                f"(set on {self.rows} row{'s' if self.rows != 1 else ''})")
+
+
+def dropped_columns(running: dict[str, Any], installed: dict[str, Any]) -> dict[str, list[str]]:
+    """Table -> columns that `running` has and `installed` lacks (a whole table counts with all of its)."""
+    out: dict[str, list[str]] = {}
+    for table, spec in sorted(running.get("tables", {}).items()):
+        kept = installed.get("tables", {}).get(table, {}).get("columns", {})
+        gone = sorted(c for c in spec.get("columns", {}) if c not in kept)
+        if gone:
+            out[table] = gone
+    return out
+
+
+def _read_column_losses(env: OvsEnv, installed: dict[str, Any], timeout: float) -> list[ColumnLoss]:
+    deadline = time.monotonic() + timeout
+    running = _get_schema(_remote(env), deadline)
+    dropped = dropped_columns(running, installed)
+    if not dropped:
+        return []
+    helper = ovs.db.idl.SchemaHelper(schema_json=running)
+    for table, columns in dropped.items():
+        helper.register_columns(table, columns)
+    idl = _connect(_remote(env), helper, deadline)
+    try:
+        losses = []
+        for table, columns in dropped.items():
+            rows = list(idl.tables[table].rows.values())
+            for column in columns:
+                n = sum(1 for row in rows if getattr(row, column))  # default: 0, "", false, empty set or map
+                if n:
+                    losses.append(ColumnLoss(table, column, n))
+        return losses
+    finally:
+        idl.close()
+
+
+async def conversion_losses(env: OvsEnv | None = None,
+                            timeout: float = DEFAULT_TIMEOUT) -> tuple[str, list[ColumnLoss]]:
+    """(the installed schema's version, the set columns it would drop) — ("", []) when the installed
+    schema cannot be read: nothing is known to be lost."""
+    env = env or current()
+    try:
+        installed = json.loads(env.schema.read_text())
+    except (OSError, ValueError):
+        return "", []
+    losses = await trio.to_thread.run_sync(_read_column_losses, env, installed, timeout)
+    return str(installed.get("version", "?")), losses

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from dpif.model import Datapath, DatapathInfo, Vport
@@ -18,15 +19,34 @@ NETLINK_GENERIC = 16
 
 
 
-def parse_proc_net_netlink(text: str, protocol: int = NETLINK_GENERIC) -> dict[int, int]:
-    """portid -> socket inode, for one netlink protocol, from the text of /proc/net/netlink."""
-    owners: dict[int, int] = {}
+@dataclass(frozen=True)
+class SocketQueue:
+    """A netlink socket's receive queue as /proc/net/netlink shows it: bytes unread, packets dropped."""
+
+    rmem: int
+    drops: int
+
+
+def _rows(text: str, protocol: int) -> Iterator[list[str]]:
     for line in text.splitlines()[1:]:
         cols = line.split()
-        if len(cols) < 10 or not cols[1].isdigit() or int(cols[1]) != protocol:
-            continue
-        owners[int(cols[2]) & 0xFFFFFFFF] = int(cols[9])
-    return owners
+        if len(cols) >= 10 and cols[1].isdigit() and int(cols[1]) == protocol:
+            yield cols
+
+
+def parse_proc_net_netlink(text: str, protocol: int = NETLINK_GENERIC) -> dict[int, int]:
+    """portid -> socket inode, for one netlink protocol, from the text of /proc/net/netlink."""
+    return {int(cols[2]) & 0xFFFFFFFF: int(cols[9]) for cols in _rows(text, protocol)}
+
+
+def parse_socket_queues(text: str, protocol: int = NETLINK_GENERIC) -> dict[int, SocketQueue]:
+    """portid -> its receive queue, from the text of /proc/net/netlink."""
+    return {int(cols[2]) & 0xFFFFFFFF: SocketQueue(int(cols[4]), int(cols[8]))
+            for cols in _rows(text, protocol)}
+
+
+def socket_queues(proc: Path = Path("/proc")) -> dict[int, SocketQueue]:
+    return parse_socket_queues((proc / "net" / "netlink").read_text())
 
 
 _SOCKET_LINK = re.compile(r"socket:\[(\d+)\]")

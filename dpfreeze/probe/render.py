@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from xml.sax.saxutils import escape
 
 from rich.table import Table
 
-from dpfreeze.probe.report import Report
+from dpfreeze.probe.report import BUCKET_MS, Report
 
 ROW_H = 28
 LEFT = 170
@@ -107,3 +108,91 @@ def _tick(span_ms: float) -> float:
                 step *= m
                 break
     return step
+
+
+SLOW_MS = 100.0  # a delivery slower than this is late (amber); from 1 s on, very late (dark amber)
+STRIP_H = 14
+CMP_LEFT = 150
+CMP_RIGHT = 330  # the per-strip summary
+CMP_WIDTH = 1180
+
+
+def _cell_colour(lost: int, sent: int, max_delay_ms: float | None) -> str:
+    if lost:
+        return "#d9534f" if lost == sent else "#e8908d"
+    if max_delay_ms is not None and max_delay_ms >= 1000:
+        return "#c77c02"
+    if max_delay_ms is not None and max_delay_ms >= SLOW_MS:
+        return "#f0ad4e"
+    return "#8fce8f"
+
+
+def _seconds(ms: float) -> str:
+    return f"{ms / 1000:.1f} s" if ms >= 1000 else f"{ms:.0f} ms"
+
+
+def compare_svg(runs: list[tuple[str, Report]], align: str, title: str) -> str:
+    """Several runs of the same disruption, each shifted so that its event `align` is at 0 s: per class,
+    one strip per run, each 500 ms step coloured by what became of its packets (red lost, pink partly lost,
+    amber late, green on time), the run's summary at the right, its events as numbered marks explained
+    below (labels never sit on top of one another)."""
+    offsets = [next((e.t_ms for e in rep.events if e.name == align), 0.0) for _, rep in runs]
+    lo = min(-off for off in offsets)
+    hi = max(rep.duration_ms - off for (_, rep), off in zip(runs, offsets, strict=True))
+    span = max(hi - lo, 1.0)
+    plot_w = CMP_WIDTH - CMP_LEFT - CMP_RIGHT
+    names = [c.name for c in runs[0][1].classes]
+    row_h = len(runs) * (STRIP_H + 3) + 16
+    axis_y = 52 + len(names) * row_h
+    height = axis_y + 36 + 16 * len(runs) + 20
+
+    def x(ms: float) -> float:
+        return round(CMP_LEFT + (max(lo, min(ms, hi)) - lo) / span * plot_w, 2)
+
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{CMP_WIDTH}" height="{height}" '
+           f'font-family="sans-serif" font-size="12">',
+           f'<rect width="{CMP_WIDTH}" height="{height}" fill="white"/>',
+           f'<text x="8" y="20" font-size="15" font-weight="bold">{escape(title)}</text>',
+           '<text x="8" y="38" fill="#555">each cell: 0.5 s of packets, by send time, 0 s = '
+           f'{escape(align)}.  <tspan fill="#d9534f">lost</tspan>, '
+           '<tspan fill="#e8908d">partly lost</tspan>, '
+           f'<tspan fill="#c77c02">late (1 s or more)</tspan>, <tspan fill="#f0ad4e">late ({SLOW_MS:g} ms '
+           'or more)</tspan>, <tspan fill="#3c9a3c">on time</tspan></text>']
+    for i, name in enumerate(names):
+        y0 = 52 + i * row_h
+        out.append(f'<text x="8" y="{y0 + 12}" font-weight="bold">{escape(name)}</text>')
+        for j, ((label, rep), off) in enumerate(zip(runs, offsets, strict=True)):
+            y = y0 + 4 + j * (STRIP_H + 3)
+            c = rep.cls(name)
+            out.append(f'<text x="{CMP_LEFT - 6}" y="{y + 11}" text-anchor="end">{escape(label)}</text>')
+            out.append(f'<rect x="{x(-off)}" y="{y}" width="{x(rep.duration_ms - off) - x(-off)}" '
+                       f'height="{STRIP_H}" fill="#eeeeee"/>')
+            for b in c.buckets:
+                left, right = x(b.t_ms - off), x(b.t_ms + BUCKET_MS - off)
+                fill = _cell_colour(b.lost, b.sent, b.max_delay_ms)
+                out.append(f'<rect x="{left}" y="{y}" width="{max(right - left, 0.5):.2f}" '
+                           f'height="{STRIP_H}" fill="{fill}"><title>{b.lost} of {b.sent} lost, slowest '
+                           f'{b.max_delay_ms} ms</title></rect>')
+            for k, e in enumerate(rep.events, 1):
+                ex = x(e.t_ms - off)
+                out.append(f'<text x="{ex}" y="{y + 11}" text-anchor="middle" font-size="10" '
+                           f'font-weight="bold">{k}</text>')
+            slow = c.latency.max_ms if c.latency else 0.0
+            gap = f", gap {_seconds(c.largest_gap_ms)}" if c.lost else ""
+            summary = f"lost {c.lost} of {c.sent}{gap}, slowest {_seconds(slow)}"
+            colour = "#d9534f" if c.lost else "black"
+            out.append(f'<text x="{CMP_WIDTH - CMP_RIGHT + 10}" y="{y + 11}" fill="{colour}">'
+                       f'{escape(summary)}</text>')
+    out.append(f'<line x1="{CMP_LEFT}" y1="{axis_y}" x2="{CMP_LEFT + plot_w}" y2="{axis_y}" stroke="black"/>')
+    step = _tick(span)
+    t = math.ceil(lo / step) * step
+    while t <= hi:
+        out.append(f'<line x1="{x(t)}" y1="{axis_y}" x2="{x(t)}" y2="{axis_y + 4}" stroke="black"/>'
+                   f'<text x="{x(t)}" y="{axis_y + 16}" text-anchor="middle">{t / 1000:g} s</text>')
+        t += step
+    for j, ((label, rep), off) in enumerate(zip(runs, offsets, strict=True)):
+        marks = ", ".join(f"{k} {e.name} ({(e.t_ms - off) / 1000:+.1f} s)"
+                          for k, e in enumerate(rep.events, 1))
+        out.append(f'<text x="8" y="{axis_y + 36 + 16 * j}">{escape(label)}: {escape(marks)}</text>')
+    out.append("</svg>")
+    return "\n".join(out) + "\n"

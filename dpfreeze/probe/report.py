@@ -23,6 +23,7 @@ SCHEMA_ID = "dpfreeze/probe-report"
 SCHEMA_VERSION = 1
 NS_PER_MS = 1_000_000
 RESOLUTION_TIMEOUT_MS = 1000.0
+BUCKET_MS = 500.0  # the time series' step: fine enough for a restart's seconds, short for a long run
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,17 @@ class LossInterval:
     start_ms: float
     end_ms: float
     lost: int
+
+
+@dataclass(frozen=True)
+class Bucket:
+    """What was sent in one BUCKET_MS step of the run (by send time): how much was lost, and the longest
+    delay of what arrived (a new flow queued while no daemon handled upcalls shows here, not as a loss)."""
+
+    t_ms: float
+    sent: int
+    lost: int
+    max_delay_ms: float | None
 
 
 @dataclass(frozen=True)
@@ -62,6 +74,7 @@ class ClassReport:
     latency: Latency | None
     loss_intervals: list[LossInterval] = field(default_factory=list)
     tcp: TcpDetails | None = None
+    buckets: list[Bucket] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -127,6 +140,20 @@ def loss_runs(sent_ns: Sequence[int], delivered: Sequence[bool], interval_ms: fl
     return runs
 
 
+def buckets(sent_ns: Sequence[int], delay_ns: Sequence[int | None], t0_ns: int,
+            step_ms: float = BUCKET_MS) -> list[Bucket]:
+    """The per-step series of packets sent at `sent_ns`, each delivered after `delay_ns` or lost (None)."""
+    rows: dict[int, list[int | None]] = {}
+    for s, d in zip(sent_ns, delay_ns, strict=True):
+        rows.setdefault(int((s - t0_ns) / NS_PER_MS // step_ms), []).append(d)
+    out = []
+    for k in sorted(rows):
+        got = [d for d in rows[k] if d is not None]
+        out.append(Bucket(k * step_ms, len(rows[k]), len(rows[k]) - len(got),
+                          round(max(got) / NS_PER_MS, 3) if got else None))
+    return out
+
+
 def _gap(runs: Iterable[LossInterval]) -> float:
     return round(max((r.end_ms - r.start_ms for r in runs), default=0.0), 3)
 
@@ -136,25 +163,25 @@ def datagram_class(name: str, sent: Sequence[tuple[int, int, int]],
                    t0_ns: int) -> ClassReport:
     """sent: (flow, seq, sent_ns) in send order; received: (flow, seq, sent_ns, recv_ns) in arrival order."""
     known = {(f, q) for f, q, _ in sent}
-    seen: set[tuple[int, int]] = set()
+    seen: dict[tuple[int, int], int] = {}  # -> delay
     top: dict[int, int] = {}
     dup = reord = 0
-    lat: list[int] = []
     for f, q, s, r in received:
         if (f, q) not in known:
             continue
         if (f, q) in seen:
             dup += 1
             continue
-        seen.add((f, q))
+        seen[(f, q)] = r - s
         if q < top.get(f, -1):
             reord += 1
         else:
             top[f] = q
-        lat.append(r - s)
-    runs = loss_runs([s for _, _, s in sent], [(f, q) in seen for f, q, _ in sent], interval_ms, t0_ns)
+    sent_ns = [s for _, _, s in sent]
+    runs = loss_runs(sent_ns, [(f, q) in seen for f, q, _ in sent], interval_ms, t0_ns)
     return ClassReport(name, interval_ms, len(sent), len(seen), len(sent) - len(seen), dup, reord,
-                       _gap(runs), latency(lat), runs)
+                       _gap(runs), latency(list(seen.values())), runs,
+                       buckets=buckets(sent_ns, [seen.get((f, q)) for f, q, _ in sent], t0_ns))
 
 
 def resolution_class(name: str, requests: Sequence[int], replies: Sequence[int], interval_ms: float,
@@ -163,22 +190,22 @@ def resolution_class(name: str, requests: Sequence[int], replies: Sequence[int],
     unanswered request sent up to `timeout_ms` before it: exact while replies come within one interval and
     after an outage; when replies are slower than the interval, some early requests of that slow stretch
     read as lost.  A reply with no such request is a duplicate."""
-    answered = [False] * len(requests)
-    lat: list[int] = []
+    delay: list[int | None] = [None] * len(requests)
     dup = 0
     for r in sorted(replies):
         k = bisect.bisect_right(requests, r) - 1
-        while k >= 0 and answered[k] and r - requests[k] <= timeout_ms * NS_PER_MS:
+        while k >= 0 and delay[k] is not None and r - requests[k] <= timeout_ms * NS_PER_MS:
             k -= 1
-        if k < 0 or answered[k] or r - requests[k] > timeout_ms * NS_PER_MS:
+        if k < 0 or delay[k] is not None or r - requests[k] > timeout_ms * NS_PER_MS:
             dup += 1
             continue
-        answered[k] = True
-        lat.append(r - requests[k])
+        delay[k] = r - requests[k]
+    answered = [d is not None for d in delay]
     runs = loss_runs(requests, answered, interval_ms, t0_ns)
     got = sum(answered)
     return ClassReport(name, interval_ms, len(requests), got, len(requests) - got, dup, 0, _gap(runs),
-                       latency(lat), runs)
+                       latency([d for d in delay if d is not None]), runs,
+                       buckets=buckets(requests, delay, t0_ns))
 
 
 def tcp_class(sender: dict[str, Any], received: Sequence[tuple[int, int, int]], interval_ms: float,
@@ -192,7 +219,7 @@ def tcp_class(sender: dict[str, Any], received: Sequence[tuple[int, int, int]], 
     details = TcpDetails(bool(sender["connected"]), survived, sender["retransmissions"], sender["error"])
     gap = round(max(stall, rep.largest_gap_ms, 0.0), 3)
     return ClassReport("tcp", interval_ms, rep.sent, rep.received, rep.lost, rep.duplicated, rep.reordered,
-                       gap, rep.latency, rep.loss_intervals, details)
+                       gap, rep.latency, rep.loss_intervals, details, rep.buckets)
 
 
 def build_report(sender: dict[str, Any], receiver: dict[str, Any], events: Sequence[tuple[str, int]],
@@ -238,7 +265,8 @@ def report_from_json(text: str) -> Report:
     def cls(d: dict[str, Any]) -> ClassReport:
         return ClassReport(**{**d, "latency": Latency(**d["latency"]) if d["latency"] else None,
                               "loss_intervals": [LossInterval(**x) for x in d["loss_intervals"]],
-                              "tcp": TcpDetails(**d["tcp"]) if d["tcp"] else None})
+                              "tcp": TcpDetails(**d["tcp"]) if d["tcp"] else None,
+                              "buckets": [Bucket(**b) for b in d.get("buckets", [])]})
 
     return Report(**{**data, "classes": [cls(c) for c in data["classes"]],
                      "events": [Event(**e) for e in data["events"]]})

@@ -62,6 +62,30 @@ async def test_failed_restart_command_thaws_and_clears_flow_restore_wait(
     await ovs.ping(a, b)
 
 
+async def test_a_new_daemon_that_never_comes_up_is_rolled_back_to_the_old_binary(
+    ovs: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The restart stops the old daemon and the new one fails to start (a bad binary): the freeze keeps
+    traffic on the pinned flows, then the old daemon's own binary (kept from /proc/PID/exe) is started with
+    its command line, the freeze thaws, and the report says so."""
+    old_pid = ovs.env.pid("ovs-vswitchd")
+    async with freeze_service(ovs, tmp_path / "st", monkeypatch, handover_timeout=10) as svc:
+        rep = await upgrade(svc, ovs.env, ttl=120, datapath="ovs-system", daemon_timeout=10,
+                            restart_command="ovs-appctl -t ovs-vswitchd exit && /bin/false",
+                            rollback_dir=tmp_path / "rollback")
+    assert not rep.ok and "restart command failed" in rep.error, rep.text()
+    assert rep.recovery.startswith("rolled back: started the previous ovs-vswitchd (3.1.0, kept from pid"), \
+        rep.text()
+    new_pid = ovs.env.pid("ovs-vswitchd")
+    assert new_pid == rep.new_pid != old_pid
+    assert Path(f"/proc/{new_pid}/exe").readlink().name.startswith("ovs-vswitchd")
+    assert str(Path(f"/proc/{new_pid}/exe").readlink()).startswith(str(tmp_path / "rollback"))
+    assert not (tmp_path / "rollback" / "ovs-vswitchd").exists()  # the copy goes once it is not needed
+    assert rep.status["state"] == "thawed"
+    assert not await ovsdb.get_flow_restore_wait(ovs.env, timeout=30)
+    await ovs.ping(*ovs.ports[:2])
+
+
 async def test_systemd_restart_path_restores_openflow_and_keeps_traffic(
     ovs: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
