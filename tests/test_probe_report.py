@@ -222,28 +222,28 @@ def test_svg_and_table_render() -> None:
     assert "established" in console.export_text()
 
 
-def test_the_demo_verdict_counts_every_class_inside_the_upgrade_only() -> None:
-    from dpfreeze.lab.bench_upgrade import RunResult
+def test_the_demo_verdict_counts_every_class_of_dpfreeze_s_run_and_names_stock_s() -> None:
     from dpfreeze.lab.demo import verdict
-    from dpfreeze.probe.report import ClassReport, Event, LossInterval, Report, TcpDetails
+    from dpfreeze.probe.report import ClassReport, Report, TcpDetails
 
-    def cls(name: str, *losses: tuple[float, int], tcp: TcpDetails | None = None) -> ClassReport:
-        lost = sum(n for _, n in losses)
-        return ClassReport(name, 100.0, 200, 200 - lost, lost, 0, 0, 0.0, None,
-                           [LossInterval(t, t + 100.0 * n, n) for t, n in losses], tcp)
+    def cls(name: str, lost: int = 0, tcp: TcpDetails | None = None) -> ClassReport:
+        return ClassReport(name, 100.0, 200, 200 - lost, lost, 0, 0, 0.0, None, [], tcp)
 
     def report(*classes: ClassReport) -> Report:
-        return Report("s", 1, "now", 0, 20_000.0, list(classes),
-                      [Event("dpfreeze begins", 1000.0), Event("dpfreeze done", 16_000.0)], {})
+        return Report("s", 1, "now", 0, 20_000.0, list(classes), [], {})
 
-    res = RunResult("dpfreeze", 1)
     alive = TcpDetails(True, True, 0, None)
-    ok, text = verdict(res, report(cls("established"), cls("nd", (18_200.0, 1)), cls("tcp", tcp=alive)))
-    assert ok and text.endswith("outside the upgrade: 1 nd lost"), text
-    ok, text = verdict(res, report(cls("established"), cls("arp", (9000.0, 2)), cls("tcp", tcp=alive)))
-    assert not ok and text.startswith("NOT hitless: 2 arp lost during the upgrade"), text
-    ok, text = verdict(res, report(cls("tcp", tcp=TcpDetails(True, False, 3, "reset"))))
+    stock = report(cls("established", 41), cls("newflow", 1818), cls("tcp", tcp=alive))
+    ours = report(cls("established"), cls("nd"), cls("tcp", tcp=alive))
+    ok, text = verdict({"stock": stock, "dpfreeze": ours})
+    assert ok and text.startswith("HITLESS"), text
+    assert text.endswith("stock lost 41 established, 1818 newflow"), text
+    ok, text = verdict({"stock": stock, "dpfreeze": report(cls("established"), cls("arp", 2))})
+    assert not ok and text.startswith("NOT hitless: 2 arp lost"), text
+    ok, text = verdict({"dpfreeze": report(cls("tcp", tcp=TcpDetails(True, False, 3, "reset")))})
     assert not ok and "the TCP connection broke" in text, text
+    assert verdict({"stock": stock}) == (False,
+                                         "NOT measured: the probes gave no report of dpfreeze's upgrade")
 
 
 def _upgrade_run(outage_s: float, late_s: float) -> Report:

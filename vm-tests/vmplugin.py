@@ -96,6 +96,17 @@ class GuestReporter:
             self.hang.flush()
             faulthandler.dump_traceback_later(self.timeout, exit=True, file=self.hang)
 
+    def pytest_runtest_setup(self, item: pytest.Item) -> None:
+        """`@pytest.mark.kernel_timeout(S)`: a test that is long by design (the demo) gets S seconds."""
+        marker = item.get_closest_marker("kernel_timeout")
+        if marker and self.timeout > 0:
+            seconds = float(marker.args[0])
+            self.hang.seek(0)
+            self.hang.truncate()
+            self.hang.write(f"{item.nodeid} still running after {seconds:.0f} s (kernel_timeout):\n")
+            self.hang.flush()
+            faulthandler.dump_traceback_later(seconds, exit=True, file=self.hang)
+
     def pytest_runtest_logfinish(self) -> None:
         faulthandler.cancel_dump_traceback_later()
         self.hang.seek(0)

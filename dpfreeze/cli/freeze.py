@@ -32,7 +32,7 @@ from dpfreeze.freeze.service import (
     SystemBackend,
     render_status,
 )
-from dpfreeze.ovs import datapaths, ovsdb, ovsenv
+from dpfreeze.ovs import appctl, datapaths, ovsdb, ovsenv
 from dpfreeze.preflight import OvsdbFlowRestoreWait, preflight
 from dpfreeze.upgrade import (
     plan_upgrade,
@@ -114,9 +114,16 @@ async def cmd_freeze(args: argparse.Namespace) -> int:
     doc = await api.freeze(args.ttl, await _datapath(args.datapath))
     if args.take_upcalls:
         doc = await api.take_upcalls()
-    _emit(doc, args.json, render_status(doc))
+    _emit(doc, args.json, render_status(doc) + await _daemon_line("frozen with"))
     await warn_schema_losses()
     return 0
+
+
+async def _daemon_line(what: str) -> str:
+    """Which ovs-vswitchd a freeze or thaw met: on the systemd path the journal then names the old and the
+    new daemon's versions, as `dpfreeze upgrade`'s report does."""
+    version = await appctl.version(ovsenv.current(), ovsenv.VSWITCHD, 5)
+    return f"\n{what} {version or 'no ovs-vswitchd answering'}"
 
 
 async def cmd_renew(args: argparse.Namespace) -> int:
@@ -150,7 +157,7 @@ async def cmd_thaw(args: argparse.Namespace) -> int:
             failed = f"OpenFlow state not restored: {exc or type(exc).__name__}"
             print(f"dpfreeze: {failed}", file=sys.stderr)
     doc = await api.thaw(wait=not args.no_wait)
-    _emit(doc, args.json, render_status(doc))
+    _emit(doc, args.json, render_status(doc) + await _daemon_line("thawed into"))
     return 1 if doc.get("error") or failed else 0
 
 

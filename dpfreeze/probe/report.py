@@ -94,14 +94,6 @@ class Report:
     events: list[Event]
     params: dict[str, Any]
 
-    def lost_between(self, start: str, end: str) -> dict[str, tuple[int, int]]:
-        """(lost, sent) of each class from event `start` to event `end`: the window a disruption answers
-        for (a loss interval that overlaps it counts whole)."""
-        t = {e.name: e.t_ms for e in self.events}
-        lo, hi = t[start], t[end]
-        return {c.name: (sum(i.lost for i in c.loss_intervals if i.end_ms > lo and i.start_ms < hi),
-                         round((hi - lo) / c.interval_ms)) for c in self.classes}
-
     def cls(self, name: str) -> ClassReport:
         for c in self.classes:
             if c.name == name:

@@ -52,7 +52,8 @@ def controller_rule_present(bridge: str) -> bool:
 
 def record(name: str, report: Report, record_property: object) -> dict[str, object]:
     """A transition's figures, per class (lost of sent, largest gap), on the test and in FIGURES."""
-    figures = {c.name: {"lost": c.lost, "sent": c.sent, "largest_gap_ms": round(c.largest_gap_ms)}
+    figures = {c.name: {"lost": c.lost, "sent": c.sent, "largest_gap_ms": round(c.largest_gap_ms),
+                        "slowest_ms": round(c.latency.max_ms) if c.latency else None}
                for c in report.classes}
     record_property("figures", figures)  # type: ignore[operator]
     if FIGURES.parent.is_dir():

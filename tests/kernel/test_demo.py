@@ -16,7 +16,7 @@ from systemdrig import record
 
 from dpfreeze.probe.report import load_schema, report_from_json
 
-pytestmark = [pytest.mark.kernel, pytest.mark.systemd]
+pytestmark = [pytest.mark.kernel, pytest.mark.systemd, pytest.mark.kernel_timeout(1300)]
 
 
 def test_demo_upgrades_by_package_hitlessly_and_shows_stock_beside(
@@ -25,7 +25,7 @@ def test_demo_upgrades_by_package_hitlessly_and_shows_stock_beside(
     cache = vmharness.cache_dir() / "ovs"
     argv = ["dpfreeze", "demo", "--old-debs", *ovsdebs.debs(cache / "2.15", "2.15"),
             "--new-debs", *ovsdebs.debs(cache / "3.1", "3.1"), "--out", str(tmp_path)]
-    res = subprocess.run(argv, capture_output=True, text=True, timeout=1500, check=False)
+    res = subprocess.run(argv, capture_output=True, text=True, timeout=1200, check=False)
     record_property("demo output", res.stdout + res.stderr)
     assert "Traceback" not in res.stderr
     out = {p.name for p in tmp_path.iterdir()}

@@ -111,6 +111,9 @@ async def test_dpfreeze_downgrade_3_1_to_2_15(ends: tuple[Endpoint, Endpoint],
 async def test_dpfreeze_upgrade_2_15_to_3_1(ends: tuple[Endpoint, Endpoint], record_property: object) -> None:
     report = await transition(ends, "3.1", "dpfreeze 2.15 -> 3.1", 15000, record_property)
     assert running_version() == "3.1.0"
+    journal = sh("journalctl", "--no-pager", "-u", "ovs-vswitchd", "-n", "300")  # the hooks name both
+    assert "frozen with ovs-vswitchd (Open vSwitch) 2.15.0" in journal, journal
+    assert "thawed into ovs-vswitchd (Open vSwitch) 3.1.0" in journal, journal
     assert_tracked_and_thawed()
     assert controller_rule_present(BRIDGE)
     assert report.cls("established").lost == 0 and report.cls("newflow").lost == 0, lost(report)
