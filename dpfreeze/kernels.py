@@ -9,6 +9,7 @@ under a root directory so that a fake /boot tree tests it.
 
 from __future__ import annotations
 
+import fnmatch
 import gzip
 import lzma
 import os
@@ -104,7 +105,20 @@ def _grub_default(cfg: Path) -> str | None:
 
 
 def module_file(release: str, root: Path = Path("/")) -> Path | None:
+    """The openvswitch module modprobe would load for `release`: the one modules.dep names (depmod's
+    search order: an `updates/` build, DKMS's, wins over the kernel's own), else the first found.
+
+    Why modules.dep first: walking the whole modules tree took 6.4 s of the 13 s that `dpfreeze preflight`
+    (ovs-vswitchd's ExecStartPre, while no daemon runs) cost under TCG."""
     base = root / "lib" / "modules" / release
+    try:
+        with open(base / "modules.dep", errors="replace") as dep:
+            for line in dep:
+                path = line.split(":", 1)[0]
+                if fnmatch.fnmatch(path.rsplit("/", 1)[-1], MODULE_GLOB) and (base / path).is_file():
+                    return base / path
+    except OSError:
+        pass
     return next(iter(sorted(base.rglob(MODULE_GLOB))), None) if base.is_dir() else None
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from dpfreeze.kernels import check, next_boot, same_module, version_key
+from dpfreeze.kernels import check, module_file, next_boot, same_module, version_key
 from dpif.model import DpFeature
 
 RUNNING = "6.1.0-57-amd64"
@@ -149,3 +149,18 @@ def test_srcversion_where_there_is_no_build_id(tmp_path: Path) -> None:
 
 def test_versions_sort_numerically() -> None:
     assert version_key("6.12.38+deb13-amd64") > version_key("6.1.0-57-amd64") > version_key("5.10.0-35-amd64")
+
+
+def test_the_module_is_the_one_modules_dep_names_as_modprobe_would(tmp_path: Path) -> None:
+    """A DKMS build under updates/ wins over the kernel's own, as in depmod's search order; without
+    modules.dep, the first one found."""
+    own = module(tmp_path, RUNNING)
+    dkms = tmp_path / "lib/modules" / RUNNING / "updates/dkms/openvswitch.ko"
+    dkms.parent.mkdir(parents=True)
+    dkms.write_bytes(fake_ko(b"\x02" * 20))
+    assert module_file(RUNNING, tmp_path) == own
+    (tmp_path / "lib/modules" / RUNNING / "modules.dep").write_text(
+        "kernel/net/ipv4/udp_tunnel.ko:\nupdates/dkms/openvswitch.ko: kernel/net/nsh/nsh.ko\n"
+        "kernel/net/openvswitch/openvswitch.ko: kernel/net/nsh/nsh.ko\n")
+    assert module_file(RUNNING, tmp_path) == dkms
+    assert module_file("5.10.0-1-amd64", tmp_path) is None

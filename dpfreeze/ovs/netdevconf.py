@@ -12,10 +12,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
+if TYPE_CHECKING:
+    from pyroute2 import IPRoute
 
 from dpfreeze.errors import DpfreezeError
 
@@ -136,6 +136,8 @@ def apply(configs: Sequence[NetdevConfig], netns: str | None = None) -> list[str
 
     Idempotent: applying a config twice changes nothing the second time.  Blocking.
     """
+    from pyroute2.netlink.exceptions import NetlinkError
+
     done: list[str] = []
     with _ipr(netns) as ipr:
         for cfg in configs:
@@ -182,6 +184,10 @@ def _route_id(r: Route) -> tuple[object, ...]:
     return (r.family, r.dst, r.dst_len, r.gateway, r.table, r.priority)
 
 def _ipr(netns: str | None) -> IPRoute:
+    """pyroute2 is imported here, when a netdev is read or written: importing it costs 2.2 s under qemu
+    TCG, which every command importing the snapshot would pay, `preflight` too (ExecStartPre, no daemon)."""
+    from pyroute2 import IPRoute
+
     return IPRoute(netns=netns) if netns else IPRoute()
 
 __all__ = ["Address", "NetdevConfig", "NetdevError", "Route", "apply", "save"]
