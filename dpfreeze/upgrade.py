@@ -152,13 +152,15 @@ def keep_binary(pid: int, directory: Path, proc: Path = Path("/proc")) -> Path |
     one at its path (Debian's ovs-vswitchd links OVS's own libraries statically, so the binary alone runs).
     Named ovs-vswitchd, so that the rolled-back process is one that ovs-ctl recognises.  None (no rollback,
     the rest goes on) when it cannot be copied, e.g. on a full disk."""
+    tmp = directory / f".{VSWITCHD}.{os.getpid()}"
     try:
         files.private_dir(directory)
-        tmp = directory / f".{VSWITCHD}.{os.getpid()}"
         shutil.copyfile(proc / str(pid) / "exe", tmp)
         tmp.chmod(0o700)
         tmp.replace(directory / VSWITCHD)
     except OSError as exc:
+        with contextlib.suppress(OSError):  # a copy cut short by a full disk must not stay behind
+            tmp.unlink(missing_ok=True)
         LOG.warning(kv("upgrade.no_rollback_binary", error=str(exc)))
         return None
     return directory / VSWITCHD

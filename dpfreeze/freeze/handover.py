@@ -24,7 +24,7 @@ import trio
 
 from dpfreeze.freeze.pin import PinSet
 from dpfreeze.log import kv
-from dpfreeze.ovs.portids import live_portids, socket_queues, upcall_pids
+from dpfreeze.ovs.portids import SocketQueue, live_portids, socket_queues, upcall_pids
 from dpif.model import (
     Datapath,
     DatapathInfo,
@@ -295,7 +295,7 @@ class Handover:
         ups = self.buffer.drain()
         replayable = [up for up in ups if recirc_id(up.key) == 0]
         self.stats.not_replayable += len(ups) - len(replayable)
-        drops = self._new_owner_drops()
+        drops = self._new_owner_queue().drops
         for i in range(0, len(replayable), REPLAY_CHUNK):
             await self._until_new_owner_drained()
             chunk = replayable[i:i + REPLAY_CHUNK]
@@ -306,11 +306,12 @@ class Handover:
                     self.stats.replay_failed += 1
                     LOG.warning(kv("handover.replay_failed", error=str(result)))
         await self._until_new_owner_drained()
-        self.stats.new_owner_drops += self._new_owner_drops() - drops
+        self.stats.new_owner_drops += self._new_owner_queue().drops - drops
 
-    def _new_owner_drops(self) -> int:
-        queues = socket_queues(self.proc)
-        return sum(queues[p].drops for p in self.stats.new_owner_pids if p in queues)
+    def _new_owner_queue(self) -> SocketQueue:
+        """The new daemon's upcall sockets together: bytes unread, packets dropped."""
+        queues = [q for p, q in socket_queues(self.proc).items() if p in self.stats.new_owner_pids]
+        return SocketQueue(sum(q.rmem for q in queues), sum(q.drops for q in queues))
 
     async def _until_new_owner_drained(self) -> None:
         """Backpressure on the replay: the new daemon's upcall sockets hold at most REPLAY_QUEUE_BYTES unread.
@@ -321,9 +322,7 @@ class Handover:
         (kernel 6.1, OVS 2.15, TCG).  Bounded: after REPLAY_DRAIN_TIMEOUT the replay goes on regardless."""
         with trio.move_on_after(REPLAY_DRAIN_TIMEOUT):
             while True:
-                queues = socket_queues(self.proc)
-                unread = sum(queues[p].rmem for p in self.stats.new_owner_pids if p in queues)
-                if unread <= REPLAY_QUEUE_BYTES:
+                if self._new_owner_queue().rmem <= REPLAY_QUEUE_BYTES:
                     return
                 self.stats.replay_waits += 1
                 await trio.sleep(self.poll_interval)
