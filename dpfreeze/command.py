@@ -39,8 +39,9 @@ class Finished:
 
 
 async def run(argv: Sequence[str], *, timeout: float, env: Mapping[str, str] | None = None,
-              stdin: bytes = b"", check: bool = True) -> Finished:
-    """Run `argv` to completion with stdout and stderr captured; `env` is added to this process's own.
+              stdin: bytes = b"", check: bool = True, executable: str | None = None) -> Finished:
+    """Run `argv` to completion with stdout and stderr captured; `env` is added to this process's own;
+    `executable`, when given, is the file run under the name argv[0].
 
     Raises CommandFailed when the tool is missing, still runs after `timeout` s (it is killed), or, with
     `check`, exits non-zero."""
@@ -48,7 +49,8 @@ async def run(argv: Sequence[str], *, timeout: float, env: Mapping[str, str] | N
     try:
         with trio.fail_after(timeout):
             proc = await trio.run_process(list(argv), stdin=stdin, capture_stdout=True, capture_stderr=True,
-                                          check=False, env={**os.environ, **env} if env else None)
+                                          check=False, env={**os.environ, **env} if env else None,
+                                          executable=executable)
     except trio.TooSlowError:
         raise CommandFailed(argv, f"no answer within {timeout:g} s") from None
     except FileNotFoundError:

@@ -10,7 +10,6 @@ module is back, and the new daemon, started with flow-restore-wait, adopts what 
 
 from __future__ import annotations
 
-import errno
 import logging
 from collections.abc import Collection
 from contextlib import suppress
@@ -20,10 +19,9 @@ from dpfreeze import command
 from dpfreeze.command import CommandFailed
 from dpfreeze.errors import DpfreezeError
 from dpfreeze.log import kv
-from dpfreeze.snapshot import DatapathSnapshot, RestoreReport, Snapshot, restore
-from dpif.model import VportType
-from dpif.netlink.wire import KernelError
-from dpif.netlink_datapath import create_datapath, delete_datapath, list_datapaths, open_datapath
+from dpfreeze.snapshot import RestoreReport, Snapshot
+from dpfreeze.snapshot.recreate import restore_all
+from dpif.netlink_datapath import delete_datapath, list_datapaths
 
 LOG = logging.getLogger(__name__)
 MODULE = "openvswitch"
@@ -76,35 +74,9 @@ async def reload_and_restore(snapshot_path: str | Path, proc: Path = Path("/proc
             with suppress(ReloadError):
                 await _run("modprobe", m)
         try:
-            await _restore_all(snap)
+            await restore_all(snap)
         except Exception as again:
             raise ReloadError(f"{exc}; restoring the snapshot after it failed too: {again}") from None
         raise ReloadError(f"{exc} (the module was loaded again and the snapshot restored)") from None
     LOG.info(kv("kmod.reloaded", module=MODULE, with_modules=",".join(users) or "-"))
-    return await _restore_all(snap)
-
-
-async def _restore_all(snap: Snapshot) -> list[RestoreReport]:
-    reports = []
-    for dsnap in snap.datapaths:
-        await open_or_create(dsnap)
-        async with open_datapath(dsnap.name) as dp:
-            reports.append(await restore(dp, snap))
-    return reports
-
-
-async def open_or_create(dsnap: DatapathSnapshot) -> bool:
-    """Create the datapath (with the snapshot's features) when the kernel has none by that name."""
-    if dsnap.name in {d.name for d in await list_datapaths()}:
-        return False
-    local = next((v for v in dsnap.vports if v.port_no == 0 and v.type == VportType.INTERNAL), None)
-    pid = local.upcall_pids[0] if local and local.upcall_pids else 0
-    features = dsnap.info.features
-    try:
-        await create_datapath(dsnap.name, features=features, upcall_pid=pid, ifindex=dsnap.info.ifindex)
-    except KernelError as exc:
-        if exc.code not in (errno.EBUSY, errno.EEXIST):
-            raise
-        LOG.warning(kv("kmod.ifindex_taken", datapath=dsnap.name, ifindex=dsnap.info.ifindex))
-        await create_datapath(dsnap.name, features=features, upcall_pid=pid)
-    return True
+    return await restore_all(snap)

@@ -9,6 +9,7 @@ flow-restore-wait is a total outage for new flows.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import re
@@ -121,10 +122,11 @@ async def _wait_gone(pid: int, timeout: float) -> bool:
     return False
 
 
-async def _run(argv: list[str], env: OvsEnv, timeout: float, failure: str) -> None:
+async def _run(argv: list[str], env: OvsEnv, timeout: float, failure: str,
+               executable: str | None = None) -> None:
     """Run a step's command in OVS's environment; its failure is an UpgradeError saying `failure` and why."""
     try:
-        await command.run(argv, timeout=timeout, env=env.environ())
+        await command.run(argv, timeout=timeout, env=env.environ(), executable=executable)
     except CommandFailed as exc:
         LOG.warning(kv("upgrade.command_failed", argv=" ".join(argv), rc=exc.returncode,
                        stderr=exc.why[-300:]))
@@ -154,6 +156,7 @@ def keep_binary(pid: int, directory: Path, proc: Path = Path("/proc")) -> Path |
     the rest goes on) when it cannot be copied, e.g. on a full disk."""
     tmp = directory / f".{VSWITCHD}.{os.getpid()}"
     try:
+        files.private_dir(directory.parent)
         files.private_dir(directory)
         shutil.copyfile(proc / str(pid) / "exe", tmp)
         tmp.chmod(0o700)
@@ -182,7 +185,7 @@ async def _daemon_again(env: OvsEnv, argv: list[str], rep: UpgradeReport, kept: 
     if kept is None:
         what = f"{VSWITCHD} again from its path (the previous binary was not kept)"
     try:
-        await start_vswitchd(env, [str(kept), *argv[1:]] if kept else argv)
+        await start_vswitchd(env, argv, kept)
         rep.new_pid = await wait_new_daemon(env, rep.old_pid or 0, 30)
     except (UpgradeError, OSError) as exc:
         rep.recovery = f"no {VSWITCHD} runs, and starting {what} failed: {exc}"
@@ -190,6 +193,23 @@ async def _daemon_again(env: OvsEnv, argv: list[str], rep: UpgradeReport, kept: 
         rep.new_version = _version(await appctl.version(env, VSWITCHD))
         rep.recovery = f"rolled back: started {what} with its command line (pid {rep.new_pid})"
     LOG.warning(kv("upgrade.recovery", text=rep.recovery))
+
+
+async def _thaw_or_clear(api: FreezeApi, env: OvsEnv, rep: UpgradeReport) -> dict[str, Any]:
+    """Thaw after a failure; if the service cannot (it is gone), clear flow-restore-wait here: a flag left
+    set stops every new flow, which is worse than anything the freeze protects."""
+    try:
+        return await api.thaw()
+    except Exception as exc:
+        LOG.error(kv("upgrade.thaw_failed", error=str(exc)))
+        try:
+            await ovsdb.set_flow_restore_wait(False, env, timeout=20)
+            rep.recovery = (rep.recovery + "; " if rep.recovery else "") + \
+                f"the service could not thaw ({exc}): flow-restore-wait cleared directly"
+        except Exception as again:
+            rep.recovery = (rep.recovery + "; " if rep.recovery else "") + \
+                f"the service could not thaw ({exc}), nor could flow-restore-wait be cleared: {again}"
+        return {"state": "unknown", "error": str(exc)}
 
 
 def exit_keeps_flows(version_text: str) -> bool:
@@ -217,15 +237,25 @@ async def stop_vswitchd(env: OvsEnv, pid: int) -> str:
     raise UpgradeError(f"{VSWITCHD} pid {pid} survived SIGKILL")
 
 
-async def start_vswitchd(env: OvsEnv, argv: list[str]) -> None:
-    """Re-run the old command line (the binary at that path is the new one); it must --detach."""
+async def start_vswitchd(env: OvsEnv, argv: list[str], binary: Path | None = None) -> None:
+    """Re-run the old command line (the binary at that path is the new one); it must --detach.  A rollback
+    runs the kept `binary` under the old argv[0], so that the next upgrade reads the installed path from
+    the daemon's command line, not the kept copy (which is gone by then)."""
     if "--detach" not in argv:
         argv = [*argv, "--detach"]
-    await _run(argv, env, 60, f"starting {VSWITCHD} failed: {shlex.join(argv)}")
+    await _run(argv, env, 60, f"starting {VSWITCHD} failed: {shlex.join(argv)}",
+               executable=str(binary) if binary else None)
+
+
+DEAD_GRACE = 5.0  # a new daemon's pidfile naming a dead process this long: it died (a supervisor's restart
+# would have replaced it by then)
 
 
 async def wait_new_daemon(env: OvsEnv, old_pid: int, timeout: float) -> int:
-    """Until a new daemon's pidfile names a live process that answers `ovs-appctl version`."""
+    """Until a new daemon's pidfile names a live process that answers `ovs-appctl version`; fails early
+    once the new daemon's pidfile has named a dead process for DEAD_GRACE (it crashed at start or was
+    killed): every second spent waiting on it is a second of new flows kept back."""
+    dead_since: float | None = None
     with trio.move_on_after(timeout):
         while True:
             try:
@@ -234,6 +264,12 @@ async def wait_new_daemon(env: OvsEnv, old_pid: int, timeout: float) -> int:
                 pid = 0
             if pid and pid != old_pid and process_alive(pid) and await appctl.version(env, VSWITCHD, 2):
                 return pid
+            if pid and pid != old_pid and not process_alive(pid):
+                dead_since = dead_since or trio.current_time()
+                if trio.current_time() - dead_since >= DEAD_GRACE:
+                    raise UpgradeError(f"the new {VSWITCHD} (pid {pid}) died")
+            else:
+                dead_since = None
             await trio.sleep(0.02)
     raise UpgradeError(f"no new {VSWITCHD} answered within {timeout:g} s")
 
@@ -358,7 +394,18 @@ async def run_upgrade(api: FreezeApi, env: OvsEnv, plan: UpgradePlan, *, daemon_
         return await _run_upgrade(api, env, plan, daemon_timeout, kept)
     finally:
         if kept is not None:
-            kept.unlink(missing_ok=True)
+            drop_kept(kept)
+
+
+def kept_binary_dir(state_dir: Path) -> Path:
+    """This upgrade's own place for the kept binary: two upgrades started at once never share one."""
+    return state_dir / "rollback" / str(os.getpid())
+
+
+def drop_kept(kept: Path) -> None:
+    kept.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        kept.parent.rmdir()
 
 
 async def _run_upgrade(api: FreezeApi, env: OvsEnv, plan: UpgradePlan, daemon_timeout: float,
@@ -417,16 +464,107 @@ async def _run_upgrade(api: FreezeApi, env: OvsEnv, plan: UpgradePlan, daemon_ti
         LOG.error(kv("upgrade.failed", error=rep.error))
         with trio.CancelScope(shield=True), trio.move_on_after(daemon_timeout + 10):
             await _daemon_again(env, argv, rep, kept)
-        with trio.CancelScope(shield=True), trio.move_on_after(60):
-            rep.status = await api.thaw()
+        with trio.CancelScope(shield=True), trio.move_on_after(90):
+            rep.status = await _thaw_or_clear(api, env, rep)
         return rep
-    except BaseException:
-        with trio.CancelScope(shield=True), trio.move_on_after(60):
-            await api.thaw()
+    except BaseException:  # Ctrl-C (which reaches the restart command too) or a cancellation
+        with trio.CancelScope(shield=True), trio.move_on_after(daemon_timeout + 10):
+            await _daemon_again(env, argv, rep, kept)
+        with trio.CancelScope(shield=True), trio.move_on_after(90):
+            await _thaw_or_clear(api, env, rep)
         raise
     t = time.monotonic()
     rep.status = await _thaw(api)
     rep.step("thaw", t, outcome=(rep.status.get("report") or {}).get("outcome"))
     rep.verify = verify(rep.status, rep.new_pid)
-    rep.ok = not rep.verify
+    if not process_alive(rep.new_pid):  # it died in the thaw: nothing would ever start one again
+        rep.error = f"the new {VSWITCHD} (pid {rep.new_pid}) died during the thaw"
+        with trio.CancelScope(shield=True), trio.move_on_after(daemon_timeout + 10):
+            await _daemon_again(env, argv, rep, kept)
+    rep.ok = not rep.verify and not rep.error
     return rep
+
+
+@dataclass(frozen=True)
+class Orphan:
+    """What the service that `dpfreeze upgrade` started needs to finish the upgrade if the command dies."""
+
+    old_pid: int | None
+    argv: list[str]  # the old daemon's command line
+    kept: Path  # where `keep_binary` puts the old daemon's binary
+    group: int  # the command's process group: its restart command, if still running, is in it
+
+    def to_json(self) -> str:
+        return json.dumps({"old_pid": self.old_pid, "argv": self.argv, "kept": str(self.kept),
+                           "group": self.group})
+
+    @classmethod
+    def from_json(cls, text: str) -> Orphan:
+        d = json.loads(text)
+        return cls(d["old_pid"], list(d["argv"]), Path(d["kept"]), int(d["group"]))
+
+
+ORPHAN_SETTLE = 2.0  # a daemon must run this long before the orphaned freeze is handed to it
+ORPHAN_WAIT = 60.0  # no daemon for this long while the command's group lingers: the restart is not coming
+
+
+def group_alive(pgid: int, proc: Path = Path("/proc")) -> bool:
+    """Whether any process of process group `pgid` runs (a restart command the dead command left behind)."""
+    for stat_file in proc.glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            if int(stat_file.read_text().rsplit(")", 1)[1].split()[2]) == pgid:
+                return True
+    return False
+
+
+async def _answering(env: OvsEnv) -> int:
+    """The pid of the ovs-vswitchd that runs and answers, else 0."""
+    try:
+        pid = env.pid(VSWITCHD)
+    except DaemonNotRunning:
+        return 0
+    return pid if process_alive(pid) and await appctl.version(env, VSWITCHD, 2) else 0
+
+
+async def finish_orphaned(api: FreezeApi, env: OvsEnv, orphan: Orphan) -> str:
+    """The `dpfreeze upgrade` that started this service died mid-upgrade (SIGKILL, an OOM kill): finish what
+    it began rather than wait out the lease.  A daemon that runs steadily gets the freeze: the old one
+    (killed before the stop) or a new one (killed after the start), which first gets the snapshot's
+    OpenFlow state.  No daemon, once the command's process group is gone (or after ORPHAN_WAIT): roll back
+    as the command would have.  Returns what was done, for the log."""
+    settled: tuple[int, float] = (0, 0.0)
+    nobody_since = trio.current_time()
+    while (await api.status()).get("state") == "frozen":
+        pid, now = await _answering(env), trio.current_time()
+        if pid:
+            if settled[0] != pid:
+                settled = (pid, now)
+            elif now - settled[1] >= ORPHAN_SETTLE:
+                what = f"a new daemon (pid {pid}) ran"
+                if pid == orphan.old_pid:
+                    what = "the old daemon still ran"
+                else:
+                    with contextlib.suppress(Exception), trio.move_on_after(60):
+                        snapshot = (await api.status()).get("snapshot_path")
+                        if snapshot:
+                            await restore_openflow(snapshot, env)
+                await api.thaw()
+                return f"{what}: thawed into it"
+            nobody_since = now
+        elif not group_alive(orphan.group) or now - nobody_since >= ORPHAN_WAIT:
+            break
+        await trio.sleep(0.5)
+    if await _answering(env):
+        return "the freeze had ended; a daemon runs"
+    rep = UpgradeReport(old_pid=orphan.old_pid)
+    kept = orphan.kept if orphan.kept.is_file() else None
+    try:
+        with trio.move_on_after(90):
+            await _daemon_again(env, orphan.argv, rep, kept)
+    finally:
+        if kept is not None:
+            drop_kept(kept)
+    with trio.move_on_after(60):
+        if (await api.status()).get("state") == "frozen":
+            await api.thaw()
+    return rep.recovery or "no daemon, and no command line to start one"

@@ -247,6 +247,9 @@ class FakeBackend:
     async def set_flow_restore_wait(self, on: bool) -> None:
         self.frw.append(on)
 
+    async def recreate(self, snapshot: Path, datapath: str) -> str:
+        return ""
+
     def daemon_started(self) -> float | None:
         return None
 
@@ -387,6 +390,24 @@ async def test_per_vport_takeover_and_give_back_without_restart(tmp_path, fake_p
         assert doc["report"]["handover"]["gave_back"] is True
         assert all(v.upcall_pids == (OLD_DAEMON,) for v in dp.vports.values())
         assert backend.frw == [True, False]
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_thaw_with_the_old_daemon_still_running_gives_its_upcalls_back_at_once(
+        tmp_path, fake_proc) -> None:
+    """Taken early, and then nobody stopped the old daemon (the upgrade's command was killed first): the
+    thaw gives the pids back to it at once instead of waiting out the hand-over timeout for a new one."""
+    dp = FakeDatapath(per_cpu=False, kernel_has_per_cpu=False)
+    svc = make_service(tmp_path, dp)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(svc.run)
+        await svc.freeze(60, "ovs-system")
+        await svc.take_upcalls()  # the old daemon still runs, and goes on running
+        await until(lambda: all(v.upcall_pids == (OURS,) for v in dp.vports.values()))
+        with trio.fail_after(svc.config.handover_timeout / 2):
+            doc = await svc.thaw()
+        assert doc["report"]["outcome"] == "the old daemon still runs: upcalls given back to it"
+        assert all(v.upcall_pids == (OLD_DAEMON,) for v in dp.vports.values())
         nursery.cancel_scope.cancel()
 
 
@@ -790,3 +811,62 @@ def test_module_dependents_from_proc_modules() -> None:
     assert dependents(text) == ["vport_vxlan", "vport_geneve"]
     assert dependents("openvswitch 192512 0 - Live 0x0\n") == []
     assert dependents("") == []
+
+
+class VanishingDatapath(FakeDatapath):
+    """A datapath that goes away under the freeze (`ovs-dpctl del-dp`, the module unloaded)."""
+
+    gone = False
+
+    async def info(self) -> DatapathInfo:
+        if self.gone:
+            raise KernelError(errno.ENODEV)
+        return await super().info()
+
+
+class RecreatingBackend(FakeBackend):
+    def __init__(self, dp: VanishingDatapath) -> None:
+        super().__init__(dp)
+        self.vanishing = dp
+        self.recreated = 0
+
+    async def recreate(self, snapshot: Path, datapath: str) -> str:
+        if not self.vanishing.gone:
+            return ""
+        self.vanishing.gone = False
+        self.recreated += 1
+        return f"{datapath} re-created from the snapshot"
+
+
+async def test_a_datapath_gone_under_the_freeze_is_recreated_and_the_freeze_goes_on(
+        tmp_path, fake_proc) -> None:
+    dp = VanishingDatapath()
+    backend = RecreatingBackend(dp)
+    svc = make_service(tmp_path, dp, backend)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(svc.run)
+        await svc.freeze(60, "ovs-system")
+        dp.gone = True
+        await until(lambda: backend.recreated == 1)
+        await trio.sleep(0.1)
+        assert svc.state.state is State.FROZEN and backend.frw[-1] is True  # still frozen, still pinning
+        doc = await svc.thaw()
+        assert doc["state"] == "thawed" and not doc.get("error"), doc
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_datapath_that_cannot_be_recreated_ends_the_freeze(tmp_path, fake_proc) -> None:
+    dp = VanishingDatapath()
+    backend = RecreatingBackend(dp)
+
+    async def nothing(snapshot: Path, datapath: str) -> str:
+        return ""
+    backend.recreate = nothing  # type: ignore[method-assign]
+    svc = make_service(tmp_path, dp, backend)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(svc.run)
+        await svc.freeze(60, "ovs-system")
+        dp.gone = True
+        await until(lambda: svc.state.state is State.THAWED)
+        assert backend.frw[-1] is False and "ENODEV" in (svc.state.error or "") + str(svc.state.to_json())
+        nursery.cancel_scope.cancel()

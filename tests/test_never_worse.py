@@ -22,7 +22,9 @@ from test_machine_service import (
     until,
 )
 
+from dpfreeze import upgrade as upgrade_mod
 from dpfreeze.cli import freeze as freeze_cli
+from dpfreeze.cli.main import interrupted
 from dpfreeze.cli.main import main as cli
 from dpfreeze.errors import DpfreezeError, UserError
 from dpfreeze.freeze import machine
@@ -203,3 +205,99 @@ async def test_thaw_with_nothing_frozen_is_not_an_error(tmp_path: Path, fake_pro
         assert await freeze_cli.cmd_thaw(args) == 0
         assert capsys.readouterr().out.strip() == "nothing to thaw: idle"
         nursery.cancel_scope.cancel()
+
+
+class OrphanApi:
+    """A freeze left by a dead `upgrade`: what finish_orphaned asks of the service."""
+
+    def __init__(self) -> None:
+        self.state, self.thaws = "frozen", 0
+
+    async def status(self) -> dict[str, object]:
+        return {"state": self.state, "snapshot_path": "/nonexistent"}
+
+    async def thaw(self, *, wait: bool = True) -> dict[str, object]:
+        self.thaws += 1
+        self.state = "thawed"
+        return {"state": "thawed"}
+
+
+def _orphan(tmp_path: Path) -> upgrade_mod.Orphan:
+    kept = tmp_path / "rollback" / "ovs-vswitchd"
+    kept.parent.mkdir()
+    kept.write_text("binary")
+    return upgrade_mod.Orphan(old_pid=100, argv=["ovs-vswitchd", "--pidfile"], kept=kept, group=4242)
+
+
+@pytest.fixture
+def quick(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """finish_orphaned's world: no real sleeping for the settle time, restores and rollbacks recorded."""
+    done: list[str] = []
+
+    async def restore(snapshot: object, env: object) -> list[str]:
+        done.append("restore-openflow")
+        return []
+
+    monkeypatch.setattr(upgrade_mod, "ORPHAN_SETTLE", 0.2)
+    monkeypatch.setattr(upgrade_mod, "restore_openflow", restore)
+    return done
+
+
+async def test_an_orphaned_freeze_is_thawed_into_the_old_daemon_that_still_runs(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, quick: list[str]) -> None:
+    async def answering(env: object) -> int:
+        return 100
+    monkeypatch.setattr(upgrade_mod, "_answering", answering)
+    api = OrphanApi()
+    done = await upgrade_mod.finish_orphaned(api, None, _orphan(tmp_path))  # type: ignore[arg-type]
+    assert done == "the old daemon still ran: thawed into it" and api.thaws == 1
+    assert quick == []  # the old daemon has its OpenFlow tables
+
+
+async def test_an_orphaned_freeze_gives_a_new_daemon_its_openflow_state_first(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, quick: list[str]) -> None:
+    async def answering(env: object) -> int:
+        return 200
+    monkeypatch.setattr(upgrade_mod, "_answering", answering)
+    api = OrphanApi()
+    done = await upgrade_mod.finish_orphaned(api, None, _orphan(tmp_path))  # type: ignore[arg-type]
+    assert done == "a new daemon (pid 200) ran: thawed into it" and quick == ["restore-openflow"]
+
+
+async def test_an_orphaned_freeze_with_no_daemon_rolls_back_once_the_commands_group_is_gone(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, quick: list[str]) -> None:
+    group = [True, True, False]  # the restart command lingers, then is gone
+    started: list[list[str]] = []
+
+    async def answering(env: object) -> int:
+        return 300 if started else 0
+
+    async def again(env: object, argv: list[str], rep: upgrade_mod.UpgradeReport, kept: Path | None) -> None:
+        assert kept is not None and kept.is_file()
+        started.append([str(kept), *argv[1:]])
+        rep.recovery = "rolled back"
+
+    monkeypatch.setattr(upgrade_mod, "_answering", answering)
+    monkeypatch.setattr(upgrade_mod, "group_alive", lambda pgid: group.pop(0) if group else False)
+    monkeypatch.setattr(upgrade_mod, "_daemon_again", again)
+    orphan = _orphan(tmp_path)
+    api = OrphanApi()
+    assert await upgrade_mod.finish_orphaned(api, None, orphan) == "rolled back"  # type: ignore[arg-type]
+    assert started == [[str(orphan.kept), "--pidfile"]] and api.thaws == 1
+    assert not orphan.kept.exists()  # the kept binary goes once it has served
+
+
+def test_an_orphan_plan_round_trips_and_a_process_group_is_found_in_proc(tmp_path: Path) -> None:
+    o = _orphan(tmp_path)
+    assert upgrade_mod.Orphan.from_json(o.to_json()) == o
+    (tmp_path / "proc" / "7").mkdir(parents=True)
+    (tmp_path / "proc" / "7" / "stat").write_text("7 (sh (x)) S 1 4242 4242 0 -1")
+    assert upgrade_mod.group_alive(4242, tmp_path / "proc")
+    assert not upgrade_mod.group_alive(4243, tmp_path / "proc")
+    assert upgrade_mod.group_alive(os.getpgid(0))  # this very process, in the real /proc
+
+
+def test_ctrl_c_inside_a_nursery_is_one_line_and_exit_130() -> None:
+    assert interrupted(BaseExceptionGroup("nursery", [KeyboardInterrupt(), ValueError("x")]))
+    assert interrupted(KeyboardInterrupt())
+    assert not interrupted(ExceptionGroup("nursery", [ValueError("x")]))

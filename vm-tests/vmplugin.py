@@ -159,11 +159,13 @@ class KernelVMs:
         self.done: list[tuple[str, VMRun]] = []
 
     def _group(self, item: pytest.Item) -> str:
-        """`systemd`-marked tests get a boot per module, with systemd as PID 1: such a module changes the
+        """`systemd`- and `own_boot`-marked tests get a boot per module, with systemd as PID 1: such a module changes the
         guest as a host changes (units installed, packages up- and downgraded); the next must not see it."""
         module = item.nodeid.split("::")[0]
         if item.get_closest_marker("systemd"):
             return f"systemd:{module}"
+        if item.get_closest_marker("own_boot"):  # it kills daemons and unloads the module: alone
+            return f"boot:{module}"
         return module if self.config.getoption("kernel_vm") == "module" else "session"
 
     @pytest.hookimpl(trylast=True)

@@ -7,6 +7,7 @@ state file when the service is down; upgrade starts a service of its own when no
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import functools
 import json
@@ -35,6 +36,10 @@ from dpfreeze.freeze.service import (
 from dpfreeze.ovs import appctl, datapaths, ovsdb, ovsenv
 from dpfreeze.preflight import OvsdbFlowRestoreWait, preflight
 from dpfreeze.upgrade import (
+    VSWITCHD,
+    Orphan,
+    finish_orphaned,
+    kept_binary_dir,
     plan_upgrade,
     restore_openflow,
     run_upgrade,
@@ -90,8 +95,14 @@ def _emit(doc: dict[str, Any], as_json: bool, text: str) -> None:
 
 async def cmd_serve(args: argparse.Namespace) -> int:
     service = FreezeService(_config(args), SystemBackend())
+    orphaned = None
+    if args.orphan:
+        orphan, env = Orphan.from_json(args.orphan), ovsenv.current()
+
+        async def orphaned(api: FreezeService) -> str:
+            return await finish_orphaned(api, env, orphan)
     try:
-        await service.run(hold_fd=args.hold_fd)
+        await service.run(hold_fd=args.hold_fd, orphaned=orphaned)
     except machine.TransitionRefused as exc:
         raise UserError(str(exc)) from exc
     return 0
@@ -203,14 +214,83 @@ async def _datapath_features() -> DpFeature | None:
 SERVICE_START_TIMEOUT = 120.0  # a fresh process imports trio and the codec: seconds under qemu TCG
 
 
+class _StartedService(RemoteApi):
+    """The service `upgrade` started for itself: started again (it resumes the freeze from its state file)
+    if it dies under the command, so that the command still ends the freeze it began."""
+
+    def __init__(self, args: argparse.Namespace, orphan: Orphan) -> None:
+        super().__init__(Path(args.socket))
+        self.args, self.orphan = args, orphan
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.hold_w = -1
+
+    async def start(self) -> None:
+        state_dir = Path(self.args.state_dir)
+        log_path = state_dir / "service.log"
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
+        try:
+            files.private_dir(state_dir)
+            log_fd = os.open(log_path, flags, 0o600)
+        except OSError as exc:
+            raise UserError(f"cannot start the dpfreeze service: {log_path}: {exc.strerror}") from None
+        hold_r, hold_w = os.pipe()
+        try:
+            with open(log_fd, "ab") as log:
+                self.proc = subprocess.Popen(
+                    [sys.executable, "-m", "dpfreeze.cli", "-v", "serve", "--socket", self.args.socket,
+                     "--state-dir", self.args.state_dir, "--hold-fd", str(hold_r),
+                     "--orphan", self.orphan.to_json()], stdin=subprocess.DEVNULL,
+                    stdout=log, stderr=log, pass_fds=(hold_r,), start_new_session=True)
+        except BaseException:
+            os.close(hold_w)
+            raise
+        finally:
+            os.close(hold_r)  # the service's copy is its own; ours would keep its end of the pipe open
+        self.close()
+        self.hold_w = hold_w
+        await _wait_started(RemoteApi(Path(self.path)), self.proc, log_path)
+
+    def close(self) -> None:
+        if self.hold_w >= 0:
+            os.close(self.hold_w)
+            self.hold_w = -1
+
+    async def _call(self, cmd: str, **args: Any) -> dict[str, Any]:
+        try:
+            return await super()._call(cmd, **args)
+        except UserError:
+            if not await self._died():
+                raise  # a refusal by a live service
+        assert self.proc is not None
+        print(f"dpfreeze: the service exited (status {self.proc.returncode}); starting it again",
+              file=sys.stderr)
+        await self.start()
+        if cmd == "thaw":  # the resumed service carries on a hand-over the dead one began
+            status = await super()._call("status")
+            with trio.move_on_after(self.timeout):
+                while status.get("state") == machine.State.HANDING_OVER.value:
+                    await trio.sleep(0.2)
+                    status = await super()._call("status")
+            if status.get("state") != machine.State.FROZEN.value:
+                return status
+        return await super()._call(cmd, **args)
+
+    async def _died(self) -> bool:
+        """Whether the service exited: its socket closes a moment before it can be collected."""
+        with trio.move_on_after(2):
+            while self.proc is not None and self.proc.poll() is None:
+                await trio.sleep(0.05)
+        return self.proc is not None and self.proc.poll() is not None
+
+
 @asynccontextmanager
-async def _service_api(args: argparse.Namespace) -> AsyncIterator[RemoteApi]:
+async def _service_api(args: argparse.Namespace, orphan: Orphan) -> AsyncIterator[RemoteApi]:
     """The running service, or one started for this command that outlives it while a freeze lasts.
 
     Why a process of its own and not the service in this one: the lease must outlive a command killed with
-    SIGKILL or Ctrl-C mid-upgrade, and give the upcalls back and clear flow-restore-wait when it runs out.
-    The started service holds the read end of a pipe whose write end only this process has: when this
-    process ends, however it ends, the service sees the end of the pipe and exits once no freeze is active.
+    SIGKILL or Ctrl-C mid-upgrade.  The started service holds the read end of a pipe whose write end only
+    this process has: when this process ends, however it ends, the service sees the end of the pipe and
+    finishes the upgrade (`finish_orphaned`: a thaw into whichever daemon runs, or a rollback), then exits.
     """
     remote = RemoteApi(Path(args.socket))
     try:
@@ -220,36 +300,23 @@ async def _service_api(args: argparse.Namespace) -> AsyncIterator[RemoteApi]:
     else:
         yield remote
         return
-    state_dir = Path(args.state_dir)
-    files.private_dir(state_dir)
-    log_path = state_dir / "service.log"
-    hold_r, hold_w = os.pipe()
+    started = _StartedService(args, orphan)
     try:
-        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
-        try:
-            with open(os.open(log_path, flags, 0o600), "ab") as log:
-                proc = subprocess.Popen(
-                    [sys.executable, "-m", "dpfreeze.cli", "-v", "serve", "--socket", args.socket,
-                     "--state-dir", args.state_dir, "--hold-fd", str(hold_r)], stdin=subprocess.DEVNULL,
-                    stdout=log, stderr=log, pass_fds=(hold_r,), start_new_session=True)
-        finally:
-            os.close(hold_r)  # the service's copy is its own; ours would keep its end of the pipe open
-        await _wait_started(remote, proc, log_path)
-        yield remote
+        await started.start()
+        yield started
     finally:
-        os.close(hold_w)
+        started.close()
 
 
 async def _wait_started(remote: RemoteApi, proc: subprocess.Popen[bytes], log_path: Path) -> None:
     with trio.move_on_after(SERVICE_START_TIMEOUT):
         while True:
-            try:
+            if proc.poll() is not None:  # e.g. another upgrade's service took the socket first
+                last = log_path.read_text(errors="replace").strip().splitlines()[-1:] or ["?"]
+                raise UserError(f"the dpfreeze service did not start: {last[0]}")
+            with contextlib.suppress(UserError):
                 await remote.status()
                 return
-            except UserError:
-                if proc.poll() is not None and not Path(remote.path).exists():
-                    last = log_path.read_text(errors="replace").strip().splitlines()[-1:] or ["?"]
-                    raise UserError(f"the dpfreeze service did not start: {last[0]}") from None
             await trio.sleep(0.1)
     proc.kill()
     raise UserError(f"the dpfreeze service did not answer within {SERVICE_START_TIMEOUT:g} s ({log_path})")
@@ -267,8 +334,10 @@ async def cmd_upgrade(args: argparse.Namespace) -> int:
     plan = await plan_upgrade(env, ttl=args.ttl, datapath=args.datapath, restart_command=args.restart_command,
                               reload_kmod=args.reload_kmod)  # every refusal before a service is started
     await warn_schema_losses()
-    async with _service_api(args) as api:
-        rep = await run_upgrade(api, env, plan, rollback_dir=Path(args.state_dir) / "rollback")
+    kept_in = kept_binary_dir(Path(args.state_dir))
+    orphan = Orphan(plan.old_pid, plan.argv, kept_in / VSWITCHD, os.getpgid(0))
+    async with _service_api(args, orphan) as api:
+        rep = await run_upgrade(api, env, plan, rollback_dir=kept_in)
     if args.report:
         Path(args.report).write_text(json.dumps(rep.to_json(), indent=1, sort_keys=True) + "\n")
     if args.json:
@@ -322,6 +391,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p = sub.add_parser("serve", help="run the freeze service (control socket, pin, hand-over, lease)")
     _common(p, json_flag=False)
     p.add_argument("--hold-fd", type=int, metavar="FD", help=argparse.SUPPRESS)  # `upgrade` without a service
+    p.add_argument("--orphan", metavar="JSON", help=argparse.SUPPRESS)  # and how to finish its upgrade
     p.set_defaults(handler=cmd_serve)
 
     p = sub.add_parser("freeze", help="snapshot, set flow-restore-wait, pin flows, take over upcalls")

@@ -64,16 +64,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             result = trio.run(handler, args)
         else:
             result = handler(args)
-    except KeyboardInterrupt:
-        print("dpfreeze: interrupted", file=sys.stderr)
-        return 130
     except BaseException as exc:  # every failure is one line for the operator; -v logs the traceback
         if isinstance(exc, SystemExit):
             raise
+        if interrupted(exc):
+            print("dpfreeze: interrupted", file=sys.stderr)
+            return 130
         print(f"dpfreeze: error: {one_line(exc)}", file=sys.stderr)
         logging.getLogger("dpfreeze").debug("traceback", exc_info=exc)
         return 1
     return int(result or 0)
+
+
+def interrupted(exc: BaseException) -> bool:
+    """Ctrl-C, alone or inside the exception group of a nursery it cancelled."""
+    if isinstance(exc, BaseExceptionGroup):
+        return exc.subgroup(lambda e: isinstance(e, KeyboardInterrupt)) is not None
+    return isinstance(exc, KeyboardInterrupt)
 
 
 def one_line(exc: BaseException) -> str:

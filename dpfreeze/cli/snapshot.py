@@ -16,7 +16,6 @@ from typing import Any
 import trio
 
 from dpfreeze.errors import UserError
-from dpfreeze.kmod import open_or_create
 from dpfreeze.ovs import datapaths, openflow
 from dpfreeze.ovs.ovsenv import DaemonNotRunning
 from dpfreeze.snapshot import (
@@ -29,6 +28,7 @@ from dpfreeze.snapshot import (
     restore,
     take_snapshot,
 )
+from dpfreeze.snapshot.recreate import open_or_create
 from dpif.model import DpFeature, NoSuchDatapath
 from dpif.netdev_datapath import NoSuchNetdevDatapath, is_netdev_name
 from dpif.unixctl import UnixctlUnreachable

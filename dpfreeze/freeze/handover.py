@@ -267,6 +267,15 @@ class Handover:
         return bool(vports) and all(p and p not in self.ours and p not in self.before and p in live
                                     for p in pids)
 
+    def old_owner_alive(self) -> bool:
+        """Whether a socket the snapshot's upcall pids name still lives: the old daemon was never restarted
+        (an upgrade whose command died before the stop), so no new owner will come; `give_back` returns
+        the upcalls to exactly those pids."""
+        snap = self.pins.datapath
+        pids = [*snap.per_cpu_pids, *(p for v in self.pins.vports for p in v.upcall_pids)]
+        live = live_portids(self.proc)
+        return any(p and p in live and p not in self.ours for p in pids)
+
     async def wait_new_owner(self) -> None:
         while not await self.new_owner():
             await trio.sleep(self.poll_interval)

@@ -15,7 +15,7 @@ import signal
 import socket
 import stat
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 import trio
 
-from dpfreeze import files
+from dpfreeze import command, files
 from dpfreeze.freeze import control, machine
 from dpfreeze.freeze.handover import Handover, MissBuffer
 from dpfreeze.freeze.machine import ACTIVE, Event, State, StateStore, TransitionRefused
@@ -34,7 +34,10 @@ from dpfreeze.ovs import datapaths, ovsdb, ovsenv
 from dpfreeze.ovs.ovsenv import OvsEnv
 from dpfreeze.ovs.portids import portid_owners, upcall_owners, upcall_pids
 from dpfreeze.snapshot import Snapshot, take_snapshot
+from dpfreeze.snapshot.recreate import restore_all
 from dpif.model import Datapath
+from dpif.netdev_datapath import is_netdev_name
+from dpif.netlink_datapath import list_datapaths
 
 LOG = logging.getLogger(__name__)
 
@@ -60,6 +63,13 @@ class Backend(Protocol):
     def daemon_started(self) -> float | None:
         """time.time() at which the running ovs-vswitchd started; None if none runs."""
         ...
+
+    async def recreate(self, snapshot: Path, datapath: str) -> str:
+        """Make the datapath again from the snapshot if it is gone; what was done, "" if it was there."""
+        ...
+
+
+Orphaned = Callable[["FreezeService"], Awaitable[str]]  # what finishes a freeze whose caller died
 
 
 @dataclass(frozen=True)
@@ -254,16 +264,16 @@ class FreezeService:
 
     # --- tasks -----------------------------------------------------------------------------------
 
-    async def run(self, *, hold_fd: int | None = None,
+    async def run(self, *, hold_fd: int | None = None, orphaned: Orphaned | None = None,
                   task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Serve until cancelled or SIGTERM/SIGINT; the state on disk is left for the next start.  With
         `hold_fd`, also until that descriptor reads end-of-file (its writer, the command that started this
-        service, is gone) and no freeze is active."""
+        service, is gone) and no freeze is active; `orphaned` then finishes a freeze that command left."""
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             nursery.start_soon(self._signals, nursery.cancel_scope)
             if hold_fd is not None:
-                nursery.start_soon(self._serve_while_held, hold_fd, nursery.cancel_scope)
+                nursery.start_soon(self._serve_while_held, hold_fd, nursery.cancel_scope, orphaned)
             await nursery.start(self._listen)
             if self._unreadable:
                 LOG.warning(kv("service.unreadable_state", error=self._unreadable))
@@ -289,12 +299,17 @@ class FreezeService:
                 return describe(exc)
         return "no answer in time" if scope.cancelled_caught else ""
 
-    async def _serve_while_held(self, fd: int, scope: trio.CancelScope) -> None:
+    async def _serve_while_held(self, fd: int, scope: trio.CancelScope, orphaned: Orphaned | None) -> None:
         try:
             await trio.lowlevel.wait_readable(fd)
         finally:
             os.close(fd)
         LOG.info(kv("service.caller_gone", state=self.state.state.value))
+        if orphaned is not None and self.state.state is State.FROZEN:
+            try:
+                LOG.warning(kv("service.orphaned", done=await orphaned(self)))
+            except Exception as exc:  # the lease still ends the freeze
+                LOG.error(kv("service.orphan_failed", error=describe(exc)))
         while self.state.state in ACTIVE or not self._idle.is_set():  # the lease still ends the freeze
             await trio.sleep(0.2)
         scope.cancel()
@@ -366,13 +381,19 @@ class FreezeService:
 
         def ready() -> None:
             nonlocal started
-            started = True
-            task_status.started()
+            if not started:
+                started = True
+                task_status.started()
 
         self._session_scope = trio.CancelScope()  # cancelled by `detach` only: no failure, no thaw
         try:
             with self._session_scope:
-                await self._attached(ready)
+                try:
+                    await self._attached(ready)
+                except Exception as exc:
+                    if not (started and await self._recreated(exc)):
+                        raise
+                    await self._attached(ready)  # once: a second loss of the datapath ends the freeze
         except Exception as exc:
             LOG.error(kv("session.failed", error=describe(exc)))
             await self._fail(describe(exc))
@@ -381,6 +402,21 @@ class FreezeService:
             self._idle.set()
             if not started:
                 task_status.started()
+
+    async def _recreated(self, exc: Exception) -> bool:
+        """The datapath went away under a freeze (a module unload, `ovs-dpctl del-dp`): put it back from
+        the snapshot, vports with their numbers and flows, so that traffic resumes and the next daemon finds
+        it; a freeze that ended because of it would leave no datapath at all until a daemon made a new one."""
+        if self.state.state is not State.FROZEN:
+            return False
+        try:
+            what = await self.backend.recreate(Path(self.state.snapshot_path), self.state.datapath)
+        except Exception as again:
+            LOG.error(kv("session.recreate_failed", error=describe(again), after=describe(exc)))
+            return False
+        if what:
+            LOG.warning(kv("session.datapath_recreated", after=describe(exc), what=what))
+        return bool(what)
 
     async def _attached(self, ready: Callable[[], None]) -> None:
         """The session proper: pin, take the upcalls, wait for the thaw, hand over."""
@@ -450,7 +486,12 @@ class FreezeService:
         pinner.flush_seen = trio.Event()
         await self.backend.set_flow_restore_wait(False)
         outcome = "no restart seen: nothing to hand over"
-        if handover.stats.taken_over:
+        if handover.stats.taken_over and handover.old_owner_alive():
+            outcome = "the old daemon still runs: upcalls given back to it"
+            pinner.release()
+            await handover.give_back()
+            await handover.replay()
+        elif handover.stats.taken_over:
             outcome = "timed out waiting for the new daemon"
             with trio.move_on_after(self.config.handover_timeout):
                 await handover.wait_new_owner()
@@ -517,6 +558,19 @@ class SystemBackend:
 
     def load_pins(self, path: Path, datapath: str) -> PinSet:
         return pins_of(Snapshot.load(path), datapath)
+
+    async def recreate(self, snapshot: Path, datapath: str) -> str:
+        if is_netdev_name(datapath):  # its daemon's to make
+            return ""
+        if not Path("/sys/module/openvswitch").is_dir():
+            await command.run(["modprobe", "openvswitch"], timeout=60)
+        names = {d.name for d in await list_datapaths()}
+        if datapath in names:
+            return ""
+        (report,) = await restore_all(Snapshot.load(snapshot), [datapath])
+        failed = f", {len(report.failures)} failed" if report.failures else ""
+        return (f"{datapath} re-created from the snapshot: {len(report.vports_added)} vports, "
+                f"{report.flows_added} flows{failed}")
 
     async def set_flow_restore_wait(self, on: bool) -> None:
         """Retried: a flow-restore-wait left set by a failed write stops all new flows."""
