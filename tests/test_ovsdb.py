@@ -93,3 +93,20 @@ async def test_a_downgrade_names_the_set_columns_its_schema_drops(ovs: Sandbox, 
     assert losses == [ovsdb.ColumnLoss("Interface", "ingress_policing_kpkts_rate", 1)]
     assert losses[0].describe(target) == ("conf.db: converting to the installed schema 8.2.0 drops "
                                           "Interface:ingress_policing_kpkts_rate (set on 1 row)")
+
+
+def test_uuid1_in_worker_threads_leaves_no_descriptor_open() -> None:
+    """The IDL's uuid.uuid1() in trio's worker threads: libuuid kept a file open per thread (a leak of one
+    descriptor per upgrade in the service); dpfreeze.ovs.ovsdb makes uuid1 pure Python."""
+    import os
+    import threading
+    import uuid
+
+    import dpfreeze.ovs.ovsdb  # noqa: F401
+
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(5):
+        t = threading.Thread(target=uuid.uuid1)
+        t.start()
+        t.join()
+    assert len(os.listdir("/proc/self/fd")) == before

@@ -46,6 +46,15 @@ def fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd")) if pid else 0
 
 
+def fd_targets(pid: int) -> dict[int, str]:
+    """What each open descriptor of `pid` is (a socket's inode, a file's path): what grew, named."""
+    out = {}
+    for fd in os.listdir(f"/proc/{pid}/fd") if pid else ():
+        with contextlib.suppress(OSError):
+            out[int(fd)] = os.readlink(f"/proc/{pid}/fd/{fd}")
+    return out
+
+
 def rss_kb(pid: int) -> int:
     with contextlib.suppress(OSError):
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -141,8 +150,10 @@ async def run_soak(out: Path, upgrades: int, progress: Callable[[str], None] = p
                 with open(out / "soak-service.log", "wb") as log:
                     service = await trio.lowlevel.open_process([*rig.dpfreeze, "-v", "serve"], stdout=log,
                                                                stderr=subprocess.STDOUT, env=rig.environ())
+                first_fds: dict[int, str] = {}
                 try:
                     async def every_upgrade(tl: Timeline) -> None:
+                        first_fds.update(fd_targets(service.pid))
                         for i in range(1, upgrades + 1):
                             t0 = trio.current_time()
                             tl.mark(f"upgrade {i}")
@@ -165,6 +176,10 @@ async def run_soak(out: Path, upgrades: int, progress: Callable[[str], None] = p
                                      newflow_hosts=False, lead_s=5.0, tail_s=2.0, ready_timeout_s=300.0,
                                      stop_timeout_s=180.0)
                     report = await run_probes(spec, every_upgrade)
+                    grown = {fd: t for fd, t in fd_targets(service.pid).items() if first_fds.get(fd) != t}
+                    (out / "soak-service-fds.json").write_text(json.dumps(
+                        {"before": first_fds, "new": grown, "netlink": Path("/proc/net/netlink").read_text()},
+                        indent=1) + "\n")
                 finally:
                     if process_alive(service.pid):
                         service.terminate()

@@ -14,6 +14,7 @@ import errno
 import json
 import platform
 import time
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +29,12 @@ from dpfreeze.command import CommandFailed
 from dpfreeze.errors import DpfreezeError
 from dpfreeze.ovs import appctl, ovsenv
 from dpfreeze.ovs.ovsenv import OvsEnv, current
+
+# The IDL names its monitors with uuid.uuid1(), which CPython hands to libuuid: that keeps
+# /var/lib/libuuid/clock.txt open per thread and never closes it when the thread ends, so every IDL call in
+# a fresh worker thread leaked a descriptor in the long-running service (one per upgrade, found by
+# `dpfreeze lab soak`).  Python's own uuid1 opens nothing.
+uuid._generate_time_safe = None  # type: ignore[attr-defined]
 
 FRW_KEY = "flow-restore-wait"
 DEFAULT_TIMEOUT = 5.0
