@@ -138,6 +138,7 @@ class VMRun:
     error: str | None = None  # the last boot's harness failure (no boot, panic, timeout)
     summary: list[str] = field(default_factory=list)
     output: str = ""
+    long_s: float = 0.0  # the `kernel_timeout` of its tests that are long by design, summed
 
     def complete(self, nodeid: str) -> bool:
         return any(r["when"] == "teardown" for r in self.reports.get(nodeid, []))
@@ -159,8 +160,9 @@ class KernelVMs:
         self.done: list[tuple[str, VMRun]] = []
 
     def _group(self, item: pytest.Item) -> str:
-        """`systemd`- and `own_boot`-marked tests get a boot per module, with systemd as PID 1: such a module changes the
-        guest as a host changes (units installed, packages up- and downgraded); the next must not see it."""
+        """`systemd`-marked tests get a boot per module, with systemd as PID 1: such a module changes the
+        guest as a host changes (units installed, packages up- and downgraded); the next must not see it.
+        `own_boot` modules get a busybox boot each, for the same reason."""
         module = item.nodeid.split("::")[0]
         if item.get_closest_marker("systemd"):
             return f"systemd:{module}"
@@ -172,7 +174,10 @@ class KernelVMs:
     def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
         for item in items:
             if item.get_closest_marker("kernel"):
-                self.groups.setdefault(self._group(item), VMRun([])).nodeids.append(item.nodeid)
+                run = self.groups.setdefault(self._group(item), VMRun([]))
+                run.nodeids.append(item.nodeid)
+                if marker := item.get_closest_marker("kernel_timeout"):
+                    run.long_s += float(marker.args[0])
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_protocol(self, item: pytest.Item, nextitem: pytest.Item | None) -> bool | None:
@@ -239,7 +244,8 @@ class KernelVMs:
                     "DPFREEZE_VM_TEST_TIMEOUT": str(self.config.getoption("kernel_test_timeout")),
                 },
                 results=results,
-                timeout=self.config.getoption("kernel_vm_timeout"),
+                # a boot serving a test long by design (the fault matrix: ~20 min) may take as long as it
+                timeout=max(self.config.getoption("kernel_vm_timeout"), run.long_s + 300),
                 on_output=self._say if verbose else None,
                 init="systemd" if key.startswith("systemd:") else "busybox",
             )
