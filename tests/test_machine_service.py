@@ -870,3 +870,24 @@ async def test_a_datapath_that_cannot_be_recreated_ends_the_freeze(tmp_path, fak
         await until(lambda: svc.state.state is State.THAWED)
         assert backend.frw[-1] is False and "ENODEV" in (svc.state.error or "") + str(svc.state.to_json())
         nursery.cancel_scope.cancel()
+
+
+async def test_a_status_asked_while_the_session_closes_its_datapath_is_still_a_status(
+        tmp_path, fake_proc) -> None:
+    """`upgrade` polls the status through the end of a hand-over; the datapath's socket may be closing
+    then (EBADF, found by the fault matrix): the answer is the status, without the datapath's figures."""
+    dp = FakeDatapath()
+    svc = make_service(tmp_path, dp)
+
+    class Closing:
+        async def info(self) -> DatapathInfo:
+            raise OSError(errno.EBADF, "Bad file descriptor")
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(svc.run)
+        await svc.freeze(60, "ovs-system")
+        real, svc._dp = svc._dp, Closing()  # type: ignore[assignment]
+        doc = await svc.status()
+        assert doc["state"] == "frozen" and "datapath_flows" not in doc
+        svc._dp = real
+        nursery.cancel_scope.cancel()
