@@ -243,25 +243,19 @@ def quick(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return done
 
 
-async def test_an_orphaned_freeze_is_thawed_into_the_old_daemon_that_still_runs(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, quick: list[str]) -> None:
+@pytest.mark.parametrize(("pid", "said", "restored"), [
+    (100, "the old daemon still ran: thawed into it", []),  # the old daemon has its OpenFlow tables
+    (200, "a new daemon (pid 200) ran: thawed into it", ["restore-openflow"]),  # a new one gets them first
+])
+async def test_an_orphaned_freeze_is_thawed_into_the_daemon_that_runs(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, quick: list[str], pid: int, said: str,
+        restored: list[str]) -> None:
     async def answering(env: object) -> int:
-        return 100
+        return pid
     monkeypatch.setattr(upgrade_mod, "_answering", answering)
     api = OrphanApi()
     done = await upgrade_mod.finish_orphaned(api, None, _orphan(tmp_path))  # type: ignore[arg-type]
-    assert done == "the old daemon still ran: thawed into it" and api.thaws == 1
-    assert quick == []  # the old daemon has its OpenFlow tables
-
-
-async def test_an_orphaned_freeze_gives_a_new_daemon_its_openflow_state_first(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, quick: list[str]) -> None:
-    async def answering(env: object) -> int:
-        return 200
-    monkeypatch.setattr(upgrade_mod, "_answering", answering)
-    api = OrphanApi()
-    done = await upgrade_mod.finish_orphaned(api, None, _orphan(tmp_path))  # type: ignore[arg-type]
-    assert done == "a new daemon (pid 200) ran: thawed into it" and quick == ["restore-openflow"]
+    assert done == said and api.thaws == 1 and quick == restored
 
 
 async def test_an_orphaned_freeze_with_no_daemon_rolls_back_once_the_commands_group_is_gone(

@@ -33,11 +33,11 @@ from dpfreeze.log import kv
 from dpfreeze.ovs import datapaths, ovsdb, ovsenv
 from dpfreeze.ovs.ovsenv import OvsEnv
 from dpfreeze.ovs.portids import portid_owners, upcall_owners, upcall_pids
-from dpfreeze.snapshot import Snapshot, take_snapshot
-from dpfreeze.snapshot.recreate import restore_all
+from dpfreeze.snapshot import Snapshot, restore, take_snapshot
+from dpfreeze.snapshot.recreate import open_or_create
 from dpif.model import Datapath
 from dpif.netdev_datapath import is_netdev_name
-from dpif.netlink_datapath import list_datapaths
+from dpif.netlink_datapath import open_datapath
 
 LOG = logging.getLogger(__name__)
 
@@ -566,10 +566,11 @@ class SystemBackend:
             return ""
         if not Path("/sys/module/openvswitch").is_dir():
             await command.run(["modprobe", "openvswitch"], timeout=60)
-        names = {d.name for d in await list_datapaths()}
-        if datapath in names:
+        snap = Snapshot.load(snapshot)
+        if not await open_or_create(snap.datapath(datapath)):
             return ""
-        (report,) = await restore_all(Snapshot.load(snapshot), [datapath])
+        async with open_datapath(datapath) as dp:
+            report = await restore(dp, snap)
         failed = f", {len(report.failures)} failed" if report.failures else ""
         return (f"{datapath} re-created from the snapshot: {len(report.vports_added)} vports, "
                 f"{report.flows_added} flows{failed}")

@@ -32,13 +32,11 @@ async def open_or_create(dsnap: DatapathSnapshot) -> bool:
     return True
 
 
-async def restore_all(snap: Snapshot, names: list[str] | None = None) -> list[RestoreReport]:
-    """Every datapath of the snapshot (or those named), created where missing, its vports and flows put
-    back with their numbers."""
+async def restore_all(snap: Snapshot) -> list[RestoreReport]:
+    """Every datapath of the snapshot, created where missing, its vports and flows put back with their
+    numbers."""
     reports = []
     for dsnap in snap.datapaths:
-        if names is not None and dsnap.name not in names:
-            continue
         await open_or_create(dsnap)
         async with open_datapath(dsnap.name) as dp:
             reports.append(await restore(dp, snap))
