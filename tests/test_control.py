@@ -107,3 +107,23 @@ async def test_peer_credentials_are_checked(tmp_path, monkeypatch) -> None:
         with pytest.raises(ControlError, match="permission denied"):
             await control.call(path, "status", timeout=5)
         nursery.cancel_scope.cancel()
+
+
+async def test_a_service_that_dies_mid_call_is_one_control_error(tmp_path) -> None:
+    """Its socket closed with our request unread: the kernel resets the connection (ECONNRESET), which
+    must reach the caller as the refusal-shaped error its retry logic knows, not a trio exception."""
+    path = str(tmp_path / "c.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(1)
+
+    async def die_on_request() -> None:
+        conn, _ = await trio.to_thread.run_sync(listener.accept)
+        await trio.sleep(0.2)  # the request has arrived, unread
+        conn.close()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(die_on_request)
+        with pytest.raises(ControlError, match="closed the connection without answering"):
+            await control.call(path, "thaw", timeout=5)
+    listener.close()

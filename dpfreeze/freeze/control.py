@@ -34,6 +34,7 @@ ARGS: dict[str, dict[str, type]] = {
     "take-upcalls": {},
     "detach": {},
     "reattach": {},
+    "crash-check": {},
 }
 COMMANDS = frozenset(ARGS)
 _PEERCRED = struct.Struct("=iII")  # struct ucred: pid, uid, gid
@@ -173,17 +174,21 @@ async def call(
     with trio.fail_after(timeout):
         stream = await trio.open_unix_socket(path)
         async with stream:
-            await stream.send_all(encode_request(Request(1, cmd, args or {})))
-            decoder = LineDecoder()
-            while True:
-                data = await stream.receive_some(65536)
-                if not data:
-                    raise ControlError("the service closed the connection without answering")
-                for line in decoder.feed(data):
-                    resp = decode_response(line)
-                    if not resp.ok:
-                        raise ControlError(resp.error)
-                    return resp.result
+            try:
+                await stream.send_all(encode_request(Request(1, cmd, args or {})))
+                decoder = LineDecoder()
+                while True:
+                    data = await stream.receive_some(65536)
+                    if not data:
+                        raise ControlError("the service closed the connection without answering")
+                    for line in decoder.feed(data):
+                        resp = decode_response(line)
+                        if not resp.ok:
+                            raise ControlError(resp.error)
+                        return resp.result
+            except trio.BrokenResourceError as exc:  # the service died mid-call (found by the fault matrix)
+                why = exc.__cause__ or exc
+                raise ControlError(f"the service closed the connection without answering ({why})") from exc
 
 
 Handler = Callable[[Request], Awaitable[dict[str, Any]]]

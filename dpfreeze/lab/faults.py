@@ -334,10 +334,29 @@ def forwards_at_end(report: Report, end_ms: float, span_ms: float = 2000.0) -> b
 
 async def run_cell(rig: Rig, cell: Cell, tl: Timeline) -> tuple[CellResult, str]:
     await _settle(rig)
-    rig.old_pid = vswitchd_pid(rig.env)
     tag = f"{cell.group}: {cell.name}"
     tl.mark(f"cell {tag}")
     output: list[str] = []
+    try:
+        exit, cleared, daemon = await _run_cell(rig, cell, output)
+    except Exception as exc:  # the harness itself failed: this cell proves nothing, the others still run
+        output.append(f"fault not injected: harness: {type(exc).__name__}: {exc}")
+        exit, cleared, daemon = "harness error", None, False
+    await trio.sleep(3.0)  # the new-flow probes that show forwarding
+    tl.mark(f"end {tag}")
+    first, lines, traceback = said(output, exit)
+    res = CellResult(cell.group, cell.name, exit, first, lines, traceback, cleared, daemon, False,
+                     injected=not any(line.startswith("fault not injected") for line in output))
+    service_log = STATE_DIR / "service.log"  # what the service `upgrade` started did meanwhile
+    with contextlib.suppress(OSError):
+        output += ["--- service.log", *service_log.read_text(errors="replace").splitlines()[-80:]]
+        service_log.unlink()
+    return res, "\n".join(output)
+
+
+async def _run_cell(rig: Rig, cell: Cell, output: list[str]) -> tuple[str, float | None, bool]:
+    """The cell's setup, its upgrade(s) with the fault, its cleanup: the exit and the rule's readings."""
+    rig.old_pid = vswitchd_pid(rig.env)
     try:
         if cell.setup:
             await cell.setup(rig)
@@ -358,16 +377,7 @@ async def run_cell(rig: Rig, cell: Cell, tl: Timeline) -> tuple[CellResult, str]
     finally:
         if cell.cleanup:
             await cell.cleanup(rig)
-    await trio.sleep(3.0)  # the new-flow probes that show forwarding
-    tl.mark(f"end {tag}")
-    first, lines, traceback = said(output, exit)
-    res = CellResult(cell.group, cell.name, exit, first, lines, traceback, cleared, daemon, False,
-                     injected="fault not injected" not in output)
-    service_log = STATE_DIR / "service.log"  # what the service `upgrade` started did meanwhile
-    with contextlib.suppress(OSError):
-        output += ["--- service.log", *service_log.read_text(errors="replace").splitlines()[-80:]]
-        service_log.unlink()
-    return res, "\n".join(output)
+    return exit, cleared, daemon
 
 
 async def _settle(rig: Rig) -> None:

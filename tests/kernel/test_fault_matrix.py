@@ -22,6 +22,7 @@ def test_every_fault_of_the_matrix_holds_the_rule(tmp_path: Path,
                          timeout=2300, check=False)
     record_property("table", res.stdout)
     assert "Traceback" not in res.stderr, res.stderr
+    assert (out / "faults.json").exists(), res.stdout[-3000:] + res.stderr[-3000:]
     cells = json.loads((out / "faults.json").read_text())["cells"]
     assert len(cells) >= 25
     broken = [f"{c['group']}: {c['name']}: {c['said']}" for c in cells if not c["held"]]
