@@ -155,6 +155,17 @@ async def look(
     return Preflight(state, remaining, frw_set, doc is not None, stale_reason(state, remaining, frw_set))
 
 
+async def _crash_check(config: ServiceConfig) -> None:
+    """Let the service freeze what a crash left unguarded (see FreezeService.crash_check) before this start
+    goes on: systemd runs no ExecStop when the daemon died on its own.  No service: nothing to freeze with."""
+    try:
+        await control.call(str(config.socket_path), "crash-check", timeout=SERVICE_THAW_TIMEOUT)
+    except (FileNotFoundError, ConnectionRefusedError):
+        return
+    except (control.ControlError, trio.TooSlowError) as exc:  # the start must go on: stock's path
+        LOG.warning(kv("preflight.crash_check_failed", error=str(exc) or type(exc).__name__))
+
+
 async def _wait_for_service_thaw(config: ServiceConfig) -> None:
     """The service expires a lease by itself (within its lease poll); wait until its hand-over ends."""
     with trio.move_on_after(SERVICE_THAW_TIMEOUT):
@@ -192,6 +203,8 @@ async def preflight(
     UserError; a successful one returns the new state with `repaired` filled in.
     """
     done: list[str] = []
+    if repair:
+        await _crash_check(config)
     try:
         seen = await look(config, frw, clock=clock)
     except UnreadableState as exc:

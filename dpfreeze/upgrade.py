@@ -474,7 +474,14 @@ async def _run_upgrade(api: FreezeApi, env: OvsEnv, plan: UpgradePlan, daemon_ti
             await _thaw_or_clear(api, env, rep)
         raise
     t = time.monotonic()
-    rep.status = await _thaw(api)
+    try:
+        rep.status = await _thaw(api)
+    except Exception as exc:  # the service lost mid-thaw, and not to be had again: the flag still goes
+        rep.error = f"thaw failed: {exc}"
+        LOG.error(kv("upgrade.failed", error=rep.error))
+        with trio.CancelScope(shield=True), trio.move_on_after(90):
+            rep.status = await _thaw_or_clear(api, env, rep)
+        return rep
     rep.step("thaw", t, outcome=(rep.status.get("report") or {}).get("outcome"))
     rep.verify = verify(rep.status, rep.new_pid)
     if not process_alive(rep.new_pid):  # it died in the thaw: nothing would ever start one again
@@ -526,6 +533,33 @@ async def _answering(env: OvsEnv) -> int:
     return pid if process_alive(pid) and await appctl.version(env, VSWITCHD, 2) else 0
 
 
+async def _restore_then_thaw(api: FreezeApi, env: OvsEnv) -> None:
+    """A new daemon: the snapshot's OpenFlow state first (best effort, bounded), then the thaw."""
+    with contextlib.suppress(Exception), trio.move_on_after(60):
+        snapshot = (await api.status()).get("snapshot_path")
+        if snapshot:
+            await restore_openflow(snapshot, env)
+    await api.thaw()
+
+
+async def finish_crash(api: FreezeApi, env: OvsEnv, dead: int) -> str:
+    """The crash guard froze after ovs-vswitchd `dead` died: once whatever supervises it (systemd, a
+    container runtime) has started a new one and it has run steadily, give it the saved OpenFlow state and
+    thaw.  On the systemd path the unit's ExecStartPost thaw may come first; then there is nothing left to
+    do.  No new daemon: the lease ends the freeze."""
+    settled: tuple[int, float] = (0, 0.0)
+    while (await api.status()).get("state") == "frozen":
+        pid, now = await _answering(env), trio.current_time()
+        if pid and pid != dead:
+            if settled[0] != pid:
+                settled = (pid, now)
+            elif now - settled[1] >= ORPHAN_SETTLE:
+                await _restore_then_thaw(api, env)
+                return f"a new daemon (pid {pid}) ran: thawed into it"
+        await trio.sleep(0.2)
+    return "thawed by another (the unit's ExecStartPost, or the lease)"
+
+
 async def finish_orphaned(api: FreezeApi, env: OvsEnv, orphan: Orphan) -> str:
     """The `dpfreeze upgrade` that started this service died mid-upgrade (SIGKILL, an OOM kill): finish what
     it began rather than wait out the lease.  A daemon that runs steadily gets the freeze: the old one
@@ -540,16 +574,11 @@ async def finish_orphaned(api: FreezeApi, env: OvsEnv, orphan: Orphan) -> str:
             if settled[0] != pid:
                 settled = (pid, now)
             elif now - settled[1] >= ORPHAN_SETTLE:
-                what = f"a new daemon (pid {pid}) ran"
                 if pid == orphan.old_pid:
-                    what = "the old daemon still ran"
-                else:
-                    with contextlib.suppress(Exception), trio.move_on_after(60):
-                        snapshot = (await api.status()).get("snapshot_path")
-                        if snapshot:
-                            await restore_openflow(snapshot, env)
-                await api.thaw()
-                return f"{what}: thawed into it"
+                    await api.thaw()
+                    return "the old daemon still ran: thawed into it"
+                await _restore_then_thaw(api, env)
+                return f"a new daemon (pid {pid}) ran: thawed into it"
             nobody_since = now
         elif not group_alive(orphan.group) or now - nobody_since >= ORPHAN_WAIT:
             break

@@ -7,6 +7,7 @@ deletes do, puts of present flows fail with EEXIST, and upcall pids are plain nu
 from __future__ import annotations
 
 import errno
+import functools
 import json
 import struct
 from collections.abc import AsyncIterator, Sequence
@@ -20,9 +21,10 @@ import trio
 
 from dpfreeze.freeze import handover as ho
 from dpfreeze.freeze import pin as pin_mod
+from dpfreeze.freeze import service as service_mod
 from dpfreeze.freeze.control import ControlError, Request
 from dpfreeze.freeze.handover import Handover, MissBuffer, recirc_id
-from dpfreeze.freeze.machine import State, StateStore
+from dpfreeze.freeze.machine import State, StateStore, TransitionRefused
 from dpfreeze.freeze.pin import PinSet, uses_recirculation
 from dpfreeze.freeze.service import FreezeService, ServiceConfig
 from dpfreeze.ovs import portids
@@ -229,12 +231,24 @@ class FakeBackend:
         self.dp = dp
         self.frw: list[bool] = []
         self.pins: PinSet | None = None
+        self.pidfile: int | None = None  # the pid ovs-vswitchd's pidfile names
+        self.running: dict[int, trio.Event] = {}  # set when that daemon exits
+        self.snapshots: list[bool] = []  # `daemon` of each snapshot
+
+    def start_daemon(self, pid: int) -> None:
+        self.pidfile, self.running[pid] = pid, trio.Event()
+
+    def die(self, pid: int, *, orderly: bool = False) -> None:
+        if orderly:
+            self.pidfile = None
+        self.running[pid].set()
 
     @asynccontextmanager
     async def open_datapath(self, name: str) -> AsyncIterator[Datapath]:
         yield self.dp
 
-    async def snapshot(self, dp: Any, path: Path) -> PinSet:
+    async def snapshot(self, dp: Any, path: Path, *, openflow: Any = None) -> PinSet:
+        self.snapshots.append(openflow is None)
         self.pins = PinSet(await dp.info(), tuple(await dp.ports()), tuple([*dp.table.values()]))
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("snapshot")
@@ -252,6 +266,13 @@ class FakeBackend:
 
     def daemon_started(self) -> float | None:
         return None
+
+    def daemon_pid(self) -> int | None:
+        return self.pidfile
+
+    async def wait_exit(self, pid: int) -> None:
+        if pid in self.running:
+            await self.running[pid].wait()
 
 
 class FakeProc:
@@ -278,7 +299,7 @@ def fake_proc(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeProc:
     def live(_proc: Path = proc.root) -> dict[int, int]:
         return real_live(proc.root)
 
-    for module in (ho, portids):
+    for module in (ho, portids, service_mod):
         monkeypatch.setattr(module, "live_portids", live)
     monkeypatch.setattr(portids, "inode_processes", lambda inodes, _proc=None: {})
     return proc
@@ -890,4 +911,106 @@ async def test_a_status_asked_while_the_session_closes_its_datapath_is_still_a_s
         doc = await svc.status()
         assert doc["state"] == "frozen" and "datapath_flows" not in doc
         svc._dp = real
+        nursery.cancel_scope.cancel()
+
+
+# --- the crash guard -----------------------------------------------------------------------------------
+
+
+async def guarded(tmp_path: Path, fake_proc: FakeProc, nursery: trio.Nursery, thawed: list[int],
+                  **config: Any) -> tuple[FreezeService, FakeDatapath, FakeBackend]:
+    dp = FakeDatapath()
+    for n in (1, 2, 3):
+        dp.table[flow(n).ufid or b""] = flow(n)
+    backend = FakeBackend(dp)
+    backend.start_daemon(OLD_DAEMON)
+    svc = make_service(tmp_path, dp, backend, **config)
+
+    async def crashed(api: FreezeService, dead: int) -> str:
+        thawed.append(dead)
+        return "noted"
+    await nursery.start(functools.partial(svc.run, crashed=crashed))
+    return svc, dp, backend
+
+
+async def test_a_crash_freezes_at_once_takes_the_upcalls_and_execstop_joins(tmp_path, fake_proc) -> None:
+    thawed: list[int] = []
+    async with trio.open_nursery() as nursery:
+        svc, dp, backend = await guarded(tmp_path, fake_proc, nursery, thawed)
+        fake_proc.set_live()  # kill -9: its sockets go with it, its pidfile stays
+        backend.die(OLD_DAEMON)
+        await until(lambda: svc.state.state is State.FROZEN and bool(dp.per_cpu_pids)
+                    and set(dp.per_cpu_pids) == {OURS})
+        assert "crash of ovs-vswitchd pid 1001" in svc.state.reason and svc.state.ttl == 120.0
+        assert backend.frw == [True] and backend.snapshots == [False]  # no daemon to ask for OpenFlow
+        await until(lambda: thawed == [OLD_DAEMON])
+        # systemd's restart runs ExecStop's freeze first: it joins the guard's freeze, changing nothing
+        doc = await svc.freeze(300, "ovs-system")
+        assert doc["state"] == "frozen" and doc["ttl"] == 120.0 and backend.snapshots == [False]
+        # a miss while no daemon runs is kept for the next one
+        dp.upcall(1)
+        await until(lambda: svc.handover is not None and svc.handover.stats.misses == 1)
+        backend.start_daemon(NEW_DAEMON)
+
+        async def new_daemon() -> None:
+            await until(lambda: backend.frw == [True, False])
+            dp.per_cpu_pids = (NEW_DAEMON, NEW_DAEMON)
+            await trio.sleep(0.02)
+            await dp.flow_flush()
+        nursery.start_soon(new_daemon)
+        doc = await svc.thaw()
+        assert doc["report"]["outcome"] == "new daemon owns the upcalls; flush repaired", doc
+        assert len(dp.table) == 3 and dp.executed  # flushed flows back, the miss replayed
+        nursery.cancel_scope.cancel()
+
+
+async def test_an_orderly_stop_is_left_alone(tmp_path, fake_proc) -> None:
+    thawed: list[int] = []
+    async with trio.open_nursery() as nursery:
+        svc, _dp, backend = await guarded(tmp_path, fake_proc, nursery, thawed)
+        backend.die(OLD_DAEMON, orderly=True)  # ovs-ctl stop, ovs-appctl exit: the pidfile goes with it
+        await trio.sleep(0.3)
+        assert svc.state.state is State.IDLE and backend.frw == [] and not thawed
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_crash_loop_ends_the_crash_freeze_and_the_guard_stands_aside(tmp_path, fake_proc) -> None:
+    thawed: list[int] = []
+    async with trio.open_nursery() as nursery:
+        svc, _dp, backend = await guarded(tmp_path, fake_proc, nursery, thawed, crash_loop=(2, 600.0),
+                                         handover_timeout=0.2)
+        fake_proc.set_live()
+        backend.die(OLD_DAEMON)
+        await until(lambda: svc.state.state is State.FROZEN)
+        backend.start_daemon(NEW_DAEMON)
+        await trio.sleep(0.2)
+        backend.die(NEW_DAEMON)  # the second death within the window: a loop
+        await until(lambda: svc.state.state is State.THAWED)
+        assert backend.frw[-1] is False and "crash-looping" in svc.state.error
+        # ExecStop's freeze of the dead daemon is refused, changing nothing
+        with pytest.raises(TransitionRefused, match="crash-looping"):
+            await svc.freeze(300, "ovs-system")
+        assert svc.state.state is State.THAWED and backend.frw[-1] is False
+        nursery.cancel_scope.cancel()
+
+
+async def test_the_next_start_freezes_what_a_crash_left_unguarded(tmp_path, fake_proc) -> None:
+    """No guard saw the crash (none ran, or it was too slow): ExecStartPre's crash-check freezes on what the
+    crash left: upcall pids no live socket holds.  An orderly exit leaves none, and nothing happens."""
+    dp = FakeDatapath()
+    backend = FakeBackend(dp)
+    svc = make_service(tmp_path, dp, backend)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(svc.run)  # no guard
+        doc = await svc.handle(Request(1, "crash-check", {}))
+        assert doc["state"] == "idle" and backend.frw == []  # the daemon's sockets live: no crash
+        dp.per_cpu_pids = (0, 0)  # an orderly exit resets its pids
+        fake_proc.set_live()
+        assert (await svc.crash_check())["state"] == "idle" and backend.frw == []
+        dp.per_cpu_pids = (OLD_DAEMON, OLD_DAEMON)  # kill -9: they dangle
+        doc = await svc.crash_check()
+        assert doc["state"] == "frozen" and "found at the next start" in doc["reason"]
+        assert backend.frw == [True]
+        await until(lambda: set(dp.per_cpu_pids) == {OURS})
+        assert (await svc.crash_check())["state"] == "frozen" and backend.snapshots == [False]  # once
         nursery.cancel_scope.cancel()

@@ -184,6 +184,8 @@ async def fake_service(docs: list[dict[str, Any]]) -> AsyncIterator[ServiceConfi
 
     async def handler(req: control.Request) -> dict[str, Any]:
         asked.append(req.cmd)
+        if req.cmd == "crash-check":
+            return {}  # no crash left anything unguarded
         return docs.pop(0) if len(docs) > 1 else docs[0]
 
     sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -194,7 +196,8 @@ async def fake_service(docs: list[dict[str, Any]]) -> AsyncIterator[ServiceConfi
             nursery.start_soon(partial(trio.serve_listeners, partial(control.serve_stream, handler=handler),
                                        [trio.SocketListener(sock)]))
             yield cfg
-            assert set(asked) == {"status"}  # preflight never asks the service to change anything
+            # preflight asks the service to change nothing, except what only a crash left (crash-check)
+            assert set(asked) <= {"status", "crash-check"}
             nursery.cancel_scope.cancel()
     finally:
         for p in sorted(base.rglob("*"), reverse=True):

@@ -1,5 +1,5 @@
-"""`dpfreeze bench dpif|upgrade`: our netlink path against ovs-dpctl, and stock restarts against
-`dpfreeze upgrade` under the same probe traffic."""
+"""`dpfreeze bench dpif|upgrade|checkpoint`: our netlink path against ovs-dpctl, stock restarts against
+`dpfreeze upgrade` under the same probe traffic, and what the crash guard's checkpoint costs."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from dpfreeze.errors import UserError
+from dpfreeze.lab.bench_checkpoint import CheckpointSpec, bench_checkpoint
 from dpfreeze.lab.bench_dpif import codec_bench, compile_bytecode, encoder_bench, kernel_bench
 from dpfreeze.lab.bench_upgrade import (
     DATAPATH_TYPES,
@@ -31,6 +32,15 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     d.add_argument("--json", type=Path, help="also write the results as JSON here")
     d.add_argument("--codec-only", action="store_true", help="only our codec vs pyroute2 (no kernel needed)")
     d.set_defaults(handler=cmd_bench_dpif)
+    c = sub.add_parser("checkpoint", help="the crash guard's OpenFlow checkpoint on a busy bridge: its CPU "
+                       "and memory (a private OVS, natively)")
+    c.add_argument("--rules", type=int, default=CheckpointSpec.rules, help="OpenFlow rules (default 20000)")
+    c.add_argument("--churn", type=int, default=CheckpointSpec.churn, help="rules changed per second (100)")
+    c.add_argument("--seconds", type=float, default=CheckpointSpec.seconds, help="each window (30)")
+    c.add_argument("--datapath", choices=("netdev", "system"), default=CheckpointSpec.datapath,
+                   help="netdev runs natively (default); system needs openvswitch.ko")
+    c.add_argument("--out", type=Path, default=Path("bench-checkpoint"), help="results directory")
+    c.set_defaults(handler=cmd_bench_checkpoint)
 
 
 def _add_upgrade(sub: Any) -> None:
@@ -50,6 +60,21 @@ def _add_upgrade(sub: Any) -> None:
                    help="system: openvswitch.ko (in the test VM, default); netdev: the userspace datapath, "
                         "runs natively without the module")
     p.set_defaults(handler=cmd_bench)
+
+
+async def cmd_bench_checkpoint(args: argparse.Namespace) -> int:
+    if not 1 <= args.rules <= 1_000_000 or not 1 <= args.churn <= args.rules or not 5 <= args.seconds <= 3600:
+        raise UserError("need --rules 1..1000000, --churn 1..rules and --seconds 5..3600")
+    if args.datapath == "system":
+        need_kernel_datapath("bench checkpoint")
+    spec = CheckpointSpec(args.rules, args.churn, args.seconds, args.datapath)
+    try:
+        await bench_checkpoint(spec, args.out)
+    except SandboxError as exc:
+        raise UserError(f"the lab failed: {exc}") from None
+    print((args.out / "bench-checkpoint.md").read_text())
+    print(f"results: {args.out / 'bench-checkpoint.json'}")
+    return 0
 
 
 async def cmd_bench(args: argparse.Namespace) -> int:

@@ -25,6 +25,7 @@ import trio
 from dpfreeze import files, kernels
 from dpfreeze.errors import UserError
 from dpfreeze.freeze import control, machine
+from dpfreeze.freeze.checkpoint import Checkpoint
 from dpfreeze.freeze.service import (
     DEFAULT_SOCKET,
     DEFAULT_STATE_DIR,
@@ -38,6 +39,7 @@ from dpfreeze.preflight import OvsdbFlowRestoreWait, preflight
 from dpfreeze.upgrade import (
     VSWITCHD,
     Orphan,
+    finish_crash,
     finish_orphaned,
     kept_binary_dir,
     plan_upgrade,
@@ -94,15 +96,22 @@ def _emit(doc: dict[str, Any], as_json: bool, text: str) -> None:
 
 
 async def cmd_serve(args: argparse.Namespace) -> int:
-    service = FreezeService(_config(args), SystemBackend())
-    orphaned = None
+    config = dataclasses.replace(_config(args), crash_ttl=args.crash_ttl)
+    service, env = FreezeService(config, SystemBackend()), ovsenv.current()
+    orphaned = crashed = None
     if args.orphan:
-        orphan, env = Orphan.from_json(args.orphan), ovsenv.current()
+        orphan = Orphan.from_json(args.orphan)
 
         async def orphaned(api: FreezeService) -> str:
             return await finish_orphaned(api, env, orphan)
+    checkpoint = None
+    if args.guard:
+        async def crashed(api: FreezeService, dead: int) -> str:
+            return await finish_crash(api, env, dead)
+        checkpoint = Checkpoint(env, config.state_dir / "openflow.checkpoint",
+                                paused=lambda: service.state.state in machine.ACTIVE)
     try:
-        await service.run(hold_fd=args.hold_fd, orphaned=orphaned)
+        await service.run(hold_fd=args.hold_fd, orphaned=orphaned, crashed=crashed, checkpoint=checkpoint)
     except machine.TransitionRefused as exc:
         raise UserError(str(exc)) from exc
     return 0
@@ -167,7 +176,15 @@ async def cmd_thaw(args: argparse.Namespace) -> int:
         except Exception as exc:  # whatever failed, the thaw below still happens
             failed = f"OpenFlow state not restored: {exc or type(exc).__name__}"
             print(f"dpfreeze: {failed}", file=sys.stderr)
-    doc = await api.thaw(wait=not args.no_wait)
+    try:
+        doc = await api.thaw(wait=not args.no_wait)
+    except UserError:
+        status = await api.status()
+        if status.get("state") == machine.State.FROZEN.value:
+            raise
+        # Thawed meanwhile by another (the crash guard, the lease): the freeze is over, as asked.
+        _emit(status, args.json, f"already thawed: {status.get('state')}")
+        return 1 if failed else 0
     _emit(doc, args.json, render_status(doc) + await _daemon_line("thawed into"))
     return 1 if doc.get("error") or failed else 0
 
@@ -392,6 +409,11 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     _common(p, json_flag=False)
     p.add_argument("--hold-fd", type=int, metavar="FD", help=argparse.SUPPRESS)  # `upgrade` without a service
     p.add_argument("--orphan", metavar="JSON", help=argparse.SUPPRESS)  # and how to finish its upgrade
+    p.add_argument("--guard", action="store_true",
+                   help="crash guard: freeze within milliseconds when ovs-vswitchd dies unplanned (kill -9, "
+                        "OOM, segfault), thaw into the daemon its supervisor starts next")
+    p.add_argument("--crash-ttl", type=seconds(machine.MAX_TTL), default=ServiceConfig.crash_ttl,
+                   help=f"lease of a crash freeze (default {ServiceConfig.crash_ttl:g})")
     p.set_defaults(handler=cmd_serve)
 
     p = sub.add_parser("freeze", help="snapshot, set flow-restore-wait, pin flows, take over upcalls")

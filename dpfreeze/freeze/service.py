@@ -15,7 +15,7 @@ import signal
 import socket
 import stat
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,14 +25,17 @@ import trio
 
 from dpfreeze import command, files
 from dpfreeze.freeze import control, machine
+from dpfreeze.freeze.checkpoint import Checkpoint
+from dpfreeze.freeze.guard import CrashLoop, wait_exit
 from dpfreeze.freeze.handover import Handover, MissBuffer
 from dpfreeze.freeze.machine import ACTIVE, Event, State, StateStore, TransitionRefused
 from dpfreeze.freeze.pin import Pinner, PinSet, recirculating
 from dpfreeze.freeze.restorer import Restorer
 from dpfreeze.log import kv
 from dpfreeze.ovs import datapaths, ovsdb, ovsenv
+from dpfreeze.ovs.openflow import BridgeOpenFlow
 from dpfreeze.ovs.ovsenv import OvsEnv
-from dpfreeze.ovs.portids import portid_owners, upcall_owners, upcall_pids
+from dpfreeze.ovs.portids import live_portids, portid_owners, upcall_owners, upcall_pids
 from dpfreeze.snapshot import Snapshot, restore, take_snapshot
 from dpfreeze.snapshot.recreate import open_or_create
 from dpif.model import Datapath
@@ -44,6 +47,7 @@ LOG = logging.getLogger(__name__)
 DEFAULT_STATE_DIR = Path(os.environ.get("DPFREEZE_STATE_DIR") or "/var/lib/dpfreeze")
 DEFAULT_SOCKET = Path(os.environ.get("DPFREEZE_SOCKET") or "/run/dpfreeze/control.sock")
 DEFAULT_DATAPATH = "ovs-system"
+GUARD_POLL = 0.1  # while no live daemon is named: how often its pidfile is read again
 FRW_ATTEMPTS, FRW_TIMEOUT = 3, 20.0  # a loaded host (or TCG) can keep ovsdb-server busy for seconds
 
 
@@ -52,8 +56,10 @@ class Backend(Protocol):
 
     def open_datapath(self, name: str) -> AbstractAsyncContextManager[Datapath]: ...
 
-    async def snapshot(self, dp: Datapath, path: Path) -> PinSet:
-        """Take the full snapshot and write it atomically to `path`; what to pin."""
+    async def snapshot(self, dp: Datapath, path: Path, *,
+                       openflow: Sequence[BridgeOpenFlow] | None = None) -> PinSet:
+        """Take the full snapshot and write it atomically to `path`; what to pin.  `openflow` given: no
+        daemon runs (a crash), so its OpenFlow state is taken from there (the checkpoint), not asked for."""
         ...
 
     def load_pins(self, path: Path, datapath: str) -> PinSet: ...
@@ -68,8 +74,16 @@ class Backend(Protocol):
         """Make the datapath again from the snapshot if it is gone; what was done, "" if it was there."""
         ...
 
+    def daemon_pid(self) -> int | None:
+        """The pid ovs-vswitchd's pidfile names, alive or not; None without a pidfile."""
+        ...
+
+    async def wait_exit(self, pid: int) -> None: ...
+
 
 Orphaned = Callable[["FreezeService"], Awaitable[str]]  # what finishes a freeze whose caller died
+Crashed = Callable[["FreezeService", int], Awaitable[str]]  # what thaws a crash freeze into the next daemon
+CRASH = "crash of ovs-vswitchd"  # the freeze reason's words for a freeze the guard made
 
 
 @dataclass(frozen=True)
@@ -81,6 +95,8 @@ class ServiceConfig:
     poll_interval: float = 0.02
     max_buffer_packets: int = 10000
     max_buffer_bytes: int = 16 << 20
+    crash_ttl: float = 120.0  # the lease of a freeze the crash guard made
+    crash_loop: tuple[int, float] = (3, 600.0)  # this many crashes within this many seconds: stay out
 
     @property
     def state_file(self) -> Path:
@@ -120,6 +136,8 @@ class FreezeService:
         self._session_scope = trio.CancelScope()
         self._carried: MissBuffer | None = None  # misses taken before a detach, replayed after the reattach
         self._lock = trio.Lock()  # one command at a time
+        self.crashes = CrashLoop(*config.crash_loop)
+        self._checkpoint: Checkpoint | None = None
 
     # --- state -----------------------------------------------------------------------------------
 
@@ -141,28 +159,37 @@ class FreezeService:
 
     async def freeze(self, ttl: float, datapath: str = DEFAULT_DATAPATH) -> dict[str, Any]:
         async with self._lock:
+            if self.state.state is State.FROZEN and CRASH in self.state.reason:
+                return self.status_doc()  # ExecStop after a crash: the guard froze first; join its freeze
             if self.state.state in ACTIVE:
                 raise TransitionRefused(f"cannot freeze while {self.state.state.value}")
-            machine.check_ttl(ttl)
-            path = self.config.snapshot_file
-            try:  # a fresh machine has no state directory: only systemd's StateDirectory= ever made one
-                files.private_dir(path.parent)
-            except OSError as exc:
-                raise machine.StateFileError(f"cannot create {path.parent}: {exc.strerror or exc}") from exc
-            async with self.backend.open_datapath(datapath) as dp:
-                pins = await self.backend.snapshot(dp, path)
-            self._apply(
-                Event.FREEZE,
-                ttl=ttl,
-                datapath=datapath,
-                snapshot_path=str(path),
-                counters={"flows": len(pins.flows), "vports": len(pins.vports)},
-                boot_id=self.boot,
-            )
-            await self._start_session()
-            if self.state.state is not State.FROZEN:
-                raise control.ControlError(f"freeze failed and was undone: {self.state.error}")
+            if self.crashes.looping(self.clock()) and not self._daemon_alive():
+                raise TransitionRefused(f"ovs-vswitchd is crash-looping ({self._loop_text()}): not freezing")
+            await self._freeze(ttl, datapath)
             return self.status_doc()
+
+    async def _freeze(self, ttl: float, datapath: str, crash: str = "",
+                      openflow: Sequence[BridgeOpenFlow] | None = None) -> None:
+        machine.check_ttl(ttl)
+        path = self.config.snapshot_file
+        try:  # a fresh machine has no state directory: only systemd's StateDirectory= ever made one
+            files.private_dir(path.parent)
+        except OSError as exc:
+            raise machine.StateFileError(f"cannot create {path.parent}: {exc.strerror or exc}") from exc
+        async with self.backend.open_datapath(datapath) as dp:
+            pins = await self.backend.snapshot(dp, path, openflow=openflow)
+        self._apply(
+            Event.FREEZE,
+            detail=crash,
+            ttl=ttl,
+            datapath=datapath,
+            snapshot_path=str(path),
+            counters={"flows": len(pins.flows), "vports": len(pins.vports)},
+            boot_id=self.boot,
+        )
+        await self._start_session()
+        if self.state.state is not State.FROZEN:
+            raise control.ControlError(f"freeze failed and was undone: {self.state.error}")
 
     async def renew(self, ttl: float) -> dict[str, Any]:
         async with self._lock:
@@ -211,13 +238,17 @@ class FreezeService:
             return self.status_doc()  # a userspace datapath's upcalls never leave its daemon
         if self.state.state is not State.FROZEN or self.handover is None:
             raise TransitionRefused(f"cannot take the upcalls while {self.state.state.value}")
-        self.handover.take_now.set()
-        if self.pinner is not None:
-            self.pinner.stop_following()
+        self._take_now()
         with trio.fail_after(10):
             while not self.handover.stats.taken_over:
                 await trio.sleep(0.01)
         return self.status_doc()
+
+    def _take_now(self) -> None:
+        if self.handover is not None:
+            self.handover.take_now.set()
+        if self.pinner is not None:
+            self.pinner.stop_following()
 
     async def status(self) -> dict[str, Any]:
         doc = self.status_doc()
@@ -258,6 +289,8 @@ class FreezeService:
                 return await self.detach()
             if req.cmd == "reattach":
                 return await self.reattach()
+            if req.cmd == "crash-check":
+                return await self.crash_check()
             return await self.status()
         except TransitionRefused as exc:
             raise control.ControlError(str(exc)) from exc
@@ -267,10 +300,13 @@ class FreezeService:
     # --- tasks -----------------------------------------------------------------------------------
 
     async def run(self, *, hold_fd: int | None = None, orphaned: Orphaned | None = None,
+                  crashed: Crashed | None = None, checkpoint: Checkpoint | None = None,
                   task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Serve until cancelled or SIGTERM/SIGINT; the state on disk is left for the next start.  With
         `hold_fd`, also until that descriptor reads end-of-file (its writer, the command that started this
-        service, is gone) and no freeze is active; `orphaned` then finishes a freeze that command left."""
+        service, is gone) and no freeze is active; `orphaned` then finishes a freeze that command left.
+        With `crashed`, the crash guard runs, and `crashed` thaws each crash freeze into the next daemon;
+        `checkpoint` then keeps the OpenFlow state a crash freeze saves (the dead daemon cannot be asked)."""
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             nursery.start_soon(self._signals, nursery.cancel_scope)
@@ -290,6 +326,11 @@ class FreezeService:
                 LOG.warning(kv("service.resume", state=self.state.state.value, reason=self.state.reason))
                 await self._start_session()
             nursery.start_soon(self._lease)
+            if crashed is not None:
+                self._checkpoint = checkpoint
+                nursery.start_soon(self._guard, crashed)
+                if checkpoint is not None:
+                    nursery.start_soon(checkpoint.run)
             task_status.started()
 
     async def _clear_flow_restore_wait(self) -> str:
@@ -315,6 +356,92 @@ class FreezeService:
         while self.state.state in ACTIVE or not self._idle.is_set():  # the lease still ends the freeze
             await trio.sleep(0.2)
         scope.cancel()
+
+    async def _guard(self, crashed: Crashed) -> None:
+        """The crash guard (see guard.py): ovs-vswitchd dead with its pidfile left behind, while nothing is
+        frozen, is frozen at once (lease `crash_ttl`, upcalls taken before systemd's restart begins), and
+        `crashed` thaws that freeze into the next daemon.  A crash loop ends the guard's freeze and makes it
+        stand aside until the loop's window has passed."""
+        assert self._nursery is not None
+        dead = 0
+        while True:
+            pid = self.backend.daemon_pid()
+            if pid is None or pid == dead:
+                await trio.sleep(GUARD_POLL)
+                continue
+            await self.backend.wait_exit(pid)
+            died, dead = trio.current_time(), pid
+            if self.backend.daemon_pid() != pid:  # its pidfile went with it: an orderly stop
+                LOG.info(kv("guard.stopped", pid=pid, state=self.state.state.value))
+                continue
+            if self.crashes.record(self.clock()):
+                LOG.error(kv("guard.crash_loop", pid=pid, crashes=self._loop_text()))
+                await self._end_crash_freeze(f"ovs-vswitchd is crash-looping ({self._loop_text()})")
+                continue
+            if self.state.state in ACTIVE:  # a freeze of its own (an upgrade) is under way: it copes
+                LOG.warning(kv("guard.crash", pid=pid, state=self.state.state.value))
+                continue
+            try:
+                await self._crash_freeze(f"pid {pid}")
+            except Exception as exc:  # no kernel datapath, say: nothing of the stock path is changed
+                LOG.error(kv("guard.freeze_failed", pid=pid, error=describe(exc)))
+                continue
+            LOG.warning(kv("guard.crash_frozen", pid=pid, flows=self.state.counters.get("flows"),
+                           after_s=f"{trio.current_time() - died:.3f}"))
+            self._nursery.start_soon(self._crashed, crashed, pid)
+
+    async def _crash_freeze(self, what: str) -> None:
+        async with self._lock:
+            if self.state.state not in ACTIVE:
+                state = self._checkpoint.state() if self._checkpoint else ()
+                await self._freeze(self.config.crash_ttl, DEFAULT_DATAPATH, f"{CRASH} {what}", state)
+                self._take_now()
+
+    async def crash_check(self) -> dict[str, Any]:
+        """ExecStartPre's question after any stop: did a crash leave the datapath unguarded?  systemd runs no
+        ExecStop when the daemon died on its own, so if the guard did not freeze (not running, or too slow),
+        this freezes now, before the next daemon can start without flow-restore-wait and flush.  What a crash
+        leaves and an orderly exit does not: upcall pids that no live socket holds (the exit resets them)."""
+        async with self._lock:
+            pass  # a freeze under way (the guard's) is complete, flow-restore-wait set, once this is ours
+        if self.crashes.looping(self.clock()):
+            LOG.warning(kv("guard.crash_loop", crashes=self._loop_text(), at="the next start"))
+        elif self.state.state not in ACTIVE and await self._crash_leftover():
+            await self._crash_freeze("found at the next start")
+            LOG.warning(kv("guard.crash_frozen", found="at the next start",
+                           flows=self.state.counters.get("flows")))
+        return self.status_doc()
+
+    async def _crash_leftover(self) -> bool:
+        if self._daemon_alive():
+            return False
+        try:
+            async with self.backend.open_datapath(DEFAULT_DATAPATH) as dp:
+                pids = upcall_pids(await dp.info(), await dp.ports())
+        except Exception:  # no kernel datapath: nothing to guard
+            return False
+        live = live_portids()
+        return any(p and p not in live for p in pids)
+
+    async def _crashed(self, crashed: Crashed, pid: int) -> None:
+        try:
+            LOG.warning(kv("guard.thawed", done=await crashed(self, pid)))
+        except Exception as exc:  # the lease still ends the freeze
+            LOG.error(kv("guard.thaw_failed", error=describe(exc)))
+
+    async def _end_crash_freeze(self, detail: str) -> None:
+        async with self._lock:
+            if self.state.state is State.FROZEN and CRASH in self.state.reason:
+                self._apply(Event.FAIL, detail=detail)
+                await self._attach_for_hand_over()
+
+    def _daemon_alive(self) -> bool:
+        pid = self.backend.daemon_pid()
+        return pid is not None and ovsenv.process_alive(pid)
+
+    def _loop_text(self) -> str:
+        limit, window = self.config.crash_loop
+        return f"{len(self.crashes.deaths)} crashes within {window:g} s, the limit is {limit}"
 
     async def _signals(self, scope: trio.CancelScope) -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
@@ -553,8 +680,9 @@ class SystemBackend:
     def daemon_started(self) -> float | None:
         return self.env.started(ovsenv.VSWITCHD)
 
-    async def snapshot(self, dp: Datapath, path: Path) -> PinSet:
-        snap = await take_snapshot(dp, env=self.env)
+    async def snapshot(self, dp: Datapath, path: Path, *,
+                       openflow: Sequence[BridgeOpenFlow] | None = None) -> PinSet:
+        snap = await take_snapshot(dp, env=self.env, saved_openflow=openflow)
         await trio.to_thread.run_sync(snap.save, path)
         return pins_of(snap, dp.name)
 
@@ -574,6 +702,15 @@ class SystemBackend:
         failed = f", {len(report.failures)} failed" if report.failures else ""
         return (f"{datapath} re-created from the snapshot: {len(report.vports_added)} vports, "
                 f"{report.flows_added} flows{failed}")
+
+    def daemon_pid(self) -> int | None:
+        try:
+            return self.env.pid(ovsenv.VSWITCHD)
+        except ovsenv.DaemonNotRunning:
+            return None
+
+    async def wait_exit(self, pid: int) -> None:
+        await wait_exit(pid)
 
     async def set_flow_restore_wait(self, on: bool) -> None:
         """Retried: a flow-restore-wait left set by a failed write stops all new flows."""

@@ -19,10 +19,11 @@ import errno
 import hashlib
 import json
 import os
+import platform
 import re
 import socket
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -331,27 +332,34 @@ async def _read_meters(dp: Datapath, ids: Iterable[int]) -> tuple[MeterRecord, .
 
 
 async def take_snapshot(*dps: Datapath, env: OvsEnv | None = None, with_openflow: bool = True,
-                        timeout: float = 10.0) -> Snapshot:
-    """Everything a restore needs.  Parts that cannot be read (no daemon) become `gaps`, not failures."""
+                        timeout: float = 10.0,
+                        saved_openflow: Sequence[openflow.BridgeOpenFlow] | None = None) -> Snapshot:
+    """Everything a restore needs.  Parts that cannot be read (no daemon) become `gaps`, not failures.
+
+    `saved_openflow` given: the daemon is dead (a crash), and every moment until the freeze holds is a moment
+    of dropped misses.  The OpenFlow state is then the one saved before, and what only a module reload would
+    need (internal ports' Linux configuration: an import and a netlink round) or only a report shows (the
+    versions: a subprocess and an OVSDB session) is left out."""
     gaps: list[str] = []
     datapaths = [await snapshot_datapath(dp) for dp in dps]
     # A kernel internal port's netdev dies with its datapath; a userspace one is a persistent tap.
     internal = sorted({v.name for dp, d in zip(dps, datapaths, strict=True) if not dp.lives_in_daemon
-                       for v in d.vports if v.type == VportType.INTERNAL})
+                       for v in d.vports if v.type == VportType.INTERNAL} if saved_openflow is None else ())
     netdevs: list[netdevconf.NetdevConfig] = []
     for name in internal:
         try:
             netdevs += await trio.to_thread.run_sync(netdevconf.save, [name])
         except netdevconf.NetdevError as exc:
             gaps.append(f"netdev: {exc}")
-    of_state: list[openflow.BridgeOpenFlow] = []
-    if with_openflow:
+    of_state = list(saved_openflow or ())
+    if with_openflow and saved_openflow is None:
         try:
             of_state = await openflow.save_all(env, timeout)
         except openflow.OpenFlowError as exc:
             gaps.append(f"openflow: {exc}")
     gaps += [g for d in datapaths if (g := _meter_gap(d))]
-    versions = await ovsdb.versions(env, timeout)
+    versions = (await ovsdb.versions(env, timeout) if saved_openflow is None
+                else ovsdb.Versions(platform.release(), None, None, None))
     for gap in gaps:
         LOG.warning(kv("snapshot_gap", detail=gap))
     return Snapshot(
