@@ -51,6 +51,8 @@ class FreezeApi(Protocol):
 
     async def take_upcalls(self) -> dict[str, Any]: ...
 
+    async def renew(self, ttl: float) -> dict[str, Any]: ...
+
     async def detach(self) -> dict[str, Any]: ...
 
     async def reattach(self) -> dict[str, Any]: ...
@@ -432,6 +434,10 @@ async def _run_upgrade(api: FreezeApi, env: OvsEnv, plan: UpgradePlan, daemon_ti
     try:
         t = time.monotonic()
         await api.take_upcalls()  # misses of the old daemon's exit are buffered for the new one, not lost
+        try:  # the whole lease for the restart; a freeze that outlasted its lease (a delete storm) stops here
+            await api.renew(plan.ttl)
+        except DpfreezeError as exc:
+            raise UpgradeError(f"the freeze ended before the restart ({exc}): nothing restarted") from None
         if plan.restart_command:
             await _run(["sh", "-c", plan.restart_command], env, daemon_timeout,
                        f"restart command failed: {plan.restart_command}")

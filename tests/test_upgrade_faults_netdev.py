@@ -3,10 +3,12 @@ mid-restart, or its restart thawed by somebody else (systemd's ExecStartPost).""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -77,5 +79,33 @@ async def test_a_restart_command_that_thaws_through_systemd_is_a_good_upgrade(
         rep = await upgrade(svc, ovs.env, ttl=120, datapath=DP, restart_command=restart)
     assert rep.ok and not rep.error, rep.text()
     assert rep.status["state"] == "thawed"
+    assert not await ovsdb.get_flow_restore_wait(ovs.env, timeout=10)
+    await ovs.ping(*ovs.ports[:2])
+
+
+async def test_a_freeze_that_outlasted_its_lease_restarts_nothing(
+        ovs: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A freeze slow enough to use up its lease (the matrix's 100 000-flow delete storm) has ended, upcalls
+    given back, by the time the restart would begin: restarting then would be stock's restart with a stale
+    report.  The upgrade renews the lease before the restart, and a refused renewal stops it there."""
+    ran = tmp_path / "restart-ran"
+    old_pid = ovs.env.pid("ovs-vswitchd")
+    async with freeze_service(ovs, tmp_path / "st", monkeypatch, handover_timeout=5) as svc:
+        class LeaseRunsOut:
+            async def take_upcalls(self) -> dict[str, object]:
+                doc = await svc.take_upcalls()
+                svc.state = dataclasses.replace(svc.state, lease_expires=time.time() - 1)
+                with trio.fail_after(10):
+                    while svc.state.state is State.FROZEN:
+                        await trio.sleep(0.05)
+                return doc
+
+            def __getattr__(self, name: str) -> object:
+                return getattr(svc, name)
+
+        rep = await upgrade(LeaseRunsOut(), ovs.env, ttl=120, datapath=DP,  # type: ignore[arg-type]
+                            restart_command=f"touch {ran}")
+    assert not rep.ok and "the freeze ended before the restart" in rep.error, rep.text()
+    assert not ran.exists() and ovs.env.pid("ovs-vswitchd") == old_pid
     assert not await ovsdb.get_flow_restore_wait(ovs.env, timeout=10)
     await ovs.ping(*ovs.ports[:2])
