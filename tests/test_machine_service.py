@@ -26,7 +26,7 @@ from dpfreeze.freeze.control import ControlError, Request
 from dpfreeze.freeze.handover import Handover, MissBuffer, recirc_id
 from dpfreeze.freeze.machine import State, StateStore, TransitionRefused
 from dpfreeze.freeze.pin import PinSet, uses_recirculation
-from dpfreeze.freeze.service import FreezeService, ServiceConfig
+from dpfreeze.freeze.service import CRASH, FreezeService, ServiceConfig
 from dpfreeze.ovs import portids
 from dpfreeze.ovs.portids import SocketQueue, parse_proc_net_netlink, parse_socket_queues
 from dpfreeze.upgrade import verify
@@ -967,10 +967,28 @@ async def test_a_crash_freezes_at_once_takes_the_upcalls_and_execstop_joins(tmp_
 async def test_an_orderly_stop_is_left_alone(tmp_path, fake_proc) -> None:
     thawed: list[int] = []
     async with trio.open_nursery() as nursery:
-        svc, _dp, backend = await guarded(tmp_path, fake_proc, nursery, thawed)
-        backend.die(OLD_DAEMON, orderly=True)  # ovs-ctl stop, ovs-appctl exit: the pidfile goes with it
+        svc, dp, backend = await guarded(tmp_path, fake_proc, nursery, thawed)
+        await trio.sleep(0.1)  # the guard waits on the daemon
+        # ovs-ctl stop, ovs-appctl exit: the pidfile goes with it, and its upcall pids are reset
+        dp.per_cpu_pids = (0, 0)
+        fake_proc.set_live()
+        backend.die(OLD_DAEMON, orderly=True)
         await trio.sleep(0.3)
         assert svc.state.state is State.IDLE and backend.frw == [] and not thawed
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_crash_whose_pidfile_systemd_removed_first_is_still_a_crash(tmp_path, fake_proc) -> None:
+    """systemd reaps the daemon and removes its PIDFile= at once, at times before the guard looks (seen in
+    CI): the upcall pids the crash left dangling still tell."""
+    thawed: list[int] = []
+    async with trio.open_nursery() as nursery:
+        svc, dp, backend = await guarded(tmp_path, fake_proc, nursery, thawed)
+        await trio.sleep(0.1)  # the guard waits on the daemon
+        fake_proc.set_live()
+        backend.die(OLD_DAEMON, orderly=True)  # the pidfile is gone, as after an orderly stop
+        await until(lambda: svc.state.state is State.FROZEN and set(dp.per_cpu_pids) == {OURS})
+        assert CRASH in svc.state.reason
         nursery.cancel_scope.cancel()
 
 

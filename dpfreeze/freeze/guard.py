@@ -3,7 +3,9 @@
 Why the pidfile tells them apart: OVS unlinks it on every orderly way out, `exit()` and the fatal-signal
 hooks of SIGTERM, SIGINT and SIGHUP (ovs-ctl stop, ovs-appctl exit, systemctl stop); SIGKILL (kill -9, the
 OOM killer), SIGSEGV and SIGABRT (an assertion, the watchdog) leave it behind, naming the dead pid.
-systemd removes a unit's PIDFile= only once its stop is over, long after the guard has looked.
+But systemd reaps the daemon of a unit and removes its PIDFile= at once, and sometimes before the guard
+has looked (seen in CI); the datapath then tells: a crash leaves upcall pids no live socket holds, an
+orderly exit resets them.
 
 Why a crash-loop limit: a daemon that dies again and again must not keep the host frozen; past `limit`
 deaths within `window` seconds the guard thaws and stays out of the way until the window has passed.

@@ -371,7 +371,9 @@ class FreezeService:
                 continue
             await self.backend.wait_exit(pid)
             died, dead = trio.current_time(), pid
-            if self.backend.daemon_pid() != pid:  # its pidfile went with it: an orderly stop
+            # A crash leaves its pidfile, unless systemd has reaped it and removed the file first (seen in
+            # CI): then its upcall pids tell, dangling where an orderly exit resets them.
+            if self.backend.daemon_pid() != pid and not await self._crash_leftover():
                 LOG.info(kv("guard.stopped", pid=pid, state=self.state.state.value))
                 continue
             if self.crashes.record(self.clock()):
