@@ -49,8 +49,11 @@ class CrashLoop:
 
     def record(self, now: float) -> bool:
         """Count one death; True when it makes a loop."""
-        self.deaths = [t for t in self.deaths if now - t < self.window] + [now]
-        return len(self.deaths) >= self.limit
+        self.deaths = [*self.recent(now), now]
+        return self.looping(now)
+
+    def recent(self, now: float) -> list[float]:
+        return [t for t in self.deaths if now - t < self.window]
 
     def looping(self, now: float) -> bool:
-        return len([t for t in self.deaths if now - t < self.window]) >= self.limit
+        return len(self.recent(now)) >= self.limit

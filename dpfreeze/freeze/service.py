@@ -443,7 +443,7 @@ class FreezeService:
 
     def _loop_text(self) -> str:
         limit, window = self.config.crash_loop
-        return f"{len(self.crashes.deaths)} crashes within {window:g} s, the limit is {limit}"
+        return f"{len(self.crashes.recent(self.clock()))} crashes within {window:g} s, the limit is {limit}"
 
     async def _signals(self, scope: trio.CancelScope) -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
