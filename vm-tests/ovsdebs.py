@@ -44,8 +44,24 @@ RELEASES = {
 }
 
 
+# Not OVS: what the guest needs besides, fetched and unpacked the same way (the fleet test's sshd; the
+# machine has only the ssh client, and installing the server would start one on the machine itself).
+TOOLS = {
+    "openssh": Release("openssh", "bookworm", (("libwrap0", "bookworm"), ("openssh-sftp-server", "bookworm"),
+                                               ("openssh-server", "bookworm"))),
+}
+
+
 def prefix(release: str) -> Path:
-    return Path(f"/opt/openvswitch-{release}")
+    return Path(f"/opt/openvswitch-{release}" if release in RELEASES else f"/opt/{release}")
+
+
+def unpack(directory: Path, release: str) -> Path:
+    """The release's packages extracted under /opt (no maintainer script runs); returns that root."""
+    root = prefix(release)
+    for deb in debs(directory, release):
+        subprocess.run(["dpkg-deb", "-x", deb, str(root)], check=True)
+    return root
 
 
 def install_beside(directory: Path, release: str) -> Path:
@@ -55,9 +71,7 @@ def install_beside(directory: Path, release: str) -> Path:
 
     The binary runs through the release's own loader, under a link named ovs-vswitchd: the process's comm
     is then ovs-vswitchd, which ovs-ctl's pid_comm_check requires to stop or restart it."""
-    root = prefix(release)
-    for deb in debs(directory, release):
-        subprocess.run(["dpkg-deb", "-x", deb, str(root)], check=True)
+    root = unpack(directory, release)
     libdir = root / "usr/lib/x86_64-linux-gnu"
     (root / "loader").mkdir(exist_ok=True)
     loader = root / "loader" / "ovs-vswitchd"
@@ -94,7 +108,11 @@ def _apt_options(state: Path) -> list[str]:
 
 def debs(directory: Path, release: str) -> list[str]:
     """The release's .deb files in install order, as `dpkg -i` arguments."""
-    return [str(next(directory.glob(f"{package}_*.deb"))) for package, _ in RELEASES[release].packages]
+    return [str(next(directory.glob(f"{package}_*.deb"))) for package, _ in _release(release).packages]
+
+
+def _release(name: str) -> Release:
+    return RELEASES[name] if name in RELEASES else TOOLS[name]
 
 
 def fetch(cache: Path, names: tuple[str, ...] = tuple(RELEASES)) -> dict[str, Path]:
@@ -103,8 +121,8 @@ def fetch(cache: Path, names: tuple[str, ...] = tuple(RELEASES)) -> dict[str, Pa
     out: dict[str, Path] = {}
     updated = False
     for name in names:
-        release = RELEASES[name]
-        target = cache / "ovs" / name
+        release = _release(name)
+        target = cache / ("ovs" if name in RELEASES else "tools") / name
         target.mkdir(parents=True, exist_ok=True)
         for package, suite in release.packages:
             if list(target.glob(f"{package}_*.deb")):

@@ -56,6 +56,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"accel {vmharness.choose_accel(kernel, initrd)}")
         for name, debs in ovsdebs.fetch(vmharness.cache_dir()).items():
             print(f"ovs {name} {debs}")
+        for name, debs in ovsdebs.fetch(vmharness.cache_dir(), tuple(ovsdebs.TOOLS)).items():
+            print(f"tool {name} {debs}")
+        print(f"wheels {vmharness.wheelhouse()}")
         return 0
 
     env = dict(item.split("=", 1) for item in args.env)

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,6 +79,21 @@ class VMResult:
 
 def cache_dir() -> Path:
     return Path(os.environ.get("DPFREEZE_VM_CACHE", HERE / ".cache"))
+
+
+def wheelhouse() -> Path:
+    """dpfreeze's dependencies as wheels (and setuptools to build it), fetched from PyPI once: the guest has
+    no network, and the fleet test installs dpfreeze on each of its hosts with pip, offline."""
+    project = tomllib.loads((HERE.parent / "pyproject.toml").read_text())["project"]
+    wanted = "\n".join([*project["dependencies"], "setuptools>=61", "wheel"])
+    target = cache_dir() / "wheels"
+    stamp = target / ".requirements"
+    if not stamp.exists() or stamp.read_text() != wanted:
+        target.mkdir(parents=True, exist_ok=True)
+        subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--disable-pip-version-check", "-w",
+                        str(target), *wanted.splitlines()], check=True, timeout=900)
+        stamp.write_text(wanted)
+    return target
 
 
 @contextlib.contextmanager

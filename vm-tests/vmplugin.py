@@ -139,6 +139,7 @@ class VMRun:
     summary: list[str] = field(default_factory=list)
     output: str = ""
     long_s: float = 0.0  # the `kernel_timeout` of its tests that are long by design, summed
+    mem: str = "1G"  # `own_boot(mem=...)`: a module that runs a small fleet needs more
 
     def complete(self, nodeid: str) -> bool:
         return any(r["when"] == "teardown" for r in self.reports.get(nodeid, []))
@@ -178,6 +179,8 @@ class KernelVMs:
                 run.nodeids.append(item.nodeid)
                 if marker := item.get_closest_marker("kernel_timeout"):
                     run.long_s += float(marker.args[0])
+                if (marker := item.get_closest_marker("own_boot")) and "mem" in marker.kwargs:
+                    run.mem = marker.kwargs["mem"]
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_protocol(self, item: pytest.Item, nextitem: pytest.Item | None) -> bool | None:
@@ -247,6 +250,7 @@ class KernelVMs:
                 # a boot serving a test long by design (the fault matrix: ~20 min) may take as long as it
                 timeout=max(self.config.getoption("kernel_vm_timeout"), run.long_s + 300),
                 on_output=self._say if verbose else None,
+                mem=run.mem,
                 init="systemd" if key.startswith("systemd:") else "busybox",
             )
         except vmharness.VMError as exc:
