@@ -1,8 +1,8 @@
 """The Ansible rollout, for real: `ansible-playbook` over SSH against four hypervisors, each with its own OVS
 on the kernel datapath (tests/kernel/fleetrig.py), from Debian 12's 3.1.0 to trixie's 3.5.0.
 
-The hosts run the checkout's dpfreeze (linked where the install role links it; the role itself is run
-for real on the machine, tests/test_fleet.py: installing it four times under TCG takes five minutes).
+The hosts run the checkout's dpfreeze (linked where the install role links it; the role itself is run for
+real on the machine, tests/test_fleet_collection.py: installing it four times under TCG takes minutes).
 The collection rolls OVS with its default batches (1, 10 %, 25 %: one host at a time here).  fh3 is
 given a gate it cannot pass (an upgrade window of at most 1 s): the canary fh1 and the first batch fh2
 upgrade hitlessly under the probes (traffic between a namespace on fh1 and one on fh2, so it crosses both

@@ -190,6 +190,102 @@ def test_the_install_role_installs_dpfreeze_and_a_second_run_changes_nothing(tmp
     assert second.returncode == 0 and "changed=0" in recap, second.stdout[-3000:]
 
 
+STUB_DPFREEZE = """#!/usr/bin/env python3
+# dpfreeze as the role meets it, on a host whose OVS is a version file; the world is STATE.
+import json, os, subprocess, sys
+state = os.environ["FLEET_STATE"]
+def version():
+    return open(os.path.join(state, "version")).read().strip()
+cmd = sys.argv[1]
+if cmd == "preflight":
+    print("preflight: ok: state idle, flow-restore-wait clear")
+    problem = os.path.join(state, "kernel-problem")
+    if os.path.exists(problem):
+        print("kernel problem: " + open(problem).read().strip())
+        sys.exit(1)
+elif cmd == "status":
+    print(json.dumps({"state": "idle"}))
+elif cmd == "upgrade":
+    args = dict(zip(sys.argv[2::2], sys.argv[3::2]))
+    before = version()
+    subprocess.run(args["--restart-command"], shell=True, check=True)
+    marker = os.path.join(state, "drops")
+    drops = int(open(marker).read()) if os.path.exists(marker) else 0
+    with open(os.path.join(state, "upgrades"), "a") as f:
+        f.write(version() + "\\n")
+    report = {"ok": True, "old_version": before, "new_version": version(), "verify": [],
+              "status": {"report": {"handover": {"overflow_packets": drops}}}}
+    open(args["--report"], "w").write(json.dumps(report))
+    if drops:
+        os.unlink(marker)  # the rollback goes well
+"""
+
+
+def stub_host(tmp_path: Path, version: str = "3.1.0") -> tuple[Path, dict[str, str]]:
+    """A host for the role's logic alone: `ovs-appctl version` reads a file, the upgrade command writes it."""
+    state, bin_ = tmp_path / "state", tmp_path / "bin"
+    state.mkdir()
+    bin_.mkdir()
+    (state / "version").write_text(version)
+    (bin_ / "dpfreeze").write_text(STUB_DPFREEZE)
+    appctl = f'#!/bin/sh\necho "ovs-vswitchd (Open vSwitch) $(cat {state}/version)"\n'
+    (bin_ / "ovs-appctl").write_text(appctl)
+    for tool in ("dpfreeze", "ovs-appctl"):
+        (bin_ / tool).chmod(0o755)
+    env = {"PATH": f"{bin_}:{BIN}:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": str(tmp_path),
+           "FLEET_STATE": str(state), "ANSIBLE_COLLECTIONS_PATH": str(collections_path(tmp_path)),
+           "ANSIBLE_NOCOLOR": "1"}
+    return state, env
+
+
+def rollout(tmp_path: Path, env: dict[str, str], hosts: str) -> subprocess.CompletedProcess[str]:
+    extra = {"dpfreeze_hosts": "all", "ansible_python_interpreter": sys.executable,
+             "dpfreeze_upgrade_bin": str(tmp_path / "bin" / "dpfreeze"),
+             "dpfreeze_upgrade_target_version": "3.5.0",
+             "dpfreeze_upgrade_command": "echo {{ dpfreeze_upgrade_version }} > "
+                                         + str(tmp_path / "state" / "version"),
+             "dpfreeze_upgrade_report_dir": str(tmp_path / "state"),
+             "dpfreeze_upgrade_summary_dir": str(tmp_path / "summary")}
+    (tmp_path / "vars.json").write_text(json.dumps(extra))
+    return subprocess.run([BIN / "ansible-playbook", "-i", hosts, "-c", "local", "-e",
+                           f"@{tmp_path / 'vars.json'}", "dpfreeze.fleet.rolling_upgrade"],
+                          env=env, capture_output=True, text=True)
+
+
+def fleet_summary(tmp_path: Path) -> dict[str, dict]:
+    return {h["host"]: h for h in json.loads((tmp_path / "summary" / "summary.json").read_text())["hosts"]}
+
+
+def test_a_refused_preflight_changes_nothing_and_halts_the_rollout(tmp_path: Path) -> None:
+    state, env = stub_host(tmp_path)
+    (state / "kernel-problem").write_text("the kernel that boots next, 6.12.9, has no openvswitch module")
+    done = rollout(tmp_path, env, "hv1,hv2,")
+    assert done.returncode != 0
+    assert "hv1: kernel problem: the kernel that boots next, 6.12.9, has no openvswitch module" in done.stdout
+    assert not (state / "upgrades").exists()  # nothing ran
+    hosts = fleet_summary(tmp_path)
+    assert list(hosts) == ["hv1"] and hosts["hv1"]["gate"] == "refused", hosts  # hv2: halted before
+    assert hosts["hv1"]["version_after"] == "3.1.0" and hosts["hv1"]["rollback"] == "none"
+
+
+def test_dropped_upcalls_fail_the_gate_and_the_host_is_rolled_back(tmp_path: Path) -> None:
+    state, env = stub_host(tmp_path)
+    (state / "drops").write_text("3")
+    done = rollout(tmp_path, env, "hv1,")
+    assert done.returncode != 0
+    assert (state / "upgrades").read_text().split() == ["3.5.0", "3.1.0"]  # the upgrade, then the rollback
+    record = fleet_summary(tmp_path)["hv1"]
+    assert record["gate"] == "failed" and record["rollback"] == "done", record
+    assert record["version_after"] == "3.1.0" and record["upcalls_dropped"] == 3
+    assert record["reasons"] == ["3 upcalls dropped (at most 0)"]
+    again = rollout(tmp_path, env, "hv1,")  # the cause gone, a re-run upgrades it
+    assert again.returncode == 0, again.stdout[-3000:]
+    assert fleet_summary(tmp_path)["hv1"]["gate"] == "passed"
+    skipped = rollout(tmp_path, env, "hv1,")  # and then leaves it alone
+    assert skipped.returncode == 0 and fleet_summary(tmp_path)["hv1"]["gate"] == "skipped"
+    assert (state / "upgrades").read_text().split() == ["3.5.0", "3.1.0", "3.5.0"]
+
+
 def test_ansible_lint_is_clean(tmp_path: Path) -> None:
     env = {"PATH": f"{BIN}:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": str(tmp_path),
            "ANSIBLE_COLLECTIONS_PATH": str(collections_path(tmp_path))}
