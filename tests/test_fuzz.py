@@ -14,7 +14,7 @@ sys.path.insert(0, str(FUZZ))
 
 import targets  # noqa: E402  (the harness lives beside fuzz/run.py, not in the package)
 
-SHORT_SECONDS = 15  # per target in CI; the documented long runs go much further
+SHORT_SECONDS = 10  # per target in CI; the documented long runs go much further
 
 
 @pytest.mark.parametrize("name", sorted(targets.TARGETS))

@@ -75,6 +75,7 @@ async def transition(ends: tuple[Endpoint, Endpoint], release: str, name: str, f
     return report
 
 
+@pytest.mark.stock
 async def test_stock_downgrade_3_1_to_2_15(ends: tuple[Endpoint, Endpoint], record_property: object) -> None:
     assert running_version() == "3.1.0"
     report = await transition(ends, "2.15", "stock 3.1 -> 2.15", 0, record_property)
@@ -88,6 +89,7 @@ async def test_stock_downgrade_3_1_to_2_15(ends: tuple[Endpoint, Endpoint], reco
     sh("ovs-ofctl", "add-flow", BRIDGE, CONTROLLER_RULE)  # the controller would program it again
 
 
+@pytest.mark.stock
 async def test_stock_upgrade_2_15_to_3_1(ends: tuple[Endpoint, Endpoint], record_property: object) -> None:
     report = await transition(ends, "3.1", "stock 2.15 -> 3.1", 5000, record_property)
     assert running_version() == "3.1.0"

@@ -15,11 +15,11 @@ pytestmark = [pytest.mark.kernel, pytest.mark.own_boot, pytest.mark.kernel_timeo
 
 def test_upgrades_in_a_row_lose_nothing_and_leak_nothing(
         tmp_path: Path, record_property: Callable[[str, object], None]) -> None:
-    res = subprocess.run(["dpfreeze", "lab", "soak", "--upgrades", "4", "--out", str(tmp_path)],
+    res = subprocess.run(["dpfreeze", "lab", "soak", "--upgrades", "3", "--out", str(tmp_path)],
                          capture_output=True, text=True, timeout=850, check=False)
     record_property("table", res.stdout + res.stderr)
     assert "Traceback" not in res.stderr, res.stderr
     doc = json.loads((tmp_path / "soak.json").read_text())
-    assert [s["ok"] for s in doc["samples"]] == [True] * 4, doc["samples"]
+    assert [s["ok"] for s in doc["samples"]] == [True] * 3, doc["samples"]
     assert doc["ok"] and res.returncode == 0, doc["verdict"]
     assert doc["growth"]["service_fds"] <= 0, doc["growth"]

@@ -74,6 +74,7 @@ def _name(who: str, operation: str, target: str) -> str:
     return f"{who} {operation} {'3.1 -> 3.5' if target == '3.5' else '3.5 -> 3.1'}"
 
 
+@pytest.mark.stock
 @pytest.mark.parametrize(("operation", "target", "first"), STOCK, ids=[f"{o}-to-{t}" for o, t, _ in STOCK])
 async def test_stock(ends: tuple[Endpoint, Endpoint], operation: str, target: str, first: int,
                      record_property: object) -> None:
