@@ -47,6 +47,7 @@ def spec(ends: tuple[Endpoint, Endpoint], first: int) -> ProbeSpec:
                      tail_s=2.0, newflow_first=first, ready_timeout_s=300.0, stop_timeout_s=120.0)
 
 
+@pytest.mark.stock
 @pytest.mark.parametrize(("operation", "first"), zip(OPERATIONS, (0, 2500, 5000), strict=True),
                          ids=[" ".join(o) for o in OPERATIONS])
 async def test_stock(ends: tuple[Endpoint, Endpoint], operation: tuple[str, str], first: int,
