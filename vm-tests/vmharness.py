@@ -82,8 +82,8 @@ def cache_dir() -> Path:
 
 
 def wheelhouse() -> Path:
-    """dpfreeze's dependencies as wheels (and setuptools to build it), fetched from PyPI once: the guest has
-    no network, and the fleet test installs dpfreeze on each of its hosts with pip, offline."""
+    """dpfreeze's dependencies as wheels (and setuptools to build it), fetched from PyPI once: the install
+    role's test (tests/test_fleet_collection.py) runs pip offline from it."""
     project = tomllib.loads((HERE.parent / "pyproject.toml").read_text())["project"]
     wanted = "\n".join([*project["dependencies"], "setuptools>=61", "wheel"])
     target = cache_dir() / "wheels"

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import ovsdebs
 import vmharness
+from systemdrig import sh
 
 from dpfreeze.probe import Endpoint
 
@@ -32,13 +33,6 @@ OVS_CTL = "/usr/share/openvswitch/scripts/ovs-ctl"
 PRIVATE = ("/run/openvswitch", "/etc/openvswitch", "/var/log/openvswitch", "/var/lib/openvswitch",
            "/run/dpfreeze", "/var/lib/dpfreeze", "/etc/alternatives", "/var/lib/dpkg/alternatives")
 COPIED = ("/etc/alternatives", "/var/lib/dpkg/alternatives")  # start as the VM's, then the host's own
-
-
-def sh(*argv: str | Path, check: bool = True, timeout: float = 300) -> str:
-    res = subprocess.run([str(a) for a in argv], capture_output=True, text=True, timeout=timeout, check=False)
-    said = f"{' '.join(map(str, argv))}: {res.returncode}\n{res.stdout}{res.stderr}"
-    assert res.returncode == 0 or not check, said
-    return res.stdout.strip()
 
 
 @dataclass

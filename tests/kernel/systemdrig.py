@@ -16,9 +16,10 @@ PIDFILE = Path("/var/run/openvswitch/ovs-vswitchd.pid")
 FIGURES = Path("/results/transitions.json")  # kept with --kernel-vm-keep: docs/benchmarks.md's figures
 
 
-def sh(*argv: str, check: bool = True, timeout: float = 600) -> str:
-    res = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
-    assert res.returncode == 0 or not check, f"{' '.join(argv)}: {res.returncode}\n{res.stdout}{res.stderr}"
+def sh(*argv: str | Path, check: bool = True, timeout: float = 600) -> str:
+    res = subprocess.run([str(a) for a in argv], capture_output=True, text=True, timeout=timeout, check=False)
+    said = f"{' '.join(map(str, argv))}: {res.returncode}\n{res.stdout}{res.stderr}"
+    assert res.returncode == 0 or not check, said
     return res.stdout.strip()
 
 
