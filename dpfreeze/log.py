@@ -1,9 +1,13 @@
-"""Structured, quiet-by-default logging: `event key=value ...` lines on stderr."""
+"""Structured, quiet-by-default logging: `event key=value ...` lines on stderr; the profile of long work."""
 
 from __future__ import annotations
 
 import logging
 import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
 LOG = logging.getLogger("dpfreeze")
@@ -22,3 +26,29 @@ def kv(event: str, **fields: Any) -> str:
     """Format one structured log line: the event name, then sorted key=value pairs."""
     return " ".join([event, *(f"{k}={v!r}" if isinstance(v, str) and " " in v else f"{k}={v}"
                               for k, v in sorted(fields.items()))])
+
+
+@dataclass
+class Profile:
+    """Where a long operation's time went: named spans on CLOCK_MONOTONIC, which every process of the host
+    shares, so the service's spans and the upgrade command's line up.  Spans may overlap (work done side
+    by side).  Why: the upgrade window is measured phase by phase before it is cut (docs/benchmarks.md)."""
+
+    spans: list[dict[str, Any]] = field(default_factory=list)
+
+    @contextmanager
+    def span(self, name: str) -> Iterator[None]:
+        start = time.monotonic()
+        try:
+            yield
+        finally:
+            self.add(name, start)
+
+    def add(self, name: str, start: float, end: float | None = None) -> None:
+        end = time.monotonic() if end is None else end
+        self.spans.append({"phase": name, "start": round(start, 4), "seconds": round(end - start, 4)})
+
+    def relative(self, origin: float) -> list[dict[str, Any]]:
+        """The spans in start order, each `at` seconds after `origin` (e.g. the command's own start)."""
+        return [{"phase": s["phase"], "at": round(s["start"] - origin, 3), "seconds": round(s["seconds"], 3)}
+                for s in sorted(self.spans, key=lambda s: s["start"])]

@@ -28,9 +28,9 @@ from dpfreeze import command, files, kmod
 from dpfreeze.command import CommandFailed
 from dpfreeze.errors import DpfreezeError
 from dpfreeze.freeze.service import render_status
-from dpfreeze.log import kv
+from dpfreeze.log import Profile, kv
 from dpfreeze.ovs import appctl, datapaths, openflow, ovsdb
-from dpfreeze.ovs.ovsenv import DaemonNotRunning, OvsEnv, process_alive
+from dpfreeze.ovs.ovsenv import DaemonNotRunning, OvsEnv, peak_rss_kb, process_alive
 from dpfreeze.snapshot import Snapshot
 from dpif.netdev_datapath import is_netdev_name
 
@@ -75,13 +75,24 @@ class UpgradeReport:
     status: dict[str, Any] = field(default_factory=dict)
     error: str = ""
     recovery: str = ""  # what was done after a failure so that a daemon runs
+    # Every phase, the service's too, `at` seconds after the command started (see `profile_of`).
+    profile: list[dict[str, Any]] = field(default_factory=list)
+    peak_rss_kb: int | None = None  # this process's; the service's is in `status`
+    _own: Profile = field(default_factory=Profile)
 
     def step(self, name: str, started: float, **extra: Any) -> None:
         self.steps.append({"step": name, "seconds": round(time.monotonic() - started, 3), **extra})
+        self._own.add(name, started)
         LOG.info(kv("upgrade.step", step=name, **extra))
 
+    def profile_of(self, origin: float) -> None:
+        """The upgrade's profile: its own steps and the service's phases (on the same clock), from `origin`,
+        the command's start: a process's own start-up shows as the time before the first phase."""
+        service = Profile([s for s in self.status.get("profile") or () if isinstance(s, dict)])
+        self.profile = Profile(self._own.spans + service.spans).relative(origin)
+
     def to_json(self) -> dict[str, Any]:
-        return dict(vars(self))
+        return {k: v for k, v in vars(self).items() if not k.startswith("_")}
 
     def text(self) -> str:
         """What the operator reads: the outcome line, then one line per step, finding and error."""
@@ -388,15 +399,23 @@ async def upgrade(
 
 
 async def run_upgrade(api: FreezeApi, env: OvsEnv, plan: UpgradePlan, *, daemon_timeout: float = 60.0,
-                      rollback_dir: Path | None = None) -> UpgradeReport:
+                      rollback_dir: Path | None = None, origin: float | None = None,
+                      before: Profile | None = None) -> UpgradeReport:
     """Freeze, restart, restore OpenFlow, thaw; whatever fails, the freeze ends (thawed) and, if no daemon
-    runs, the old one is rolled back to (its binary kept in `rollback_dir`, removed at the end)."""
+    runs, the old one is rolled back to (its binary kept in `rollback_dir`, removed at the end).  The
+    report's profile counts from `origin` (time.monotonic(); default: now) and starts with the phases
+    `before` this call (the command's start-up)."""
+    origin = time.monotonic() if origin is None else origin
     kept = keep_binary(plan.old_pid, rollback_dir) if plan.old_pid and rollback_dir else None
     try:
-        return await _run_upgrade(api, env, plan, daemon_timeout, kept)
+        rep = await _run_upgrade(api, env, plan, daemon_timeout, kept)
     finally:
         if kept is not None:
             drop_kept(kept)
+    rep._own.spans[:0] = before.spans if before else []
+    rep.profile_of(origin)
+    rep.peak_rss_kb = peak_rss_kb()
+    return rep
 
 
 def kept_binary_dir(state_dir: Path) -> Path:

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from dpfreeze.cli import main as cli
+from dpfreeze.ovs.ovsenv import proc_stat
 
 
 def registered(module: str) -> set[str]:
@@ -64,3 +67,14 @@ def test_a_refused_upgrade_is_one_line_and_changes_nothing(
     assert rc == 1 and err.strip().splitlines() == [
         "dpfreeze: error: --reload-kmod replaces the default restart; it takes no --restart-command"]
     assert not (tmp_path / "state.json").exists()
+    # the service it forked on stand-by (see freeze.Standby) was dismissed and is gone
+    deadline = time.monotonic() + 10
+    while _live_children() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _live_children()
+
+
+def _live_children() -> list[int]:
+    me = str(os.getpid())
+    return [int(d.name) for d in Path("/proc").iterdir() if d.name.isdigit()
+            and (f := proc_stat(int(d.name))) is not None and f[1] == me and f[0] != "Z"]

@@ -10,6 +10,7 @@ import errno
 import functools
 import json
 import struct
+import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import replace
@@ -29,7 +30,7 @@ from dpfreeze.freeze.pin import PinSet, uses_recirculation
 from dpfreeze.freeze.service import CRASH, FreezeService, ServiceConfig
 from dpfreeze.ovs import portids
 from dpfreeze.ovs.portids import SocketQueue, parse_proc_net_netlink, parse_socket_queues
-from dpfreeze.upgrade import verify
+from dpfreeze.upgrade import UpgradeReport, verify
 from dpif.model import (
     Datapath,
     DatapathInfo,
@@ -247,7 +248,7 @@ class FakeBackend:
     async def open_datapath(self, name: str) -> AsyncIterator[Datapath]:
         yield self.dp
 
-    async def snapshot(self, dp: Any, path: Path, *, openflow: Any = None) -> PinSet:
+    async def snapshot(self, dp: Any, path: Path, *, openflow: Any = None, profile: Any = None) -> PinSet:
         self.snapshots.append(openflow is None)
         self.pins = PinSet(await dp.info(), tuple(await dp.ports()), tuple([*dp.table.values()]))
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -388,8 +389,23 @@ async def test_freeze_pins_flows_and_takes_upcalls_only_when_the_daemon_is_gone(
         assert "hand-over: new daemon owns the upcalls; flush repaired" in text
         assert "replayed 2" in text and "dropped 0 (overflow) + 1 (recirc_id != 0)" in text
         assert json.loads((svc.config.state_dir / "report.json").read_text())["state"] == "thawed"
+        # where the time went: the freeze's and the hand-over's phases, and how long misses were held
+        assert {s["phase"] for s in doc["profile"]} >= {
+            "freeze.session", "session.pin", "session.upcall-sockets", "session.flow-restore-wait",
+            "thaw.flow-restore-wait", "thaw.new-owner", "thaw.flush-repair", "thaw.replay"}
+        assert report["handover"]["held_s"] > 0 and doc["peak_rss_kb"] > 0
         nursery.cancel_scope.cancel()
     assert svc.store.load().state is State.THAWED
+
+
+def test_the_upgrade_profile_puts_the_service_phases_among_its_own_steps() -> None:
+    rep = UpgradeReport()
+    t = time.monotonic()
+    rep.step("freeze", t - 2.0)
+    rep.status = {"profile": [{"phase": "snapshot.datapath", "start": round(t - 1.5, 4), "seconds": 0.5}]}
+    rep.profile_of(t - 3.0)
+    assert [(s["phase"], s["at"]) for s in rep.profile] == [("freeze", 1.0), ("snapshot.datapath", 1.5)]
+    assert "_own" not in rep.to_json() and rep.to_json()["profile"] == rep.profile
 
 
 async def test_per_vport_takeover_and_give_back_without_restart(tmp_path, fake_proc) -> None:

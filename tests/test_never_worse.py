@@ -162,7 +162,8 @@ async def test_freeze_on_a_fresh_machine_creates_the_state_directory(
         made.append(self.parent)
         return real_write(self, data)
 
-    async def snapshot(self: FakeBackend, dp: FakeDatapath, path: Path, *, openflow: object = None) -> object:
+    async def snapshot(self: FakeBackend, dp: FakeDatapath, path: Path, *, openflow: object = None,
+                       profile: object = None) -> object:
         self.pins = PinSet(await dp.info(), tuple(await dp.ports()), tuple([*dp.table.values()]))
         write_text_no_mkdir(path, "snapshot")
         return self.pins

@@ -12,7 +12,9 @@ from dpfreeze.probe import frames
 from dpfreeze.probe.render import compare_svg, svg, table, timeline, write
 from dpfreeze.probe.report import (
     Bucket,
+    Latency,
     Report,
+    Window,
     build_report,
     datagram_class,
     latency,
@@ -138,6 +140,17 @@ def test_buckets_show_delay_and_loss_over_time() -> None:
     c = datagram_class("newflow", sent, rx, 250.0, t0)
     assert c.buckets == [Bucket(0.0, 2, 0, 1.0), Bucket(500.0, 2, 0, 3000.0), Bucket(1000.0, 2, 2, None),
                          Bucket(1500.0, 2, 0, 2.0)]
+
+
+def test_window_is_the_delay_and_loss_of_what_was_sent_during_the_disruption() -> None:
+    """The whole run's p99 drowns a 3 s hold in on-time packets; the window between the events does not."""
+    sent = [(0, k, k * 250 * MS) for k in range(8)]
+    rx = [(0, 0, 0, 1 * MS), (0, 1, 250 * MS, 251 * MS), (0, 2, 500 * MS, 3500 * MS),
+          (0, 3, 750 * MS, 3500 * MS), (0, 6, 1500 * MS, 1502 * MS), (0, 7, 1750 * MS, 1750 * MS)]
+    c = datagram_class("newflow", sent, rx, 250.0, 0, span_ns=(500 * MS, 1000 * MS))
+    assert c.window == Window(500.0, 1000.0, 3, 1, Latency(2750.0, 3000.0, 3000.0))
+    assert datagram_class("newflow", sent, rx, 250.0, 0).window is None  # no events, no window
+    assert _sample_report().cls("newflow").window == Window(5.0, 40.0, 1, 1, None)
 
 
 def test_resolution_class_matches_replies_to_requests() -> None:

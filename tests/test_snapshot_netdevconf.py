@@ -1,4 +1,4 @@
-"""Internal ports' Linux configuration: saved and re-applied through rtnetlink (pyroute2)."""
+"""Internal ports' Linux configuration: read through our rtnetlink codec, re-applied through pyroute2."""
 
 from __future__ import annotations
 

@@ -56,6 +56,9 @@ def _add_upgrade(sub: Any) -> None:
                    help="a new flow every T ms (20)")
     p.add_argument("--openflow-rules", type=int, default=0, metavar="N",
                    help="add N OpenFlow rules no probe matches, as a controller-programmed host has (0)")
+    p.add_argument("--flows", type=int, default=0, metavar="N",
+                   help="fill the datapath with N flows no probe hits, kept by the daemon, before each run "
+                        "(kernel datapath; 0)")
     p.add_argument("--datapath", choices=DATAPATH_TYPES, default=BenchSpec.datapath,
                    help="system: openvswitch.ko (in the test VM, default); netdev: the userspace datapath, "
                         "runs natively without the module")
@@ -85,13 +88,18 @@ async def cmd_bench(args: argparse.Namespace) -> int:
         raise UserError("need at least one method, --runs 1..50, positive --rate and --newflow-ms")
     if not 0 <= args.openflow_rules <= 1_000_000:
         raise UserError("--openflow-rules: 0..1000000")
+    if not 0 <= args.flows <= 1_000_000:
+        raise UserError("--flows: 0..1000000")
+    if args.flows and args.datapath == "netdev":
+        raise UserError("--flows: a userspace datapath's flows live in its daemon; use the kernel datapath")
     if args.datapath == "system":
         need_kernel_datapath("bench upgrade")
     elif kmod := [m for m in methods if m in KMOD_METHODS]:
         raise UserError(f"method {kmod[0]} reloads openvswitch.ko; a userspace datapath (--datapath netdev) "
                         "does not use the module")
+    compile_bytecode()  # the methods run `dpfreeze` as processes: as installed, with its bytecode
     spec = BenchSpec(runs=args.runs, methods=methods, rate=args.rate, newflow_ms=args.newflow_ms,
-                     datapath=args.datapath, openflow_rules=args.openflow_rules)
+                     datapath=args.datapath, openflow_rules=args.openflow_rules, flows=args.flows)
     try:
         doc = await bench(spec, args.out)
     except SandboxError as exc:

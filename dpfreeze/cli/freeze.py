@@ -13,12 +13,15 @@ import functools
 import json
 import operator
 import os
+import signal
+import socket
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import trio
 
@@ -34,6 +37,7 @@ from dpfreeze.freeze.service import (
     SystemBackend,
     render_status,
 )
+from dpfreeze.log import Profile
 from dpfreeze.ovs import appctl, datapaths, ovsdb, ovsenv
 from dpfreeze.preflight import OvsdbFlowRestoreWait, preflight
 from dpfreeze.upgrade import (
@@ -231,6 +235,77 @@ async def _datapath_features() -> DpFeature | None:
 SERVICE_START_TIMEOUT = 120.0  # a fresh process imports trio and the codec: seconds under qemu TCG
 
 
+class Standby:
+    """A fork of `dpfreeze upgrade`, made before trio runs, that waits to be told to become its service.
+
+    Why: a service started as a new process imports Python, trio and dpfreeze all over again, 7 s of an
+    upgrade in a loaded qemu TCG guest (0.3 s natively), all before the freeze; the fork has them already.
+    Told nothing (a service already runs, the upgrade was refused, the command was killed), it sees the
+    end of its socket and exits.  Once told, it is exactly what a started `dpfreeze serve` is."""
+
+    def __init__(self) -> None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        self.sock, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.pid = os.fork()
+        if self.pid == 0:
+            self.sock.close()
+            _stand_by(child)
+        child.close()
+        self.returncode: int | None = None
+
+    def become_service(self, argv: list[str], hold_r: int, log_fd: int) -> None:
+        """`dpfreeze ARGV --hold-fd HOLD_R`, logging to `log_fd`, in a session of its own."""
+        socket.send_fds(self.sock, [json.dumps(argv).encode()], [hold_r, log_fd])
+        self.sock.close()
+
+    def dismiss(self) -> None:
+        self.sock.close()
+        self.poll()
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            with contextlib.suppress(ChildProcessError):
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+                if pid:
+                    self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGKILL)
+
+
+def _stand_by(sock: socket.socket) -> NoReturn:
+    """The fork's life: wait for the word (the command's Ctrl-C is not for it), then serve, then exit."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        msg, fds, _, _ = socket.recv_fds(sock, 1 << 16, 2)
+    except OSError:
+        os._exit(0)
+    if not msg or len(fds) != 2:
+        os._exit(0)
+    hold_r, log_fd = fds
+    os.setsid()
+    os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
+    os.dup2(log_fd, 1)
+    os.dup2(log_fd, 2)
+    os.close(log_fd)
+    sock.close()
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    from dpfreeze.cli.main import main
+
+    rc = main([*json.loads(msg), "--hold-fd", str(hold_r)])
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(rc)
+
+
+def stand_by(args: argparse.Namespace) -> None:
+    """Before trio runs: fork the standby service `upgrade` may need (see Standby)."""
+    args.standby = Standby()
+
+
 class _StartedService(RemoteApi):
     """The service `upgrade` started for itself: started again (it resumes the freeze from its state file)
     if it dies under the command, so that the command still ends the freeze it began."""
@@ -238,7 +313,7 @@ class _StartedService(RemoteApi):
     def __init__(self, args: argparse.Namespace, orphan: Orphan) -> None:
         super().__init__(Path(args.socket))
         self.args, self.orphan = args, orphan
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.proc: subprocess.Popen[bytes] | Standby | None = None
         self.hold_w = -1
 
     async def start(self) -> None:
@@ -251,13 +326,19 @@ class _StartedService(RemoteApi):
         except OSError as exc:
             raise UserError(f"cannot start the dpfreeze service: {log_path}: {exc.strerror}") from None
         hold_r, hold_w = os.pipe()
+        serve = ["-v", "serve", "--socket", self.args.socket, "--state-dir", self.args.state_dir,
+                 "--orphan", self.orphan.to_json()]
+        standby, self.args.standby = getattr(self.args, "standby", None), None  # a fork serves once
         try:
             with open(log_fd, "ab") as log:
-                self.proc = subprocess.Popen(
-                    [sys.executable, "-m", "dpfreeze.cli", "-v", "serve", "--socket", self.args.socket,
-                     "--state-dir", self.args.state_dir, "--hold-fd", str(hold_r),
-                     "--orphan", self.orphan.to_json()], stdin=subprocess.DEVNULL,
-                    stdout=log, stderr=log, pass_fds=(hold_r,), start_new_session=True)
+                if standby is not None:
+                    standby.become_service(serve, hold_r, log.fileno())
+                    self.proc = standby
+                else:
+                    self.proc = subprocess.Popen(
+                        [sys.executable, "-m", "dpfreeze.cli", *serve, "--hold-fd", str(hold_r)],
+                        stdin=subprocess.DEVNULL, stdout=log, stderr=log, pass_fds=(hold_r,),
+                        start_new_session=True)
         except BaseException:
             os.close(hold_w)
             raise
@@ -325,7 +406,7 @@ async def _service_api(args: argparse.Namespace, orphan: Orphan) -> AsyncIterato
         started.close()
 
 
-async def _wait_started(remote: RemoteApi, proc: subprocess.Popen[bytes], log_path: Path) -> None:
+async def _wait_started(remote: RemoteApi, proc: subprocess.Popen[bytes] | Standby, log_path: Path) -> None:
     with trio.move_on_after(SERVICE_START_TIMEOUT):
         while True:
             if proc.poll() is not None:  # e.g. another upgrade's service took the socket first
@@ -347,14 +428,29 @@ async def _datapath(arg: str) -> str:
 
 
 async def cmd_upgrade(args: argparse.Namespace) -> int:
+    try:
+        return await _upgrade(args)
+    finally:
+        if (standby := getattr(args, "standby", None)) is not None:  # unused: refused, or a service ran
+            standby.dismiss()
+
+
+async def _upgrade(args: argparse.Namespace) -> int:
+    # The profile starts with this process: its own start-up (the interpreter, the imports) is a phase.
+    origin, before = time.monotonic() - (ovsenv.process_age(os.getpid()) or 0.0), Profile()
+    before.add("startup", origin)
     env = ovsenv.current()
-    plan = await plan_upgrade(env, ttl=args.ttl, datapath=args.datapath, restart_command=args.restart_command,
-                              reload_kmod=args.reload_kmod)  # every refusal before a service is started
-    await warn_schema_losses()
+    with before.span("plan"):
+        plan = await plan_upgrade(env, ttl=args.ttl, datapath=args.datapath,
+                                  restart_command=args.restart_command,
+                                  reload_kmod=args.reload_kmod)  # every refusal before a service is started
+        await warn_schema_losses()
     kept_in = kept_binary_dir(Path(args.state_dir))
     orphan = Orphan(plan.old_pid, plan.argv, kept_in / VSWITCHD, os.getpgid(0))
+    start = time.monotonic()
     async with _service_api(args, orphan) as api:
-        rep = await run_upgrade(api, env, plan, rollback_dir=kept_in)
+        before.add("service", start)
+        rep = await run_upgrade(api, env, plan, rollback_dir=kept_in, origin=origin, before=before)
     if args.report:
         Path(args.report).write_text(json.dumps(rep.to_json(), indent=1, sort_keys=True) + "\n")
     if args.json:
@@ -461,4 +557,4 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
                    help="also reload the openvswitch module (as ovs-ctl force-reload-kmod), restoring the "
                         "datapath, its port numbers and its flows before the new daemon starts")
     p.add_argument("--report", metavar="FILE", help="also write the JSON report to FILE")
-    p.set_defaults(handler=cmd_upgrade)
+    p.set_defaults(handler=cmd_upgrade, before_trio=stand_by)

@@ -61,6 +61,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if inspect.iscoroutinefunction(handler):
             import trio
 
+            if before := getattr(args, "before_trio", None):  # e.g. a fork, which trio must not see
+                before(args)
             result = trio.run(handler, args)
         else:
             result = handler(args)

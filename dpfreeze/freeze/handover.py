@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import struct
+import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -111,6 +112,8 @@ class HandoverStats:
     switched_to_per_vport: bool = False  # the new daemon predates per-CPU dispatch (see `new_owner`)
     replay_waits: int = 0  # polls spent waiting for the new daemon to read what was replayed
     new_owner_drops: int = 0  # upcalls the new daemon's sockets dropped during the replay (should stay 0)
+    held_s: float = 0.0  # from the take-over to the end of the replay: the longest a buffered miss waited
+    taken_at: float = 0.0  # time.monotonic() of the take-over
 
     def as_dict(self, buffer: MissBuffer) -> dict[str, object]:
         return {
@@ -204,6 +207,8 @@ class Handover:
                 self.stats.mode = "per-vport"
                 for v in await self.dp.ports():
                     await self.dp.port_set_upcall_pids(v.port_no, self.ours)
+        if not self.stats.taken_over:
+            self.stats.taken_at = time.monotonic()
         self.stats.taken_over = True
         LOG.info(kv("handover.taken", mode=self.stats.mode, pids=",".join(map(str, self.ours))))
 
@@ -299,6 +304,8 @@ class Handover:
         for _ in range(2):
             await self.settle()
             await self._replay_buffer()
+        if self.stats.taken_at:
+            self.stats.held_s = round(time.monotonic() - self.stats.taken_at, 3)
 
     async def _replay_buffer(self) -> None:
         ups = self.buffer.drain()

@@ -31,7 +31,7 @@ from dpfreeze.freeze.handover import Handover, MissBuffer
 from dpfreeze.freeze.machine import ACTIVE, Event, State, StateStore, TransitionRefused
 from dpfreeze.freeze.pin import Pinner, PinSet, recirculating
 from dpfreeze.freeze.restorer import Restorer
-from dpfreeze.log import kv
+from dpfreeze.log import Profile, kv
 from dpfreeze.ovs import datapaths, ovsdb, ovsenv
 from dpfreeze.ovs.openflow import BridgeOpenFlow
 from dpfreeze.ovs.ovsenv import OvsEnv
@@ -56,8 +56,8 @@ class Backend(Protocol):
 
     def open_datapath(self, name: str) -> AbstractAsyncContextManager[Datapath]: ...
 
-    async def snapshot(self, dp: Datapath, path: Path, *,
-                       openflow: Sequence[BridgeOpenFlow] | None = None) -> PinSet:
+    async def snapshot(self, dp: Datapath, path: Path, *, openflow: Sequence[BridgeOpenFlow] | None = None,
+                       profile: Profile | None = None) -> PinSet:
         """Take the full snapshot and write it atomically to `path`; what to pin.  `openflow` given: no
         daemon runs (a crash), so its OpenFlow state is taken from there (the checkpoint), not asked for."""
         ...
@@ -138,6 +138,8 @@ class FreezeService:
         self._lock = trio.Lock()  # one command at a time
         self.crashes = CrashLoop(*config.crash_loop)
         self._checkpoint: Checkpoint | None = None
+        self.profile = Profile()  # the last freeze's and hand-over's phases
+        self._fresh: PinSet | None = None  # the pins the freeze just took, for its session (not re-read)
 
     # --- state -----------------------------------------------------------------------------------
 
@@ -171,13 +173,14 @@ class FreezeService:
     async def _freeze(self, ttl: float, datapath: str, crash: str = "",
                       openflow: Sequence[BridgeOpenFlow] | None = None) -> None:
         machine.check_ttl(ttl)
+        self.profile = Profile()
         path = self.config.snapshot_file
         try:  # a fresh machine has no state directory: only systemd's StateDirectory= ever made one
             files.private_dir(path.parent)
         except OSError as exc:
             raise machine.StateFileError(f"cannot create {path.parent}: {exc.strerror or exc}") from exc
         async with self.backend.open_datapath(datapath) as dp:
-            pins = await self.backend.snapshot(dp, path, openflow=openflow)
+            pins = await self.backend.snapshot(dp, path, openflow=openflow, profile=self.profile)
         self._apply(
             Event.FREEZE,
             detail=crash,
@@ -187,7 +190,9 @@ class FreezeService:
             counters={"flows": len(pins.flows), "vports": len(pins.vports)},
             boot_id=self.boot,
         )
-        await self._start_session()
+        self._fresh = pins
+        with self.profile.span("freeze.session"):
+            await self._start_session()
         if self.state.state is not State.FROZEN:
             raise control.ControlError(f"freeze failed and was undone: {self.state.error}")
 
@@ -271,6 +276,8 @@ class FreezeService:
             doc["handover"] = self.handover.stats.as_dict(self.handover.buffer)
         if self.restorer is not None:
             doc["restorer"] = self.restorer.stats.as_dict()
+        doc["profile"] = list(self.profile.spans)
+        doc["peak_rss_kb"] = ovsenv.peak_rss_kb()  # this service process's, pins and miss buffer included
         return doc
 
     async def handle(self, req: control.Request) -> dict[str, Any]:
@@ -553,7 +560,9 @@ class FreezeService:
         """The session proper: pin, take the upcalls, wait for the thaw, hand over."""
         async with self.backend.open_datapath(self.state.datapath) as dp:
             self._dp = dp
-            pins = self.backend.load_pins(Path(self.state.snapshot_path), self.state.datapath)
+            # The freeze's own pins; a resumed or re-attached session reads them back from the snapshot.
+            pins, self._fresh = self._fresh or self.backend.load_pins(Path(self.state.snapshot_path),
+                                                                      self.state.datapath), None
             if dp.lives_in_daemon:
                 await self._restoring(dp, pins, ready)
                 return
@@ -570,11 +579,14 @@ class FreezeService:
             if carried is not None:  # the same port numbers were restored: they replay as they are
                 self.handover.stats.misses = len(carried.buffered)
             async with trio.open_nursery() as nursery:
-                await nursery.start(self.pinner.run)  # first: on resume, repairs are the most urgent
+                with self.profile.span("session.pin"):
+                    await nursery.start(self.pinner.run)  # first: on resume, repairs are the most urgent
                 if self.state.state is State.FROZEN:
-                    await nursery.start(self.handover.run)
+                    with self.profile.span("session.upcall-sockets"):
+                        await nursery.start(self.handover.run)
                     self.pinner.new_vport_pids = self.handover.ours  # re-created vports upcall to us
-                    await self.backend.set_flow_restore_wait(True)  # before freeze() returns
+                    with self.profile.span("session.flow-restore-wait"):
+                        await self.backend.set_flow_restore_wait(True)  # before freeze() returns
                 ready()
                 await self._thaw.wait()
                 report = await self._hand_over(dp, pins, self.pinner, self.handover)
@@ -615,7 +627,8 @@ class FreezeService:
         pinner.frozen = False
         handover.handing_over = True
         pinner.flush_seen = trio.Event()
-        await self.backend.set_flow_restore_wait(False)
+        with self.profile.span("thaw.flow-restore-wait"):
+            await self.backend.set_flow_restore_wait(False)
         outcome = "no restart seen: nothing to hand over"
         if handover.stats.taken_over and handover.old_owner_alive():
             outcome = "the old daemon still runs: upcalls given back to it"
@@ -624,16 +637,25 @@ class FreezeService:
             await handover.replay()
         elif handover.stats.taken_over:
             outcome = "timed out waiting for the new daemon"
-            with trio.move_on_after(self.config.handover_timeout):
+            owner = False
+            with trio.move_on_after(self.config.handover_timeout), self.profile.span("thaw.new-owner"):
                 await handover.wait_new_owner()
+                owner = True
+            if owner:
                 outcome = "new daemon owns the upcalls; flush repaired"
-                with trio.move_on_after(self.config.flush_wait) as wait:
-                    await pinner.flush_seen.wait()
-                if wait.cancelled_caught:  # its handlers may have refilled the table before a poll saw it
-                    n = await pinner.reconcile()
-                    outcome = f"new daemon owns the upcalls; no flush seen, {n} re-installed"
+                async with trio.open_nursery() as nursery:
+                    # The misses have waited long enough: they go to the new daemon beside the flush repair
+                    # (it flushes as it takes its pids: the flush is done, or nearly, by now).
+                    nursery.start_soon(self._replay, handover)
+                    with self.profile.span("thaw.flush-repair"):
+                        with trio.move_on_after(self.config.flush_wait) as wait:
+                            await pinner.flush_seen.wait()
+                        if wait.cancelled_caught:  # its handlers may have refilled the table first
+                            n = await pinner.reconcile()
+                            outcome = f"new daemon owns the upcalls; no flush seen, {n} re-installed"
             pinner.release()  # from here on, re-installing what its revalidators delete would be a fight
-            await handover.replay()
+            if not owner:
+                await self._replay(handover)
             await handover.give_back()
         info, vports = await dp.info(), await dp.ports()
         report: dict[str, Any] = {
@@ -646,6 +668,10 @@ class FreezeService:
         }
         LOG.info(kv("handover.done", outcome=outcome))
         return report
+
+    async def _replay(self, handover: Handover) -> None:
+        with self.profile.span("thaw.replay"):
+            await handover.replay()
 
     def _write_report(self) -> None:
         """The thaw report beside the state file, JSON and text, each written atomically."""
@@ -682,10 +708,12 @@ class SystemBackend:
     def daemon_started(self) -> float | None:
         return self.env.started(ovsenv.VSWITCHD)
 
-    async def snapshot(self, dp: Datapath, path: Path, *,
-                       openflow: Sequence[BridgeOpenFlow] | None = None) -> PinSet:
-        snap = await take_snapshot(dp, env=self.env, saved_openflow=openflow)
-        await trio.to_thread.run_sync(snap.save, path)
+    async def snapshot(self, dp: Datapath, path: Path, *, openflow: Sequence[BridgeOpenFlow] | None = None,
+                       profile: Profile | None = None) -> PinSet:
+        profile = profile or Profile()
+        snap = await take_snapshot(dp, env=self.env, saved_openflow=openflow, profile=profile)
+        with profile.span("snapshot.save"):
+            await trio.to_thread.run_sync(snap.save, path)
         return pins_of(snap, dp.name)
 
     def load_pins(self, path: Path, datapath: str) -> PinSet:

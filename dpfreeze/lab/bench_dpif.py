@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dpfreeze.errors import UserError
+from dpfreeze.ovs.ovsenv import peak_rss_kb
+from dpfreeze.snapshot import take_snapshot
 from dpif.model import Flow
 from dpif.netlink import actions as act
 from dpif.netlink import families as fam
@@ -42,18 +44,14 @@ class Timed:
 def _vm_hwm_kb(pid: int, argv: Sequence[str] | None = None) -> int | None:
     """VmHWM of a running process (its own address space's peak RSS), None once it has exited, or while its
     command line is not yet `argv` (not exec'd yet: the address space is still the parent's)."""
-    try:
-        if argv is not None:
+    if argv is not None:
+        try:
             with open(f"/proc/{pid}/cmdline", "rb") as f:
                 if f.read().split(b"\0")[:-1] != [a.encode() for a in argv]:
                     return None
-        with open(f"/proc/{pid}/status", "rb") as f:
-            for line in f:
-                if line.startswith(b"VmHWM:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return None
+        except OSError:
+            return None
+    return peak_rss_kb(pid)
 
 
 def run_timed(argv: Sequence[str], sample_s: float = 0.02) -> Timed:
@@ -189,6 +187,10 @@ async def kernel_bench(dp_name: str, n: int) -> dict[str, float]:
                 res["ours_dump_records_s"] = time.perf_counter() - t
                 if len(records) != n:
                     raise UserError(f"dumped {len(records)} flows, expected {n}")
+                t = time.perf_counter()  # what a freeze waits on: the snapshot, to records and to its file
+                snap = await take_snapshot(dp, with_openflow=False)
+                snap.save(Path(tmp) / "bench.snapshot")
+                res["ours_snapshot_s"] = time.perf_counter() - t
                 await dp.flow_flush()
                 t = time.perf_counter()
                 failed = [r for r in await dp.flow_put_many(records) if r is not None]
@@ -201,6 +203,7 @@ async def kernel_bench(dp_name: str, n: int) -> dict[str, float]:
         finally:
             await delete_datapath(dp_name)
     res["dump_ratio"] = res["ours_dump_s"] / res["ovs_dpctl_dump_s"]
+    res["snapshot_ratio"] = res["ours_snapshot_s"] / res["ovs_dpctl_dump_s"]
     res["add_ratio"] = res["ours_add_s"] / res["ovs_dpctl_add_s"]
     res["peak_rss_mb"] = max(res["ours_dump_rss_mb"], res["ours_add_rss_mb"])
     return res

@@ -32,13 +32,13 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import json
-import logging
 import os
 import re
 import shlex
 import shutil
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -70,7 +70,9 @@ CTL_OPTS = ("--no-ovsdb-server", "--no-monitor", "--system-id=random", "--no-rec
 # becomes its own megaflow and needs an upcall, as in restart-measurements.md.
 BENCH_FLOW = "priority=10,udp,actions=move:NXM_OF_UDP_SRC[]->NXM_NX_REG0[0..15],NORMAL"
 UPGRADE_TIMEOUT = 300.0  # a loaded TCG guest took 63 s for the freeze alone
-METRICS = ("established_lost", "newflow_lost", "largest_gap_ms", "excess_misses")
+METRICS = ("established_lost", "newflow_lost", "largest_gap_ms", "excess_misses", "method_s", "flows_after",
+           "newflow_gap_ms", "newflow_delay_p50_ms", "newflow_delay_p99_ms", "newflow_delay_max_ms", "held_s",
+           "peak_rss_mb")
 
 
 class MethodFailed(Exception):
@@ -89,6 +91,7 @@ class BenchSpec:
     method_timeout: float = 180.0
     datapath: str = "system"  # the lab's datapath type: system (openvswitch.ko) or netdev (userspace)
     openflow_rules: int = 0  # extra OpenFlow rules that no probe matches (see filler_rules)
+    flows: int = 0  # extra datapath flows that no probe hits (see fill_datapath)
 
 
 @dataclass
@@ -102,12 +105,22 @@ class RunResult:
     newflow_lost: int | None = None
     largest_gap_ms: float | None = None
     tcp_survived: bool | None = None
+    flows_before: int | None = None  # datapath flows as the probes started
+    flows_after: int | None = None  # and as they ended
     missed: int | None = None  # datapath `missed` delta over the whole probe run
     dp_lost: int | None = None  # datapath `lost` delta: upcalls that could not be delivered
     expected_misses: int | None = None  # one per new flow sent
     replayed: int = 0  # buffered misses dpfreeze re-injected: each counts as a second miss, by design
     excess_misses: int | None = None
     method_s: float | None = None
+    newflow_gap_ms: float | None = None  # the longest run of lost new flows: how long they were dropped
+    # The delay of the new flows sent during the method (the probe report's window): dpfreeze holds them
+    newflow_delay_p50_ms: float | None = None
+    newflow_delay_p99_ms: float | None = None
+    newflow_delay_max_ms: float | None = None
+    held_s: float | None = None  # dpfreeze: how long the miss buffer held misses (take-over to replay)
+    profile: list[dict[str, Any]] = field(default_factory=list)  # dpfreeze: its report's per-phase profile
+    peak_rss_mb: float | None = None  # dpfreeze: the larger of its command's and its service's peak RSS
     report: str = ""
     upgrade_report: str = ""  # dpfreeze: its upgrade report, <stem>-upgrade.json
     restorer: dict[str, Any] | None = None  # dpfreeze on netdev: the hand-over outcome and restorer stats
@@ -124,6 +137,7 @@ class Ctx:
     extra: dict[str, Any] = field(default_factory=dict)  # per-method output (e.g. the upgrade report)
     shim: Path | None = None  # netdev: a directory whose `modprobe` exits 0, first on ovs-ctl's PATH
     filler: Path | None = None  # extra OpenFlow rules (`--openflow-rules`), re-added before each run
+    fill: int = 0  # extra datapath flows (`--flows`), installed before each run
     probe_runs: int = 0
 
     @property
@@ -272,21 +286,6 @@ def _upgrade_mark(line: str) -> str | None:
     return None
 
 
-class _Marks(logging.Handler):
-    """The upgrade's log, to a file and, for its steps and state changes, onto the probes' timeline."""
-
-    def __init__(self, tl: Timeline, log: TextIO) -> None:
-        super().__init__(logging.INFO)
-        self.tl, self.log = tl, log
-        self.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
-
-    def emit(self, record: logging.LogRecord) -> None:
-        line = self.format(record)
-        self.log.write(line + "\n")
-        if name := _upgrade_mark(line):
-            self.tl.mark(name)
-
-
 async def ovs_ctl_reload_kmod(ctx: Ctx, tl: Timeline) -> None:
     """`ovs-ctl force-reload-kmod`: save flows and interfaces, delete the datapaths, reload the module,
     start with flow-restore-wait, restore, clear (the daemon re-adds the ports in its own order)."""
@@ -299,48 +298,31 @@ async def dpfreeze_upgrade_kmod(ctx: Ctx, tl: Timeline) -> None:
 
 
 async def dpfreeze_upgrade(ctx: Ctx, tl: Timeline, *, reload_kmod: bool = False) -> None:
-    """`dpfreeze upgrade` with its in-process service and default restart, as `cmd_upgrade` runs it (on a
-    netdev lab: with `--restart-command`, ovs-ctl stop and start in the switch namespace).
-
-    In-process, unlike the stock methods: importing dpfreeze costs minutes of CPU under a loaded TCG VM,
-    time a production run spends before the freeze anyway.
-    """
-    from dpfreeze.freeze.service import FreezeService, ServiceConfig, SystemBackend
-    from dpfreeze.upgrade import UpgradeReport, upgrade
-
+    """`dpfreeze upgrade` as an operator runs it, like the stock methods a process of its own: its
+    start-up, its imports and the service process it starts count (on a netdev lab: with
+    `--restart-command`, ovs-ctl stop and start in the switch namespace).  Its log's steps and state
+    changes go onto the timeline; its report (with the per-phase profile) into `ctx.extra`."""
     state = ctx.scratch / "dpfreeze-state"
-    state.mkdir(exist_ok=True)
-    service = FreezeService(ServiceConfig(state_dir=state, socket_path=state / "control.sock"),
-                            SystemBackend(ctx.sb.env))
-    logger = logging.getLogger("dpfreeze")
-    level, propagate = logger.level, logger.propagate
-    rep: UpgradeReport | None = None
-    with (ctx.workdir / "dpfreeze-upgrade.log").open("a") as log:
-        marks = _Marks(tl, log)
-        logger.addHandler(marks)
-        logger.setLevel(logging.INFO)
-        logger.propagate = False
-        try:
-            with trio.fail_after(UPGRADE_TIMEOUT):
-                async with trio.open_nursery() as nursery:
-                    await nursery.start(service.run)
-                    rep = await upgrade(service, ctx.sb.env, ttl=120, datapath=ctx.datapath,
-                                        restart_command=ctx.restart_command(), reload_kmod=reload_kmod)
-                    nursery.cancel_scope.cancel()
-        except trio.TooSlowError:
-            raise MethodFailed(f"dpfreeze upgrade still running after {UPGRADE_TIMEOUT:g} s "
-                               "(cancelled)") from None
-        except Exception as exc:
-            raise MethodFailed(f"dpfreeze upgrade raised {type(exc).__name__}: {exc}") from exc
-        finally:
-            logger.removeHandler(marks)
-            logger.setLevel(level)
-            logger.propagate = propagate
-            if rep is not None:
-                log.write(rep.text() + "\n")
-    ctx.extra["upgrade"] = rep.to_json()
-    if not rep.ok:
-        raise MethodFailed("dpfreeze upgrade failed: " + (rep.error or "; ".join(rep.verify))[:300])
+    report = ctx.scratch / "upgrade-report.json"
+    report.unlink(missing_ok=True)
+    script = Path(sys.executable).with_name("dpfreeze")
+    argv = [str(script)] if script.exists() else [sys.executable, "-m", "dpfreeze.cli"]
+    argv += ["-v", "upgrade", "--state-dir", str(state), "--socket", str(state / "control.sock"),
+             "--ttl", "120", "--datapath", ctx.datapath, "--report", str(report)]
+    if restart := ctx.restart_command():
+        argv += ["--restart-command", restart]
+    if reload_kmod:
+        argv.append("--reload-kmod")
+    rc, lines = await stream(argv, ctx, tl, "dpfreeze-upgrade.log", UPGRADE_TIMEOUT, _upgrade_mark)
+    try:
+        ctx.extra["upgrade"] = json.loads(report.read_text())
+    except (OSError, ValueError):
+        raise MethodFailed(f"dpfreeze upgrade: exit {rc}, no report: "
+                           + (lines[-1] if lines else "no output")[:300]) from None
+    if rc:
+        upgrade = ctx.extra["upgrade"]
+        raise MethodFailed("dpfreeze upgrade failed: "
+                           + (upgrade.get("error") or "; ".join(upgrade.get("verify") or ()))[:300])
 
 
 Method = Callable[[Ctx, Timeline], Awaitable[None]]
@@ -465,16 +447,60 @@ def vswitchd_alive(sb: Sandbox) -> bool:
         return False
 
 
-async def prepare(sb: Sandbox, filler: Path | None = None) -> None:
+async def prepare(ctx: Ctx) -> None:
     """Make the lab ready for the next run, whatever the last method left: daemon up, FRW clear, flows
-    (the bench flow, and the filler rules if any: a stop-start loses the OpenFlow table)."""
+    (the bench flow, the filler rules if any: a stop-start loses the OpenFlow table; the datapath fill)."""
+    sb = ctx.sb
     if not vswitchd_alive(sb):
         await sb.start_vswitchd()
     await sb.vsctl("--if-exists", "remove", "Open_vSwitch", ".", "other_config", "flow-restore-wait")
     for br in sb.bridges:
         await sb.run("ovs-ofctl", "add-flow", br, BENCH_FLOW)
-        if filler is not None:
-            await sb.run("ovs-ofctl", "add-flows", br, str(filler), timeout=300)
+        if ctx.filler is not None:
+            await sb.run("ovs-ofctl", "add-flows", br, str(ctx.filler), timeout=300)
+    if ctx.fill:
+        await fill_datapath(ctx, ctx.fill)
+
+
+FILL_HEADROOM = 20000  # the daemon's flow limit above the fill: the probes' own flows
+
+
+async def keep_fill(sb: Sandbox, n: int) -> None:
+    """Let the lab's daemons hold n unhit datapath flows: no idle expiry, no revalidation round but on a
+    change, a flow limit above n.  A busy host's flows are all in use; here they are not, and OVS would
+    idle them out after 10 s, or delete them all once they outnumber twice its startup limit of 10 000."""
+    await sb.vsctl("set", "Open_vSwitch", ".", "other_config:max-idle=3600000",
+                   "other_config:max-revalidator=3600000", f"other_config:flow-limit={n + FILL_HEADROOM}")
+
+
+async def fill_datapath(ctx: Ctx, n: int) -> int:
+    """n datapath flows that no probe hits, shaped like the daemon's own megaflows so that its revalidators
+    keep them: the megaflow of a ping between the lab's namespaces (its in_port, MACs and actions),
+    narrowed to UDP from a source address of its own (a mask narrower than the daemon's own is kept when
+    revalidated; a wider one would be deleted).  Installed with `dpfreeze dpctl add-flows`: those still
+    there from the last run are refused as existing, and stay.  Never deleted behind the daemon's back: a
+    flow it holds a ukey for would not be installed again until a revalidation round, an hour away here.
+    The daemon's flow limit is raised to match.  Returns the datapath's flow count after."""
+    sb = ctx.sb
+    await sb.ping(sb.ports[0], sb.ports[1], count=1)
+    template = next((line for line in (await sb.dpctl("dump-flows", DATAPATH)).splitlines()
+                     if "eth_type(0x0800),ipv4(proto=1," in line), None)
+    if template is None:
+        raise SandboxError("no ICMP megaflow to copy after a ping")
+    head, actions = template[:template.index("ipv4(")], template.split("actions:")[1].strip()
+    path = ctx.scratch / "fill.flows"
+    with path.open("w") as f:
+        for i in range(n):
+            f.write(f"{head}ipv4(src=10.{200 + (i >> 16)}.{i >> 8 & 255}.{i & 255},proto=17,frag=no),"
+                    f"udp(src=9) {actions}\n")
+    script = Path(sys.executable).with_name("dpfreeze")
+    me = [str(script)] if script.exists() else [sys.executable, "-m", "dpfreeze.cli"]
+    await sb.run(*me, "dpctl", "add-flows", DATAPATH, str(path), timeout=600, check=False)
+    await sb.appctl("ovs-vswitchd", "upcall/set-flow-limit", str(n + FILL_HEADROOM))
+    flows = (await dp_stats(ctx)).flows
+    if flows < n:
+        raise SandboxError(f"the datapath holds {flows} flows after filling it with {n}")
+    return flows
 
 
 def filler_rules(path: Path, n: int) -> Path:
@@ -518,6 +544,8 @@ async def measure(ctx: Ctx, spec: BenchSpec, method: str, run: int, out: Path,
 
     tally = MissTally(ctx)
     await tally.begin()
+    with contextlib.suppress(*_GONE):
+        res.flows_before = (await dp_stats(ctx)).flows
     try:
         async with trio.open_nursery() as nursery:
             if ctx.netdev:
@@ -533,6 +561,8 @@ async def measure(ctx: Ctx, spec: BenchSpec, method: str, run: int, out: Path,
     # The sender's pace drops under load, so count the new flows it really sent: one miss each.
     await tally.read()
     counted = tally.total()
+    with contextlib.suppress(*_GONE):
+        res.flows_after = (await dp_stats(ctx)).flows
     res.missed, res.dp_lost = counted.missed, counted.lost
     res.expected_misses = new.sent
     hand_over = ((ctx.extra.get("upgrade") or {}).get("status") or {}).get("report") or {}
@@ -543,6 +573,18 @@ async def measure(ctx: Ctx, spec: BenchSpec, method: str, run: int, out: Path,
     res.established_sent, res.established_lost = est.sent, est.lost
     res.newflow_sent, res.newflow_lost = new.sent, new.lost
     res.largest_gap_ms = est.largest_gap_ms
+    res.newflow_gap_ms = new.largest_gap_ms
+    if new.window is not None and new.window.latency is not None:
+        lat = new.window.latency
+        res.newflow_delay_p50_ms, res.newflow_delay_p99_ms, res.newflow_delay_max_ms = \
+            lat.p50_ms, lat.p99_ms, lat.max_ms
+    if hand_over.get("handover"):
+        res.held_s = hand_over["handover"].get("held_s")
+    upgrade = ctx.extra.get("upgrade") or {}
+    res.profile = upgrade.get("profile") or []
+    service = upgrade.get("status") or {}
+    peaks = [kb for kb in (upgrade.get("peak_rss_kb"), service.get("peak_rss_kb")) if kb]
+    res.peak_rss_mb = round(max(peaks) / 1024, 1) if peaks else None
     tcp = next((c.tcp for c in report.classes if c.tcp is not None), None)
     res.tcp_survived = tcp.survived if tcp else None
     json_path, _ = write(report, out, stem or f"run{run}-{method}")
@@ -580,8 +622,20 @@ def summarize(results: Sequence[RunResult], methods: Sequence[str]) -> dict[str,
         for count in ("established_sent", "newflow_sent"):
             vals = [float(v) for r in rows if (v := getattr(r, count)) is not None]
             entry[count] = round(statistics.median(vals)) if vals else None
+        entry["profile"] = profile_summary([r.profile for r in rows if r.profile and not r.error])
         out[m] = entry
     return out
+
+
+def profile_summary(profiles: Sequence[Sequence[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Per phase, in the order of the first run: the median start and duration over the runs."""
+    names = list(dict.fromkeys(s["phase"] for prof in profiles for s in prof))
+    out = []
+    for name in names:
+        spans = [s for prof in profiles for s in prof if s["phase"] == name]
+        out.append({"phase": name, "at": round(statistics.median(s["at"] for s in spans), 3),
+                    "seconds": round(statistics.median(s["seconds"] for s in spans), 3), "n": len(spans)})
+    return sorted(out, key=lambda s: s["at"])
 
 
 def _cell(entry: dict[str, Any], metric: str, digits: int = 0) -> str:
@@ -604,7 +658,8 @@ def markdown(summary: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
              f"kernel {meta['kernel']}, {meta['ovs']}, {meta['cpu']}{load}); {meta['runs']} run(s) per "
              f"method, alternating; {meta['rate']:g} pps established, a new flow every "
              f"{meta['newflow_ms']:g} ms"
-             + (f"; {meta['openflow_rules']} extra OpenFlow rules." if meta.get("openflow_rules") else "."),
+             + (f"; {meta['openflow_rules']} extra OpenFlow rules" if meta.get("openflow_rules") else "")
+             + (f"; {meta['flows']} extra datapath flows" if meta.get("flows") else "") + ".",
              "",
              "| method | runs (failed) | established lost / sent | new-flow lost / sent | largest gap, ms "
              "| excess misses (storm) |",
@@ -614,6 +669,22 @@ def markdown(summary: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
                      f"{e['established_sent'] or '—'} | {_cell(e, 'newflow_lost')} / "
                      f"{e['newflow_sent'] or '—'} | "
                      f"{_cell(e, 'largest_gap_ms', 1)} | {_cell(e, 'excess_misses')} |")
+    lines += ["", "The window: how long each method took, how long it dropped new flows (the longest run of "
+              "lost ones), how late the new flows sent while it ran arrived (p50 / p99 / max) and, for "
+              "dpfreeze, how long its miss buffer held misses.", "",
+              "| method | method, s | new flows dropped for, ms | new-flow delay p50 / p99 / max, ms "
+              "| buffer held, s | peak RSS, MB | datapath flows after |",
+              "|---|---|---|---|---|---|---|"]
+    for m, e in summary.items():
+        lines.append(f"| {m} | {_cell(e, 'method_s', 1)} | {_cell(e, 'newflow_gap_ms')} | "
+                     f"{_cell(e, 'newflow_delay_p50_ms')} / {_cell(e, 'newflow_delay_p99_ms')} / "
+                     f"{_cell(e, 'newflow_delay_max_ms')} | {_cell(e, 'held_s', 1)} | "
+                     f"{_cell(e, 'peak_rss_mb', 1)} | {_cell(e, 'flows_after')} |")
+    for m, e in summary.items():
+        if e.get("profile"):
+            lines += ["", f"{m}, per phase (median over the runs; seconds after the command started, "
+                      "phases may overlap):", "", "| phase | at, s | took, s |", "|---|---|---|"]
+            lines += [f"| {s['phase']} | {s['at']:.2f} | {s['seconds']:.2f} |" for s in e["profile"]]
     for m, e in summary.items():
         lines += [f"\n{m} failed: {err}" for err in e["errors"]]
     return "\n".join(lines) + "\n"
@@ -627,7 +698,7 @@ async def meta(spec: BenchSpec) -> dict[str, Any]:
             "ovs": ovs.decode().splitlines()[0].strip() if ovs else "ovs-vswitchd ?", "cpu": cpu,
             "cpus": os.cpu_count(), "in_vm": bool(os.environ.get("DPFREEZE_IN_VM")), "runs": spec.runs,
             "rate": spec.rate, "newflow_ms": spec.newflow_ms, "datapath": spec.datapath,
-            "openflow_rules": spec.openflow_rules,
+            "openflow_rules": spec.openflow_rules, "flows": spec.flows,
             "loadavg": Path("/proc/loadavg").read_text().split()[:3]}
 
 
@@ -642,7 +713,7 @@ def need_kernel_datapath(what: str) -> None:
 
 
 async def lab_ctx(name: str, workdir: Path, scratch: Path, datapath: str = "system",
-                  openflow_rules: int = 0) -> tuple[Any, Ctx]:
+                  openflow_rules: int = 0, flows: int = 0) -> tuple[Any, Ctx]:
     """A two-namespace lab on the kernel (or userspace) datapath with the bench's OpenFlow table."""
     from dpfreeze.lab.topology import lab_up
 
@@ -653,7 +724,10 @@ async def lab_ctx(name: str, workdir: Path, scratch: Path, datapath: str = "syst
     ctx = Ctx(sb, workdir, scratch, (a, b), shim=shim)
     if openflow_rules:
         ctx.filler = filler_rules(scratch / "filler.flows", openflow_rules)
-    await prepare(sb, ctx.filler)
+    if flows:
+        ctx.fill = flows
+        await keep_fill(sb, flows)
+    await prepare(ctx)
     await sb.ping(sb.ports[0], sb.ports[1], count=2)  # ARP and MAC learning done before any probe
     return st, ctx
 
@@ -671,7 +745,7 @@ async def bench(spec: BenchSpec, out: Path, progress: Callable[[str], None] = pr
         async with trio.open_nursery() as nursery:
             await nursery.start(reaper.run)
             try:
-                _, ctx = await lab_ctx(name, out, scratch, spec.datapath, spec.openflow_rules)
+                _, ctx = await lab_ctx(name, out, scratch, spec.datapath, spec.openflow_rules, spec.flows)
                 reaper.env = ctx.sb.env
                 await _runs(ctx, spec, out, results, progress)
             finally:
@@ -700,7 +774,7 @@ async def _runs(ctx: Ctx, spec: BenchSpec, out: Path, results: list[RunResult],
         order = list(spec.methods[k % len(spec.methods):]) + list(spec.methods[:k % len(spec.methods)])
         for method in order:
             try:
-                await prepare(ctx.sb, ctx.filler)
+                await prepare(ctx)
             except SandboxError as exc:
                 results.append(RunResult(method, k + 1, error=f"could not prepare the lab: {exc}"))
                 continue
@@ -729,7 +803,7 @@ def _line(r: RunResult) -> str:
     return (f"run {r.run} {r.method:16} established lost {r.established_lost}/{r.established_sent}, "
             f"new-flow lost {r.newflow_lost}/{r.newflow_sent}, gap {r.largest_gap_ms:.1f} ms, "
             f"excess misses {r.excess_misses} (missed {r.missed}, replayed {r.replayed}), "
-            f"upcalls lost {r.dp_lost}, "
+            f"upcalls lost {r.dp_lost}, datapath flows {r.flows_before} -> {r.flows_after}, "
             f"method {r.method_s} s"
             + (f", restorer: {r.restorer.get('flows_restored')} flows {r.restorer.get('restored_after_s')} s "
                f"after the new daemon answered ({r.restorer.get('outcome')})" if r.restorer else "")

@@ -1,4 +1,4 @@
-"""The Linux side of internal ports: MAC, MTU, up/down, addresses and routes (rtnetlink via pyroute2).
+"""The Linux side of internal ports: MAC, MTU, up/down, addresses and routes (rtnetlink).
 
 An internal vport's netdev is destroyed with its datapath (module reload, `del-dp`) and re-created with a
 random MAC, MTU 1500, no address and no route; the kernel keeps none of that in the OVS families, so a
@@ -10,6 +10,8 @@ back by themselves once the link is up and addressed.
 
 from __future__ import annotations
 
+import errno
+import socket
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -18,6 +20,8 @@ if TYPE_CHECKING:
     from pyroute2 import IPRoute
 
 from dpfreeze.errors import DpfreezeError
+from dpif import route
+from dpif.netlink import rtnl
 
 RT_SCOPE_LINK = 253
 RTPROT_KERNEL = 2
@@ -108,28 +112,34 @@ def _index(ipr: IPRoute, name: str) -> int:
         raise NetdevError(f"netdev {name!r} does not exist")
     return int(found[0])
 
-def _read_one(ipr: IPRoute, name: str) -> NetdevConfig:
-    index = _index(ipr, name)
-    (link,) = ipr.get_links(index)
-    addresses = tuple(
-        Address(int(a["family"]), str(a.get("IFA_ADDRESS")), int(a["prefixlen"]))
-        for a in ipr.get_addr(index=index)
-        if a["scope"] != RT_SCOPE_LINK
-    )
-    routes = tuple(
-        Route(int(r["family"]), r.get("RTA_DST"), int(r["dst_len"]), r.get("RTA_GATEWAY"),
-              int(r.get("RTA_TABLE") or r["table"]), r.get("RTA_PRIORITY"), int(r["scope"]), int(r["proto"]))
-        for r in ipr.get_routes(oif=index)
-        if r["proto"] != RTPROT_KERNEL and r["type"] == RTN_UNICAST
-        and (r.get("RTA_TABLE") or r["table"]) != RT_TABLE_LOCAL
-    )
-    return NetdevConfig(name, str(link.get("IFLA_ADDRESS")), int(link.get("IFLA_MTU")),
-                        bool(link["flags"] & IFF_UP), addresses, routes)
-
 def save(names: Iterable[str], netns: str | None = None) -> list[NetdevConfig]:
-    """Read the configuration of each named netdev (blocking: call through trio.to_thread)."""
-    with _ipr(netns) as ipr:
-        return [_read_one(ipr, n) for n in names]
+    """Read the configuration of each named netdev (blocking: call through trio.to_thread).  Over our own
+    rtnetlink codec, not pyroute2: a freeze waits on this, and pyroute2's import alone cost it seconds."""
+    return [_read_rtnl(n, netns) for n in names]
+
+
+def _read_rtnl(name: str, netns: str | None) -> NetdevConfig:
+    try:
+        (payload,) = route.exchange(rtnl.link_request(1, name), netns=netns)
+        link = rtnl.parse_link(payload)
+        addrs = [a for p in route.exchange(rtnl.addr_dump_request(2), netns=netns)
+                 if (a := rtnl.parse_addr(p))]
+        routes = [rtnl.parse_route(p) for family in (socket.AF_INET, socket.AF_INET6)
+                  for p in route.exchange(rtnl.route_dump_request(3, family), netns=netns)]
+    except route.KernelError as exc:
+        if exc.errno == errno.ENODEV:
+            raise NetdevError(f"netdev {name!r} does not exist") from None
+        raise NetdevError(f"netdev {name!r}: {exc}") from exc
+    except (OSError, ValueError) as exc:  # a ValueError is a malformed reply
+        raise NetdevError(f"netdev {name!r}: {exc}") from exc
+    addresses = tuple(Address(a.family, a.address, a.prefixlen) for a in addrs
+                      if a.index == link.index and a.scope != RT_SCOPE_LINK)
+    kept = tuple(Route(r.family, r.dst, r.dst_len, r.gateway, r.table, r.priority, r.scope, r.proto)
+                 for r in routes
+                 if r.oif == link.index and r.proto != RTPROT_KERNEL and r.type == RTN_UNICAST
+                 and r.table != RT_TABLE_LOCAL)
+    return NetdevConfig(name, link.mac, link.mtu, bool(link.flags & IFF_UP), addresses, kept)
+
 
 def apply(configs: Sequence[NetdevConfig], netns: str | None = None) -> list[str]:
     """Re-apply MAC, MTU, state, then missing addresses and routes; returns what was changed.
@@ -142,13 +152,13 @@ def apply(configs: Sequence[NetdevConfig], netns: str | None = None) -> list[str
     with _ipr(netns) as ipr:
         for cfg in configs:
             try:
-                done += _apply_one(ipr, cfg)
+                done += _apply_one(ipr, cfg, netns)
             except NetlinkError as exc:
                 raise NetdevError(f"netdev {cfg.name}: {exc}") from exc
     return done
 
-def _apply_one(ipr: IPRoute, cfg: NetdevConfig) -> list[str]:
-    current = _read_one(ipr, cfg.name)
+def _apply_one(ipr: IPRoute, cfg: NetdevConfig, netns: str | None) -> list[str]:
+    current = _read_rtnl(cfg.name, netns)
     index = _index(ipr, cfg.name)
     done: list[str] = []
     if current.mac.lower() != cfg.mac.lower():

@@ -12,9 +12,11 @@ flags.  Every step compares with what the bridge already has, so restoring twice
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+import trio
 
 from dpfreeze import command
 from dpfreeze.command import CommandFailed
@@ -156,29 +158,44 @@ async def _protocols(bridge: str, env: OvsEnv | None, timeout: float) -> list[st
     return bridges[bridge]
 
 
+PARTS = frozenset({"flows", "groups", "meters", "tlv_map", "port_flags"})
+
+
 async def save_bridge(bridge: str, env: OvsEnv | None = None, timeout: float = DEFAULT_TIMEOUT,
-                      protos: Sequence[str] | None = None) -> BridgeOpenFlow:
+                      protos: Sequence[str] | None = None, parts: Collection[str] = PARTS) -> BridgeOpenFlow:
     """The bridge's OpenFlow state, read with the newest OpenFlow version it speaks (`protos`, its
-    Bridge:protocols, is read from OVSDB when not given)."""
+    Bridge:protocols, is read from OVSDB when not given); only `parts` of it (the rest left empty)."""
     if protos is None:
         protos = await _protocols(bridge, env, timeout)
     version = protos[-1] if protos else "OpenFlow15"  # the newest, as ovs-save picks
     of10 = not protos or "OpenFlow10" in protos  # port-mod flags such as no-flood exist only in OF1.0
     # Groups need OpenFlow 1.1 and meters 1.3: a bridge limited to older versions cannot have them.
 
-    async def dump(ver: str, *args: str) -> str:
-        return await _run(_ofctl(ver, *args, bridge), env, timeout=timeout)
+    dumps = {"flows": (version, "dump-flows", "--no-names", "--no-stats"),
+             "tlv_map": (version, "dump-tlv-map")}
+    if version >= "OpenFlow11":
+        dumps["groups"] = (version, "dump-groups")
+    if version >= "OpenFlow13":
+        dumps["meters"] = (version, "dump-meters")
+    if of10:
+        dumps["port_flags"] = ("OpenFlow10", "dump-ports-desc")
+    dumps = {k: v for k, v in dumps.items() if k in parts}
+    out = dict.fromkeys(PARTS, "")
 
+    async def dump(what: str, ver: str, *args: str) -> None:
+        out[what] = await _run(_ofctl(ver, *args, bridge), env, timeout=timeout)
+
+    async with trio.open_nursery() as nursery:  # side by side: each is a process start and a round trip
+        for what, (ver, *args) in dumps.items():
+            nursery.start_soon(dump, what, ver, *args)
     return BridgeOpenFlow(
         bridge,
         version,
-        flows=tuple(sorted(parse_flows(await dump(version, "dump-flows", "--no-names", "--no-stats")))),
-        groups=_numbered(parse_groups(await dump(version, "dump-groups")), _GROUP_ID)
-        if version >= "OpenFlow11" else (),
-        meters=_numbered(parse_meters(await dump(version, "dump-meters")), _METER_ID)
-        if version >= "OpenFlow13" else (),
-        tlv_map=tuple(parse_tlv_map(await dump(version, "dump-tlv-map"))),
-        port_flags=parse_port_flags(await dump("OpenFlow10", "dump-ports-desc")) if of10 else {},
+        flows=tuple(sorted(parse_flows(out["flows"]))),
+        groups=_numbered(parse_groups(out["groups"]), _GROUP_ID),
+        meters=_numbered(parse_meters(out["meters"]), _METER_ID),
+        tlv_map=tuple(parse_tlv_map(out["tlv_map"])),
+        port_flags=parse_port_flags(out["port_flags"]),
     )
 
 
@@ -187,7 +204,15 @@ async def save_all(env: OvsEnv | None = None, timeout: float = DEFAULT_TIMEOUT) 
         bridges = await ovsdb.bridge_protocols(env, timeout)
     except ovsdb.OvsdbError as exc:
         raise OpenFlowError(str(exc)) from None
-    return [await save_bridge(br, env, timeout, protos) for br, protos in bridges.items()]
+    saved: dict[str, BridgeOpenFlow] = {}
+
+    async def save(br: str, protos: list[str]) -> None:
+        saved[br] = await save_bridge(br, env, timeout, protos)
+
+    async with trio.open_nursery() as nursery:
+        for br, protos in bridges.items():
+            nursery.start_soon(save, br, protos)
+    return [saved[br] for br in bridges]
 
 
 def _by_id(lines: Sequence[str], pattern: re.Pattern[str]) -> dict[int, str]:
@@ -201,9 +226,15 @@ def _by_id(lines: Sequence[str], pattern: re.Pattern[str]) -> dict[int, str]:
 
 async def restore_bridge(state: BridgeOpenFlow, env: OvsEnv | None = None,
                          timeout: float = DEFAULT_TIMEOUT) -> list[str]:
-    """Make the bridge's OpenFlow state equal to `state`; returns one line per change made."""
+    """Make the bridge's OpenFlow state equal to `state`; returns one line per change made.
+
+    Runs while new flows wait (the daemon holds flow-restore-wait), so it reads no more than it compares:
+    the flows, and groups, meters, the TLV map and port flags only where `state` has them (extra ones
+    are never removed), with the versions `state` was read with (no OVSDB session)."""
     br, ver = state.bridge, state.version
-    current = await save_bridge(br, env, timeout)
+    parts = {"flows", *(k for k in ("groups", "meters", "tlv_map", "port_flags") if getattr(state, k))}
+    protos = ["OpenFlow10", ver] if state.port_flags else [ver]  # port flags are read only through 1.0
+    current = await save_bridge(br, env, timeout, protos, parts)
     done: list[str] = []
     missing_tlv = [m for m in state.tlv_map if m not in current.tlv_map]
     if missing_tlv:

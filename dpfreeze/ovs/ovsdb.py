@@ -1,11 +1,14 @@
-"""flow-restore-wait and version facts, through the OVSDB IDL of OVS's own `ovs` Python library.
+"""flow-restore-wait, other_config, versions and bridges' protocols: OVSDB transactions of our own.
 
-Why the IDL and not `ovs-vsctl set`: the change is a verified transaction on the one Open_vSwitch row
-(`setkey`/`delkey` touch only our key, so a concurrent writer of other_config is not clobbered), its outcome
-is a typed status rather than scraped text, and every wait is bounded by our own deadline.
+Why not `ovs-vsctl set`: the change is a mutation of our key alone (a concurrent writer of other_config is
+never clobbered), its outcome is typed rather than scraped text, and every wait is bounded by our deadline.
+Why not the IDL of OVS's `ovs` library for these: it downloads and parses the whole schema, then a monitor,
+in pure Python, which cost 1.8-2.3 s per session under qemu TCG, and an upgrade opened six of them while
+new flows waited.  A `transact` of `select`s and `mutate`s names only what it touches: one round trip on a
+fresh connection, parsed by the standard json module.
 
-The schema is asked from the server (`get_schema`), so a newer ovsdb-server's schema is never misread.
-The `ovs` library blocks; each call runs in a worker thread and stops itself at its deadline.
+`conversion_losses` asks the running server for its schema (`get_schema`) and selects the columns the
+installed schema drops, on the same client.
 """
 
 from __future__ import annotations
@@ -13,15 +16,9 @@ from __future__ import annotations
 import errno
 import json
 import platform
-import time
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
-import ovs.db.idl
-import ovs.jsonrpc
-import ovs.poller
-import ovs.stream
 import trio
 
 from dpfreeze import command
@@ -29,12 +26,6 @@ from dpfreeze.command import CommandFailed
 from dpfreeze.errors import DpfreezeError
 from dpfreeze.ovs import appctl, ovsenv
 from dpfreeze.ovs.ovsenv import OvsEnv, current
-
-# The IDL names its monitors with uuid.uuid1(), which CPython hands to libuuid: that keeps
-# /var/lib/libuuid/clock.txt open per thread and never closes it when the thread ends, so every IDL call in
-# a fresh worker thread leaked a descriptor in the long-running service (one per upgrade, found by
-# `dpfreeze lab soak`).  Python's own uuid1 opens nothing.
-uuid._generate_time_safe = None  # type: ignore[attr-defined]
 
 FRW_KEY = "flow-restore-wait"
 DEFAULT_TIMEOUT = 5.0
@@ -69,155 +60,94 @@ def _remote(env: OvsEnv) -> str:
     return env.db_remote
 
 
-def _left_ms(deadline: float, what: str) -> int:
-    left = deadline - time.monotonic()
-    if left <= 0:
-        raise OvsdbError(f"ovsdb-server did not answer {what} in time")
-    return max(1, int(left * 1000))
+async def transact(env: OvsEnv, ops: list[dict[str, Any]], timeout: float,
+                   what: str = "the transaction") -> list[dict[str, Any]]:
+    """One Open_vSwitch transaction on a fresh connection: each operation's result.  OvsdbError when the
+    server is missing, silent past `timeout`, or refuses any operation (then none took effect)."""
+    results = list(await _call(env, "transact", ["Open_vSwitch", *ops], timeout, what) or ())
+    for r in results:
+        if isinstance(r, dict) and r.get("error"):
+            detail = f"{r['error']}: {r.get('details', '')}".rstrip(": ")
+            raise OvsdbError(f"ovsdb-server refused {what}: {detail}")
+    return results
 
 
-def _get_schema(remote: str, deadline: float) -> dict[str, Any]:
-    error, stream = ovs.stream.Stream.open(remote)
-    if error:
-        raise OvsdbError(f"cannot connect to {remote}: {errno.errorcode.get(error, error)}")
-    conn = ovs.jsonrpc.Connection(stream)
+async def _call(env: OvsEnv, method: str, params: list[Any], timeout: float, what: str) -> Any:
+    """One JSON-RPC request on a fresh connection to ovsdb-server; its result."""
+    path = _remote(env).removeprefix("unix:")
+    request = json.dumps({"method": method, "params": params, "id": 0}).encode()
     try:
-        request = ovs.jsonrpc.Message.create_request("get_schema", ["Open_vSwitch"])
-        error = conn.send(request)
-        if error:
-            raise OvsdbError(f"cannot talk to {remote}: {errno.errorcode.get(error, error)}")
-        while True:
-            conn.run()
-            error, msg = conn.recv()
-            if msg is not None and msg.id == request.id:
-                if msg.type != ovs.jsonrpc.Message.T_REPLY:
-                    raise OvsdbError(f"get_schema refused by {remote}: {msg.error}")
-                return dict(msg.result)
-            if error and error != errno.EAGAIN:
-                raise OvsdbError(f"connection to {remote} lost: {errno.errorcode.get(error, error)}")
-            poller = ovs.poller.Poller()
-            conn.wait(poller)
-            conn.recv_wait(poller)
-            poller.timer_wait(_left_ms(deadline, "get_schema"))
-            poller.block()
-    finally:
-        conn.close()
+        with trio.fail_after(timeout):
+            stream = await trio.open_unix_socket(path)
+            async with stream:
+                await stream.send_all(request)
+                reply = await _reply(stream)
+    except trio.TooSlowError:
+        raise OvsdbError(f"ovsdb-server did not answer {what} in time") from None
+    except OSError as exc:
+        raise OvsdbError(f"cannot talk to ovsdb-server at {path}: {exc.strerror or exc}") from None
+    if reply.get("error") is not None:
+        raise OvsdbError(f"ovsdb-server refused {what}: {reply['error']}")
+    return reply.get("result")
 
 
-def _open_idl(env: OvsEnv, deadline: float, columns: list[str],
-              table: str = "Open_vSwitch") -> ovs.db.idl.Idl:
-    remote = _remote(env)
-    helper = ovs.db.idl.SchemaHelper(schema_json=_get_schema(remote, deadline))
-    helper.register_columns(table, columns)
-    return _connect(remote, helper, deadline)
+async def _reply(stream: trio.SocketStream) -> dict[str, Any]:
+    """The JSON-RPC reply to request id 0; answers the server's echo (its keep-alive) on the way."""
+    buf, decoder = "", json.JSONDecoder()
+    while True:
+        chunk = await stream.receive_some(1 << 16)
+        if not chunk:
+            raise OSError(errno.ECONNRESET, "ovsdb-server closed the connection")
+        buf += chunk.decode()
+        while buf.strip():
+            try:
+                msg, end = decoder.raw_decode(buf.lstrip())
+            except ValueError:
+                break  # incomplete: read more
+            buf = buf.lstrip()[end:]
+            if isinstance(msg, dict) and msg.get("method") == "echo":
+                await stream.send_all(json.dumps({"result": msg.get("params"), "error": None,
+                                                  "id": msg.get("id")}).encode())
+            elif isinstance(msg, dict) and msg.get("id") == 0:
+                return msg
 
 
-def _connect(remote: str, helper: ovs.db.idl.SchemaHelper, deadline: float) -> ovs.db.idl.Idl:
-    """An IDL with its first monitor reply in: the registered columns of every row are readable."""
-    idl = ovs.db.idl.Idl(remote, helper)
-    try:
-        while not idl.has_ever_connected() or idl.change_seqno == 0:
-            idl.run()
-            if idl.has_ever_connected() and idl.change_seqno != 0:
-                break
-            poller = ovs.poller.Poller()
-            idl.wait(poller)
-            poller.timer_wait(_left_ms(deadline, "the initial monitor"))
-            poller.block()
-    except BaseException:
-        idl.close()
-        raise
-    return idl
+def atoms(value: Any) -> list[Any]:
+    """An OVSDB set in JSON notation (a bare atom, or ["set", [...]]) as a list."""
+    if isinstance(value, list) and len(value) == 2 and value[0] == "set":
+        return list(value[1])
+    return [value]
 
 
-def _root_row(idl: ovs.db.idl.Idl) -> Any:
-    rows = list(idl.tables["Open_vSwitch"].rows.values())
+def pairs(value: Any) -> dict[str, str]:
+    """An OVSDB map in JSON notation (["map", [[k, v], ...]]) as a dict."""
+    if isinstance(value, list) and len(value) == 2 and value[0] == "map":
+        return {str(k): str(v) for k, v in value[1]}
+    return {}
+
+
+async def _root(env: OvsEnv, columns: list[str], timeout: float) -> dict[str, Any]:
+    """The one Open_vSwitch row's `columns` (and _uuid)."""
+    (result,) = await transact(env, [{"op": "select", "table": "Open_vSwitch", "where": [],
+                                      "columns": ["_uuid", *columns]}], timeout, "a select")
+    rows = result.get("rows") or []
     if len(rows) != 1:
         raise OvsdbError(f"the Open_vSwitch table has {len(rows)} rows, expected 1 (run `ovs-vsctl init`)")
-    return rows[0]
-
-
-def _read_other_config(env: OvsEnv, timeout: float) -> dict[str, str]:
-    idl = _open_idl(env, time.monotonic() + timeout, ["other_config"])
-    try:
-        return dict(_root_row(idl).other_config)
-    finally:
-        idl.close()
-
-
-def _write_frw(env: OvsEnv, value: bool, timeout: float) -> bool:
-    """One verified transaction; returns True when it changed the database."""
-    deadline = time.monotonic() + timeout
-    idl = _open_idl(env, deadline, ["other_config"])
-    try:
-        while True:
-            row = _root_row(idl)
-            present = row.other_config.get(FRW_KEY)
-            if (value and present == "true") or (not value and present is None):
-                return False
-            txn = ovs.db.idl.Transaction(idl)
-            txn.add_comment(f"dpfreeze: {'set' if value else 'clear'} {FRW_KEY}")
-            row.verify("other_config")
-            if value:
-                row.setkey("other_config", FRW_KEY, "true")
-            else:
-                row.delkey("other_config", FRW_KEY)
-            status = txn.commit()
-            while status == ovs.db.idl.Transaction.INCOMPLETE:
-                poller = ovs.poller.Poller()
-                idl.wait(poller)
-                txn.wait(poller)
-                poller.timer_wait(_left_ms(deadline, "the transaction"))
-                poller.block()
-                idl.run()
-                status = txn.commit()
-            if status == ovs.db.idl.Transaction.SUCCESS:
-                return True
-            if status != ovs.db.idl.Transaction.TRY_AGAIN:
-                raise OvsdbError(f"setting {FRW_KEY} failed: {status} {txn.get_error() or ''}".strip())
-            _wait_change(idl, deadline)  # a concurrent writer won the race: retry on fresh contents
-    finally:
-        idl.close()
-
-
-def _wait_change(idl: ovs.db.idl.Idl, deadline: float) -> None:
-    seqno = idl.change_seqno
-    while idl.change_seqno == seqno:
-        idl.run()
-        if idl.change_seqno != seqno:
-            return
-        poller = ovs.poller.Poller()
-        idl.wait(poller)
-        poller.timer_wait(_left_ms(deadline, "a retried transaction"))
-        poller.block()
-
-
-def _read_db_version(env: OvsEnv, timeout: float) -> str | None:
-    idl = _open_idl(env, time.monotonic() + timeout, ["ovs_version"])
-    try:
-        return next(iter(_root_row(idl).ovs_version), None)
-    finally:
-        idl.close()
-
-
-def _read_bridge_protocols(env: OvsEnv, timeout: float) -> dict[str, list[str]]:
-    idl = _open_idl(env, time.monotonic() + timeout, ["name", "protocols"], table="Bridge")
-    try:
-        return {row.name: sorted(row.protocols) for row in idl.tables["Bridge"].rows.values()}
-    finally:
-        idl.close()
+    return dict(rows[0])
 
 
 async def bridge_protocols(env: OvsEnv | None = None,
                            timeout: float = DEFAULT_TIMEOUT) -> dict[str, list[str]]:
     """Every bridge, by name, with its Bridge:protocols sorted (empty: OVS's default, OpenFlow10 to 15)."""
-    bridges = await trio.to_thread.run_sync(_read_bridge_protocols, env or current(), timeout)
-    return dict(sorted(bridges.items()))
+    (result,) = await transact(env or current(), [{"op": "select", "table": "Bridge", "where": [],
+                                                   "columns": ["name", "protocols"]}], timeout, "a select")
+    return dict(sorted((str(row["name"]), sorted(map(str, atoms(row["protocols"]))))
+                       for row in result.get("rows") or ()))
 
 
 async def get_other_config(env: OvsEnv | None = None, timeout: float = DEFAULT_TIMEOUT) -> dict[str, str]:
     """Open_vSwitch:other_config, the global knobs (flow-restore-wait, hw-offload, flow-limit, ...)."""
-    return await trio.to_thread.run_sync(_read_other_config, env or current(), timeout)
+    return pairs((await _root(env or current(), ["other_config"], timeout))["other_config"])
 
 
 async def get_flow_restore_wait(env: OvsEnv | None = None, timeout: float = DEFAULT_TIMEOUT) -> bool:
@@ -228,9 +158,23 @@ async def set_flow_restore_wait(value: bool, env: OvsEnv | None = None,
                                 timeout: float = DEFAULT_TIMEOUT) -> bool:
     """True: set other_config:flow-restore-wait=true; False: remove the key (what ovs-ctl does).
 
-    Returns whether the database changed.  Raises OvsdbError (nothing changed) on any failure.
+    Returns whether the database changed.  Raises OvsdbError (nothing changed) on any failure.  The
+    mutation touches our key alone, so a concurrent writer of other_config is never clobbered.
     """
-    return await trio.to_thread.run_sync(_write_frw, env or current(), value, timeout)
+    env = env or current()
+    deadline = trio.current_time() + timeout
+    row = await _root(env, ["other_config"], timeout)
+    present = pairs(row["other_config"]).get(FRW_KEY)
+    if (value and present == "true") or (not value and present is None):
+        return False
+    mutations: list[list[Any]] = [["other_config", "delete", ["set", [FRW_KEY]]]]
+    if value:
+        mutations.append(["other_config", "insert", ["map", [[FRW_KEY, "true"]]]])
+    await transact(env, [{"op": "mutate", "table": "Open_vSwitch", "where": [["_uuid", "==", row["_uuid"]]],
+                          "mutations": mutations},
+                         {"op": "comment", "comment": f"dpfreeze: {'set' if value else 'clear'} {FRW_KEY}"}],
+                   max(deadline - trio.current_time(), 0.001), "the transaction")
+    return True
 
 
 async def first_line(argv: list[str], timeout: float, env: OvsEnv) -> str | None:
@@ -250,13 +194,24 @@ async def versions(env: OvsEnv | None = None, timeout: float = DEFAULT_TIMEOUT) 
     worth taking when ovs-vswitchd is down.
     """
     env = env or current()
-    binary = await first_line(["ovs-vswitchd", "--version"], timeout, env)
-    running = await appctl.version(env, ovsenv.VSWITCHD, timeout)
-    try:
-        db_version = await trio.to_thread.run_sync(_read_db_version, env, timeout)
-    except OvsdbError:
-        db_version = None
-    return Versions(platform.release(), binary, running, db_version)
+    found: dict[str, str | None] = {}
+
+    async def binary() -> None:
+        found["binary"] = await first_line(["ovs-vswitchd", "--version"], timeout, env)
+
+    async def running() -> None:
+        found["running"] = await appctl.version(env, ovsenv.VSWITCHD, timeout)
+
+    async def db_version() -> None:
+        try:
+            found["db"] = next(iter(atoms((await _root(env, ["ovs_version"], timeout))["ovs_version"])), None)
+        except OvsdbError:
+            found["db"] = None
+
+    async with trio.open_nursery() as nursery:  # three sources, three round trips: side by side
+        for read in (binary, running, db_version):
+            nursery.start_soon(read)
+    return Versions(platform.release(), found["binary"], found["running"], found["db"])
 
 
 @dataclass(frozen=True)
@@ -284,27 +239,25 @@ def dropped_columns(running: dict[str, Any], installed: dict[str, Any]) -> dict[
     return out
 
 
-def _read_column_losses(env: OvsEnv, installed: dict[str, Any], timeout: float) -> list[ColumnLoss]:
-    deadline = time.monotonic() + timeout
-    running = _get_schema(_remote(env), deadline)
-    dropped = dropped_columns(running, installed)
+async def _column_losses(env: OvsEnv, installed: dict[str, Any], timeout: float) -> list[ColumnLoss]:
+    running = await _call(env, "get_schema", ["Open_vSwitch"], timeout, "get_schema")
+    dropped = dropped_columns(running if isinstance(running, dict) else {}, installed)
     if not dropped:
         return []
-    helper = ovs.db.idl.SchemaHelper(schema_json=running)
-    for table, columns in dropped.items():
-        helper.register_columns(table, columns)
-    idl = _connect(_remote(env), helper, deadline)
-    try:
-        losses = []
-        for table, columns in dropped.items():
-            rows = list(idl.tables[table].rows.values())
-            for column in columns:
-                n = sum(1 for row in rows if getattr(row, column))  # default: 0, "", false, empty set or map
-                if n:
-                    losses.append(ColumnLoss(table, column, n))
-        return losses
-    finally:
-        idl.close()
+    results = await transact(env, [{"op": "select", "table": table, "where": [], "columns": columns}
+                                   for table, columns in dropped.items()], timeout, "a select")
+    losses = []
+    for (table, columns), result in zip(dropped.items(), results, strict=True):
+        rows = result.get("rows") or []
+        for column in columns:
+            if n := sum(1 for row in rows if is_set(row.get(column))):
+                losses.append(ColumnLoss(table, column, n))
+    return losses
+
+
+def is_set(value: Any) -> bool:
+    """Whether a column's value (JSON notation) is not its type's default: 0, false, "", empty set or map."""
+    return value not in (0, "", ["set", []], ["map", []])
 
 
 async def conversion_losses(env: OvsEnv | None = None,
@@ -316,5 +269,5 @@ async def conversion_losses(env: OvsEnv | None = None,
         installed = json.loads(env.schema.read_text())
     except (OSError, ValueError):
         return "", []
-    losses = await trio.to_thread.run_sync(_read_column_losses, env, installed, timeout)
+    losses = await _column_losses(env, installed, timeout)
     return str(installed.get("version", "?")), losses

@@ -41,6 +41,27 @@ def process_alive(pid: int, proc: Path = Path("/proc")) -> bool:
     return fields is not None and fields[0] != "Z"
 
 
+def process_age(pid: int, proc: Path = Path("/proc")) -> float | None:
+    """Seconds since the process started; None if there is no such process."""
+    fields = proc_stat(pid, proc)
+    if fields is None:
+        return None
+    ticks = int(fields[19])  # field 22, starttime: clock ticks since boot
+    return time.clock_gettime(time.CLOCK_BOOTTIME) - ticks / os.sysconf("SC_CLK_TCK")
+
+
+def peak_rss_kb(pid: int | str = "self", proc: Path = Path("/proc")) -> int | None:
+    """The process's peak resident memory (VmHWM), in KiB; None if there is no such process."""
+    try:
+        with (proc / str(pid) / "status").open("rb") as f:
+            for line in f:
+                if line.startswith(b"VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
 class DaemonNotRunning(OSError):
     """The daemon's pidfile is missing or unreadable: it is not running under this rundir."""
 
@@ -110,14 +131,10 @@ class OvsEnv:
     def started(self, daemon: str, proc: Path = Path("/proc")) -> float | None:
         """time.time() at which the daemon's running process started; None if it does not run."""
         try:
-            fields = proc_stat(self.pid(daemon), proc)
+            age = process_age(self.pid(daemon), proc)
         except DaemonNotRunning:
             return None
-        if fields is None:
-            return None
-        ticks = int(fields[19])  # field 22, starttime: clock ticks since boot
-        age = time.clock_gettime(time.CLOCK_BOOTTIME) - ticks / os.sysconf("SC_CLK_TCK")
-        return time.time() - age
+        return None if age is None else time.time() - age
 
     def unixctl(self, target: str) -> Path:
         """The control socket ovs-appctl -t TARGET would use (an absolute TARGET is taken as is)."""
