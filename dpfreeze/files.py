@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import secrets
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 
@@ -20,10 +21,13 @@ def read_private(path: Path) -> bytes:
         return f.read()
 
 
-def write_atomic(path: Path, data: bytes) -> None:
+def write_atomic(path: Path, data: bytes | Iterable[bytes], *, head: Callable[[], bytes] | None = None,
+                 head_size: int = 0) -> None:
     """Write 0600 so that a crash leaves the old file or the new one, never a mix: a fresh temporary file
     (O_EXCL: never an existing file or link), fsync, rename over `path` (which replaces a link, never
-    follows it), fsync of the directory."""
+    follows it), fsync of the directory.  `data` may come in pieces (a large file never whole in memory);
+    `head()`, exactly `head_size` bytes, is asked for once they are all written and goes in front of
+    them (a header that sums up the rest)."""
     directory = path.parent if str(path.parent) else Path(".")
     # A random name, not only the pid: a crash leaves its temporary file, and after a reboot the service
     # often gets the same pid again; O_EXCL would then refuse every save.
@@ -31,9 +35,16 @@ def write_atomic(path: Path, data: bytes) -> None:
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
+            os.lseek(fd, head_size, os.SEEK_SET)
+            for piece in [data] if isinstance(data, bytes) else data:
+                view = memoryview(piece)
+                while view:
+                    view = view[os.write(fd, view) :]
+            if head is not None:
+                first = head()
+                if len(first) != head_size:
+                    raise ValueError(f"a {len(first)}-byte head for a {head_size}-byte place")
+                os.pwrite(fd, first, 0)
             os.fsync(fd)
         finally:
             os.close(fd)

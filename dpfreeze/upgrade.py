@@ -31,7 +31,7 @@ from dpfreeze.freeze.service import render_status
 from dpfreeze.log import Profile, kv
 from dpfreeze.ovs import appctl, datapaths, openflow, ovsdb
 from dpfreeze.ovs.ovsenv import DaemonNotRunning, OvsEnv, peak_rss_kb, process_alive
-from dpfreeze.snapshot import Snapshot
+from dpfreeze.snapshot import load_openflow
 from dpif.netdev_datapath import is_netdev_name
 
 LOG = logging.getLogger(__name__)
@@ -291,7 +291,7 @@ async def restore_openflow(snapshot_path: str | Path, env: OvsEnv) -> list[str]:
     """Give the running daemon the OpenFlow state the snapshot saved (ovs-save's restore, plus what it
     misses); one line per change, none when the daemon already has it (e.g. its controller re-sent it)."""
     changes: list[str] = []
-    for bridge in Snapshot.load(snapshot_path).openflow:
+    for bridge in load_openflow(snapshot_path):
         changes += await openflow.restore_bridge(bridge, env)
     return changes
 

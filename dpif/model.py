@@ -102,7 +102,7 @@ def monotonic_ms() -> int:
     return time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1_000_000
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class FlowStats:
     packets: int = 0
     bytes: int = 0
@@ -110,11 +110,12 @@ class FlowStats:
     tcp_flags: int = 0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Flow:
     """One datapath flow, key/mask/actions as raw attribute payloads (re-installable verbatim).
 
-    `actions is None` means the kernel left them out of a dump; `mask is None` means exact match.
+    `actions is None` means the kernel left them out of a dump; `mask is None` means exact match.  Slots:
+    a freeze holds every flow of the datapath, and a __dict__ each was 54 MB of 200 000 flows.
     """
 
     key: bytes

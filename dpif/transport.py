@@ -166,16 +166,18 @@ class GenlClient:
         the receive buffer); the refused ones' errors by index in the batch.  Requests refused with ENOENT
         are sent again (acked, as `batch` sends) if the family id changed meanwhile."""
         errors: dict[int, KernelError] = {}
-        async with self._lock:
-            self._drain()
-            seq = batch.first_seq
-            for chunk in batch.chunks:
-                if not chunk.count:
-                    continue
-                chunk.ask_ack()
+        seq = batch.first_seq
+        for chunk in batch.chunks:
+            if not chunk.count:
+                continue
+            chunk.ask_ack()
+            # The socket is held a chunk at a time: a 200 000-flow re-install (the flush repair) must not
+            # hold up the replay of the misses beside it for its whole length.
+            async with self._lock:
+                self._drain()
                 await send(self.sock, chunk.data)
                 await self._collect_quiet(seq, seq + chunk.count - 1, errors)
-                seq += chunk.count
+            seq += chunk.count
         retry = {s for s, e in errors.items() if e.code == errno.ENOENT}
         if retry and await self._families_changed([batch.family]):
             for s, r in zip(sorted(retry), await self._batch_once(batch.requests(retry)), strict=True):

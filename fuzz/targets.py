@@ -20,6 +20,7 @@ from dpif.netlink import actions as act
 from dpif.netlink import flowkey as fk
 from dpif.netlink import flowtext
 from dpif.netlink import messages as m
+from dpif.netlink.flowkey.tables import TUNNEL
 from dpif.netlink.wire import KernelError, WireError, iter_messages, parse_error
 
 
@@ -61,10 +62,25 @@ def flow_text(data: bytes) -> None:
     printed = flowtext.format_flow(parsed.key, parsed.mask, parsed.actions)
     if printed.startswith("<empty>"):
         return  # an empty key: OVS prints it so and cannot read that back either (odp_flow_format)
+    if _masked_tunnel_set(parsed.actions):
+        # set(tunnel(...)) whose mask is not all ones and, by chance, as long as its key: OVS's parser
+        # makes it a masked set too, the kernel refuses it (validate_set), and OVS prints the two halves
+        # as one tunnel it cannot read back (found by this target, 2026-12-05: erspan(ver=255)).
+        return
     try:
         flowtext.parse_flow(printed)
     except ValueError as exc:
         raise AssertionError(f"we print what we cannot read: {printed} ({exc})") from None
+
+
+def _masked_tunnel_set(actions: bytes | None) -> bool:
+    pending = list(act.decode_actions(actions)) if actions else []
+    while pending:
+        a = pending.pop()
+        if a.type == act.SET_MASKED and len(a.raw) >= 4 and int.from_bytes(a.raw[2:4], "little") == TUNNEL:
+            return True
+        pending.extend(a.children or ())
+    return False
 
 
 def snapshot_file(data: bytes) -> None:

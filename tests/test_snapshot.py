@@ -28,7 +28,9 @@ from dpfreeze.snapshot import (
     _meter_gap,
     diff,
     flow_identity,
+    load_openflow,
     meter_ids,
+    openflow_path,
     restore,
     snapshot_datapath,
 )
@@ -175,6 +177,21 @@ def test_meters_round_trip_and_older_snapshots_still_load() -> None:
     del older["datapaths"][0]["meters"]  # written before meters were read
     d = Snapshot.from_json(older).datapaths[0]
     assert (d.meter_ids, d.meters) == ((1, 2), None)
+
+
+def test_the_openflow_state_beside_a_snapshot_is_read_only_while_it_matches_it(tmp_path: Path) -> None:
+    """The upgrade's restore reads the small file beside the freeze snapshot, never 200 000 flows; a file
+    left by another snapshot (or a broken one) is not believed: the snapshot itself is read then."""
+    path = tmp_path / "freeze.snapshot"
+    a = _snap([_flow(1), _flow(2)])
+    a.save(path, openflow_beside=True)
+    assert load_openflow(path) == a.openflow and openflow_path(path).exists()
+    b = replace(a, openflow=(replace(a.openflow[0], flows=("priority=1 actions=drop",)),))
+    b.save(path)  # a newer snapshot, nothing beside it: the old file beside it no longer matches
+    assert load_openflow(path) == b.openflow
+    openflow_path(path).write_text("{broken")
+    assert load_openflow(path) == b.openflow
+    assert Snapshot.load(path) == b  # the header is fixed-width (written last), the file reads back
 
 
 def test_flow_identity_prefers_ufid() -> None:

@@ -24,7 +24,7 @@ from pathlib import Path
 import trio
 
 from dpfreeze.freeze.pin import PinSet
-from dpfreeze.log import kv
+from dpfreeze.log import Profile, kv
 from dpfreeze.ovs.portids import SocketQueue, live_portids, socket_queues, upcall_pids
 from dpif.model import (
     Datapath,
@@ -151,6 +151,7 @@ class Handover:
         self.receiver: UpcallReceiver | None = None
         self.before: frozenset[int] = frozenset()  # every upcall pid at the first take: the old daemon's
         self.consumed = 0  # items of the receiver's stream handled by `receive`
+        self.profile = Profile()  # the service's, where it has one: the replay's phases
 
     async def current_pids(self) -> tuple[DatapathInfo, list[Vport], tuple[int, ...]]:
         info = await self.dp.info()
@@ -301,9 +302,11 @@ class Handover:
         """Re-inject the buffer in arrival order, batched: hundreds of misses reach the new daemon in one
         round trip instead of one each (seconds under TCG).  Called once the new daemon owns the pids, so
         after `settle` nothing more comes to us (a straggler in flight is taken by a second pass)."""
-        for _ in range(2):
-            await self.settle()
-            await self._replay_buffer()
+        for n in (1, 2):
+            with self.profile.span(f"replay.settle.{n}"):
+                await self.settle()
+            with self.profile.span(f"replay.send.{n}"):
+                await self._replay_buffer()
         if self.stats.taken_at:
             self.stats.held_s = round(time.monotonic() - self.stats.taken_at, 3)
 

@@ -18,6 +18,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, suppress
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -576,6 +577,7 @@ class FreezeService:
                 carried or MissBuffer(self.config.max_buffer_packets, self.config.max_buffer_bytes),
                 poll_interval=self.config.poll_interval,
             )
+            self.handover.profile = self.profile
             if carried is not None:  # the same port numbers were restored: they replay as they are
                 self.handover.stats.misses = len(carried.buffered)
             async with trio.open_nursery() as nursery:
@@ -713,7 +715,7 @@ class SystemBackend:
         profile = profile or Profile()
         snap = await take_snapshot(dp, env=self.env, saved_openflow=openflow, profile=profile)
         with profile.span("snapshot.save"):
-            await trio.to_thread.run_sync(snap.save, path)
+            await trio.to_thread.run_sync(partial(snap.save, path, openflow_beside=True))
         return pins_of(snap, dp.name)
 
     def load_pins(self, path: Path, datapath: str) -> PinSet:

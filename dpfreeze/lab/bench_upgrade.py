@@ -480,7 +480,7 @@ async def fill_datapath(ctx: Ctx, n: int) -> int:
     revalidated; a wider one would be deleted).  Installed with `dpfreeze dpctl add-flows`: those still
     there from the last run are refused as existing, and stay.  Never deleted behind the daemon's back: a
     flow it holds a ukey for would not be installed again until a revalidation round, an hour away here.
-    The daemon's flow limit is raised to match.  Returns the datapath's flow count after."""
+    The daemon's flow limit is raised to match, first.  Returns the datapath's flow count after."""
     sb = ctx.sb
     await sb.ping(sb.ports[0], sb.ports[1], count=1)
     template = next((line for line in (await sb.dpctl("dump-flows", DATAPATH)).splitlines()
@@ -493,10 +493,11 @@ async def fill_datapath(ctx: Ctx, n: int) -> int:
         for i in range(n):
             f.write(f"{head}ipv4(src=10.{200 + (i >> 16)}.{i >> 8 & 255}.{i & 255},proto=17,frag=no),"
                     f"udp(src=9) {actions}\n")
+    # the limit first: a daemon (a new one starts at 10 000) deletes every flow once they are twice that
+    await sb.appctl("ovs-vswitchd", "upcall/set-flow-limit", str(n + FILL_HEADROOM))
     script = Path(sys.executable).with_name("dpfreeze")
     me = [str(script)] if script.exists() else [sys.executable, "-m", "dpfreeze.cli"]
     await sb.run(*me, "dpctl", "add-flows", DATAPATH, str(path), timeout=600, check=False)
-    await sb.appctl("ovs-vswitchd", "upcall/set-flow-limit", str(n + FILL_HEADROOM))
     flows = (await dp_stats(ctx)).flows
     if flows < n:
         raise SandboxError(f"the datapath holds {flows} flows after filling it with {n}")

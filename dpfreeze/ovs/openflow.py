@@ -226,15 +226,16 @@ def _by_id(lines: Sequence[str], pattern: re.Pattern[str]) -> dict[int, str]:
 
 async def restore_bridge(state: BridgeOpenFlow, env: OvsEnv | None = None,
                          timeout: float = DEFAULT_TIMEOUT) -> list[str]:
-    """Make the bridge's OpenFlow state equal to `state`; returns one line per change made.
+    """Make the bridge's OpenFlow state equal to `state`; returns what it did, one line per change.
 
-    Runs while new flows wait (the daemon holds flow-restore-wait), so it reads no more than it compares:
-    the flows, and groups, meters, the TLV map and port flags only where `state` has them (extra ones
-    are never removed), with the versions `state` was read with (no OVSDB session)."""
+    Runs while new flows wait (the daemon holds flow-restore-wait), so it reads no more than it compares,
+    with the versions `state` was read with (no OVSDB session): the TLV map, meters and groups only where
+    `state` has them (extra ones are never removed), before the flows that use them.  The flows are not
+    read: `replace-flows` compares them itself and sends only the difference, in one bundle, always
+    reported; the port flags are read beside it."""
     br, ver = state.bridge, state.version
-    parts = {"flows", *(k for k in ("groups", "meters", "tlv_map", "port_flags") if getattr(state, k))}
-    protos = ["OpenFlow10", ver] if state.port_flags else [ver]  # port flags are read only through 1.0
-    current = await save_bridge(br, env, timeout, protos, parts)
+    parts = {k for k in ("groups", "meters", "tlv_map") if getattr(state, k)}
+    current = await save_bridge(br, env, timeout, [ver], parts) if parts else BridgeOpenFlow(br, ver)
     done: list[str] = []
     missing_tlv = [m for m in state.tlv_map if m not in current.tlv_map]
     if missing_tlv:
@@ -253,11 +254,21 @@ async def restore_bridge(state: BridgeOpenFlow, env: OvsEnv | None = None,
         if have_groups.get(gid) != line:
             await _run(_ofctl(ver, "--may-create", "mod-group", br, line), env, timeout=timeout)
             done.append(f"{br}: set group {gid}")
-    if sorted(current.flows) != sorted(state.flows):
-        bundle = ["--bundle"] if ver >= "OpenFlow14" else []
+    bundle = ["--bundle"] if ver >= "OpenFlow14" else []
+
+    async def replace_flows() -> None:
         flows = ("\n".join(state.flows) + "\n").encode()
         await _run(_ofctl(ver, *bundle, "replace-flows", br, "-"), env, stdin=flows, timeout=timeout)
-        done.append(f"{br}: replace-flows ({len(state.flows)} flows{', one bundle' if bundle else ''})")
+
+    async def read_port_flags() -> None:
+        nonlocal current
+        if state.port_flags:  # only OpenFlow 1.0 has them
+            current = await save_bridge(br, env, timeout, ["OpenFlow10", ver], {"port_flags"})
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(replace_flows)
+        nursery.start_soon(read_port_flags)
+    done.append(f"{br}: replace-flows ({len(state.flows)} flows{', one bundle' if bundle else ''})")
     for port, flags in sorted(state.port_flags.items()):
         if port not in current.port_flags:
             continue  # the port is gone: nothing to set flags on (reported by the snapshot diff)
