@@ -482,17 +482,18 @@ async def fill_datapath(ctx: Ctx, n: int) -> int:
     flow it holds a ukey for would not be installed again until a revalidation round, an hour away here.
     The daemon's flow limit is raised to match, first.  Returns the datapath's flow count after."""
     sb = ctx.sb
-    await sb.ping(sb.ports[0], sb.ports[1], count=1)
+    src, dst = sb.ports[0], sb.ports[1]
+    await sb.ping(src, dst, count=1)
     template = next((line for line in (await sb.dpctl("dump-flows", DATAPATH)).splitlines()
-                     if "eth_type(0x0800),ipv4(proto=1," in line), None)
+                     if f"eth(src={src.mac}" in line and "eth_type(0x0800),ipv4(" in line), None)
     if template is None:
-        raise SandboxError("no ICMP megaflow to copy after a ping")
+        raise SandboxError("no IPv4 megaflow of the ping to copy")
     head, actions = template[:template.index("ipv4(")], template.split("actions:")[1].strip()
     path = ctx.scratch / "fill.flows"
-    with path.open("w") as f:
+    with path.open("w") as f:  # the destination exact too: OpenFlow rules on it (--openflow-rules) need it
         for i in range(n):
-            f.write(f"{head}ipv4(src=10.{200 + (i >> 16)}.{i >> 8 & 255}.{i & 255},proto=17,frag=no),"
-                    f"udp(src=9) {actions}\n")
+            f.write(f"{head}ipv4(src=10.{200 + (i >> 16)}.{i >> 8 & 255}.{i & 255},dst={dst.ipv4},proto=17,"
+                    f"frag=no),udp(src=9) {actions}\n")
     # the limit first: a daemon (a new one starts at 10 000) deletes every flow once they are twice that
     await sb.appctl("ovs-vswitchd", "upcall/set-flow-limit", str(n + FILL_HEADROOM))
     script = Path(sys.executable).with_name("dpfreeze")
