@@ -451,6 +451,10 @@ async def _run_upgrade(api: FreezeApi, env: OvsEnv, plan: UpgradePlan, daemon_ti
     for caution in rep.cautions:
         LOG.warning(kv("upgrade.caution", text=caution))
     try:
+        unsaved = [g for g in frozen.get("snapshot_gaps") or () if g.startswith("openflow:")]
+        if unsaved and plan.old_pid:
+            raise UpgradeError(f"the running {VSWITCHD}'s OpenFlow state could not be saved ({unsaved[0]}): "
+                               "nothing restarted (the new daemon would start with empty tables)")
         t = time.monotonic()
         await api.take_upcalls()  # misses of the old daemon's exit are buffered for the new one, not lost
         try:  # the whole lease for the restart; a freeze that outlasted its lease (a delete storm) stops here

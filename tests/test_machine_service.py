@@ -718,6 +718,24 @@ async def test_pids_reset_by_an_exiting_per_vport_daemon_are_taken_again(tmp_pat
         assert all(v.upcall_pids == (0,) for v in dp.vports.values())
 
 
+async def test_a_hand_over_re_installs_no_more_flows_than_the_new_daemon_keeps(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """While frozen every pinned flow comes back; after the flow-restore-wait clear, the flush repair stops
+    at the new daemon's startup flow limit (above twice it, it would delete them all), the pins' first
+    (the snapshot puts the most recently used first)."""
+    monkeypatch.setattr(pin_mod, "HANDOVER_REPAIR_LIMIT", 2)
+    dp = FakeDatapath()
+    for n in (1, 2, 3, 4):
+        dp.table[flow(n).ufid or b""] = flow(n)
+    pinner = pin_mod.Pinner(dp, PinSet(await dp.info(), (), tuple(dp.table.values())))
+    dp.table.clear()
+    assert await pinner.reconcile() == 4 and len(dp.table) == 4
+    pinner.frozen = False
+    dp.table.clear()  # the new daemon's flush
+    assert await pinner.reconcile() == 2 and sorted(dp.table) == [flow(1).ufid, flow(2).ufid]
+    assert pinner.expected == 2
+
+
 async def test_the_old_daemon_is_followed_until_it_is_stopped(monkeypatch: pytest.MonkeyPatch) -> None:
     """Its deletes of idle flows leave the pin set and its new forwarding flows join it; its deletes of
     busy flows (a teardown), anyone else's deletes, and all of its deletes once it is being stopped are

@@ -32,6 +32,7 @@ from dpfreeze.freeze.machine import State, StateFileError, StateStore, Transitio
 from dpfreeze.freeze.pin import PinSet
 from dpfreeze.freeze.service import FreezeService, _claim_socket_path
 from dpfreeze.ovs import openflow
+from dpfreeze.ovs.ovsenv import OvsEnv
 from dpfreeze.snapshot import SnapshotError
 from dpfreeze.upgrade import UpgradeError
 
@@ -296,3 +297,34 @@ def test_ctrl_c_inside_a_nursery_is_one_line_and_exit_130() -> None:
     assert interrupted(BaseExceptionGroup("nursery", [KeyboardInterrupt(), ValueError("x")]))
     assert interrupted(KeyboardInterrupt())
     assert not interrupted(ExceptionGroup("nursery", [ValueError("x")]))
+
+
+class GapApi:
+    """A freeze whose snapshot could not read the running daemon's OpenFlow state."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    async def freeze(self, ttl: float, datapath: str) -> dict[str, object]:
+        self.calls.append("freeze")
+        return {"state": "frozen", "counters": {"flows": 0}, "snapshot_path": "/nonexistent",
+                "snapshot_gaps": ["openflow: ovs-ofctl dump-flows br0: timed out"]}
+
+    async def thaw(self, *, wait: bool = True) -> dict[str, object]:
+        self.calls.append("thaw")
+        return {"state": "thawed"}
+
+    async def take_upcalls(self) -> dict[str, object]:
+        self.calls.append("take-upcalls")
+        return {}
+
+
+async def test_an_upgrade_whose_openflow_state_was_not_saved_restarts_nothing(tmp_path: Path) -> None:
+    """A new daemon would start with empty tables (a 20 000-rule dump outlasted its limit in the VM):
+    the freeze ends at once, before the upcalls are taken and before anything is stopped."""
+    env = OvsEnv(tmp_path, tmp_path, tmp_path, tmp_path, Path("/usr/share/openvswitch"), Path("/usr/bin"))
+    api = GapApi()
+    plan = upgrade_mod.UpgradePlan(60.0, "ovs-system", old_pid=4242, argv=[])
+    rep = await upgrade_mod.run_upgrade(api, env, plan)  # type: ignore[arg-type]
+    assert not rep.ok and "OpenFlow state could not be saved" in rep.error, rep.error
+    assert "nothing restarted" in rep.error and api.calls == ["freeze", "thaw"]

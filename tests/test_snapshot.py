@@ -39,6 +39,7 @@ from dpif.model import (
     DatapathInfo,
     DpFeature,
     Flow,
+    FlowStats,
     MeterBandStats,
     MeterStats,
     Vport,
@@ -192,6 +193,18 @@ def test_the_openflow_state_beside_a_snapshot_is_read_only_while_it_matches_it(t
     openflow_path(path).write_text("{broken")
     assert load_openflow(path) == b.openflow
     assert Snapshot.load(path) == b  # the header is fixed-width (written last), the file reads back
+
+
+async def test_a_snapshot_lists_the_most_recently_used_flows_first() -> None:
+    """What a hand-over re-installs first when the new daemon keeps only some (pin.HANDOVER_REPAIR_LIMIT)."""
+    used = {1: 5, 2: 0, 3: 90, 4: 40}
+    dp = FakeDatapath()
+    for n, ms in used.items():
+        f = replace(_flow(n), stats=FlowStats(used_ms=ms))
+        dp.flow_table[flow_identity(f)] = f
+    snap = await snapshot_datapath(cast(Datapath, dp))
+    assert [f.ufid for f in snap.flows] == [_flow(n).ufid for n in (3, 4, 1, 2)]
+    assert all(f.stats == FlowStats() for f in snap.flows)  # verbatim: no stats kept
 
 
 def test_flow_identity_prefers_ufid() -> None:

@@ -43,11 +43,13 @@ IDLE_MS = 1000  # an old daemon's delete is followed only for a flow idle at lea
 
 @dataclass(frozen=True)
 class PinSet:
-    """What a freeze guards: the snapshot's datapath, vports and flows."""
+    """What a freeze guards: the snapshot's datapath, vports and flows (the most recently used first), and
+    what the snapshot could not read (its gaps: "openflow: ..." means no OpenFlow state to restore)."""
 
     datapath: DatapathInfo
     vports: tuple[Vport, ...]
     flows: tuple[Flow, ...]
+    gaps: tuple[str, ...] = ()
 
 
 @dataclass
@@ -94,6 +96,13 @@ def is_drop_only(flow: Flow) -> bool:
     return flow.actions is not None and len(flow.actions) == 0
 
 
+# A new daemon starts at a flow limit of min(other_config:flow-limit, 10 000): above it, its revalidators
+# expire flows after 100 ms idle, above twice it they delete every flow at once (research/ovs-restart.md
+# §1.4).  The flush repair re-installs no more than that: 200 000 re-installed flows took the thaw past
+# its wait in the VM, only to be deleted by the new daemon's first dump.
+HANDOVER_REPAIR_LIMIT = 10_000
+
+
 class Pinner:
     """Re-installs deleted snapshot flows and vports until cancelled.
 
@@ -123,7 +132,8 @@ class Pinner:
 
     @property
     def expected(self) -> int:
-        return len(self.flows) - len(self.broken)
+        pinned = len(self.flows) - len(self.broken)
+        return pinned if self.frozen else min(pinned, HANDOVER_REPAIR_LIMIT)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Subscribe first, then reconcile (so nothing deleted in between is missed), then watch.  The
@@ -151,6 +161,8 @@ class Pinner:
             else:
                 present = {flow_id(f) async for f in self.dp.flows()}
                 missing = [f for k, f in self.flows.items() if k not in present and k not in self.broken]
+            if not self.frozen:  # the hand-over's flush repair: what the new daemon keeps, most recent first
+                missing = missing[:HANDOVER_REPAIR_LIMIT]
             return await self._put(missing)
 
     async def _put(self, flows: list[Flow]) -> int:

@@ -141,6 +141,7 @@ class FreezeService:
         self._checkpoint: Checkpoint | None = None
         self.profile = Profile()  # the last freeze's and hand-over's phases
         self._fresh: PinSet | None = None  # the pins the freeze just took, for its session (not re-read)
+        self.gaps: tuple[str, ...] = ()  # what the last freeze's snapshot could not read
 
     # --- state -----------------------------------------------------------------------------------
 
@@ -182,6 +183,7 @@ class FreezeService:
             raise machine.StateFileError(f"cannot create {path.parent}: {exc.strerror or exc}") from exc
         async with self.backend.open_datapath(datapath) as dp:
             pins = await self.backend.snapshot(dp, path, openflow=openflow, profile=self.profile)
+        self.gaps = pins.gaps
         self._apply(
             Event.FREEZE,
             detail=crash,
@@ -278,6 +280,7 @@ class FreezeService:
         if self.restorer is not None:
             doc["restorer"] = self.restorer.stats.as_dict()
         doc["profile"] = list(self.profile.spans)
+        doc["snapshot_gaps"] = list(self.gaps)
         doc["peak_rss_kb"] = ovsenv.peak_rss_kb()  # this service process's, pins and miss buffer included
         return doc
 
@@ -698,6 +701,11 @@ class FreezeService:
             self._apply(Event.FAIL, detail=detail)
 
 
+# Each of a snapshot's reads (an `ovs-ofctl` dump, an OVSDB select): a daemon with 20 000 OpenFlow rules
+# on a loaded guest took more than 10 s to dump them; ovs-save waits without any limit.
+SNAPSHOT_READ_TIMEOUT = 60.0
+
+
 class SystemBackend:
     """The real thing: the kernel datapath over netlink, snapshot files, the OVSDB IDL."""
 
@@ -713,7 +721,8 @@ class SystemBackend:
     async def snapshot(self, dp: Datapath, path: Path, *, openflow: Sequence[BridgeOpenFlow] | None = None,
                        profile: Profile | None = None) -> PinSet:
         profile = profile or Profile()
-        snap = await take_snapshot(dp, env=self.env, saved_openflow=openflow, profile=profile)
+        snap = await take_snapshot(dp, env=self.env, saved_openflow=openflow, profile=profile,
+                                   timeout=SNAPSHOT_READ_TIMEOUT)
         with profile.span("snapshot.save"):
             await trio.to_thread.run_sync(partial(snap.save, path, openflow_beside=True))
         return pins_of(snap, dp.name)
@@ -758,7 +767,7 @@ class SystemBackend:
 
 def pins_of(snap: Snapshot, datapath: str) -> PinSet:
     d = snap.datapath(datapath)
-    return PinSet(d.info, d.vports, d.flows)
+    return PinSet(d.info, d.vports, d.flows, snap.gaps)
 
 
 def render_status(doc: dict[str, Any]) -> str:

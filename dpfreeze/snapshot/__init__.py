@@ -367,10 +367,14 @@ async def snapshot_datapath(dp: Datapath) -> DatapathSnapshot:
     info = await dp.info()
     vports = sorted(await dp.ports(), key=lambda v: v.port_no)
     flows: dict[tuple[str, bytes, bytes | None], Flow] = {}
+    used: dict[tuple[str, bytes, bytes | None], int] = {}
     masks: dict[bytes, bytes] = {}  # megaflows share a few masks: one copy each (30 MB at 200 000 flows)
     async for f in dp.flows():  # verbatim: no stats
         mask = None if f.mask is None else masks.setdefault(f.mask, f.mask)
         flows[flow_identity(f)] = Flow(key=f.key, mask=mask, actions=f.actions, ufid=f.ufid)
+        used[flow_identity(f)] = f.stats.used_ms
+    # The most recently used first: a hand-over re-installs only as many as the new daemon keeps (pin.py).
+    flows = dict(sorted(flows.items(), key=lambda item: -used[item[0]]))
     meters: set[int] = set()
     for f in flows.values():
         try:

@@ -47,7 +47,7 @@ async def test_upgrade_restarts_the_daemon_without_losing_established_traffic(
     ]
     assert not await ovsdb.get_flow_restore_wait(ovs.env, timeout=30)
     sent, received = established
-    assert sent > 100 and received == sent, established
+    assert sent > 40 and received == sent, established  # pinging ran throughout (the upgrade takes seconds)
 
 
 async def test_failed_restart_command_thaws_and_clears_flow_restore_wait(
@@ -113,7 +113,7 @@ async def test_systemd_restart_path_restores_openflow_and_keeps_traffic(
     assert not await ovsdb.get_flow_restore_wait(ovs.env, timeout=30)
     assert (await svc.status())["state"] == "thawed"
     sent, received = established
-    assert sent > 100 and received == sent, established
+    assert sent > 40 and received == sent, established  # pinging ran throughout (the upgrade takes seconds)
 
 
 async def test_upgrade_with_a_module_reload_keeps_port_numbers_and_flows(
@@ -141,4 +141,4 @@ async def test_upgrade_with_a_module_reload_keeps_port_numbers_and_flows(
     assert not await ovsdb.get_flow_restore_wait(ovs.env, timeout=30)
     await ovs.ping(a, b)
     sent, received = established
-    assert sent > 100 and received > sent // 2, established  # the module is gone for a moment, not longer
+    assert sent > 40 and received > sent // 2, established  # the module is gone for a moment, not longer
