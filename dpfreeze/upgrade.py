@@ -289,7 +289,7 @@ async def wait_new_daemon(env: OvsEnv, old_pid: int, timeout: float) -> int:
 
 async def restore_openflow(snapshot_path: str | Path, env: OvsEnv) -> list[str]:
     """Give the running daemon the OpenFlow state the snapshot saved (ovs-save's restore, plus what it
-    misses); one line per change, none when the daemon already has it (e.g. its controller re-sent it)."""
+    misses); one line per change (`restore_bridge`: the flows' `replace-flows` is always reported)."""
     changes: list[str] = []
     for bridge in load_openflow(snapshot_path):
         changes += await openflow.restore_bridge(bridge, env)

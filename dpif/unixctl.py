@@ -65,6 +65,11 @@ class ReplyReader:
         self._pending = b""
 
     def feed(self, data: bytes) -> list[Reply]:
+        return [_reply(obj) for obj in self.feed_objects(data)]
+
+    def feed_objects(self, data: bytes) -> list[object]:
+        """The JSON objects completed by `data`, as decoded (an OVSDB client reads results that are not
+        text, and the server's own requests, `echo`, between them)."""
         text = self._pending + data
         self._pending = b""
         try:
@@ -77,7 +82,7 @@ class ReplyReader:
         first = next((m for part in self._parts if (m := _NON_SPACE.search(part))), None)
         if first is not None and (head := first.group()) != "{":
             raise ProtocolError(f"not a JSON-RPC reply: starts with {head!r}")
-        out: list[Reply] = []
+        out: list[object] = []
         # Join and decode only when the stream may have reached the end of an object: a reply of
         # megabytes arrives in many reads, and re-scanning it after each would be quadratic.
         while self._parts and self._parts[-1].rstrip().endswith("}"):
@@ -91,7 +96,7 @@ class ReplyReader:
                 raise ProtocolError("reply nested too deeply") from None
             rest = s[end:]
             self._parts = [rest] if rest.strip() else []
-            out.append(_reply(obj))
+            out.append(obj)
         return out
 
     @property

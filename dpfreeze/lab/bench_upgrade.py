@@ -298,6 +298,12 @@ async def dpfreeze_upgrade_kmod(ctx: Ctx, tl: Timeline) -> None:
     await dpfreeze_upgrade(ctx, tl, reload_kmod=True)
 
 
+def dpfreeze_command() -> list[str]:
+    """`dpfreeze` as installed beside this interpreter, else its module."""
+    script = Path(sys.executable).with_name("dpfreeze")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "dpfreeze.cli"]
+
+
 async def dpfreeze_upgrade(ctx: Ctx, tl: Timeline, *, reload_kmod: bool = False) -> None:
     """`dpfreeze upgrade` as an operator runs it, like the stock methods a process of its own: its
     start-up, its imports and the service process it starts count (on a netdev lab: with
@@ -306,10 +312,8 @@ async def dpfreeze_upgrade(ctx: Ctx, tl: Timeline, *, reload_kmod: bool = False)
     state = ctx.scratch / "dpfreeze-state"
     report = ctx.scratch / "upgrade-report.json"
     report.unlink(missing_ok=True)
-    script = Path(sys.executable).with_name("dpfreeze")
-    argv = [str(script)] if script.exists() else [sys.executable, "-m", "dpfreeze.cli"]
-    argv += ["-v", "upgrade", "--state-dir", str(state), "--socket", str(state / "control.sock"),
-             "--ttl", "120", "--datapath", ctx.datapath, "--report", str(report)]
+    argv = [*dpfreeze_command(), "-v", "upgrade", "--state-dir", str(state), "--socket",
+            str(state / "control.sock"), "--ttl", "120", "--datapath", ctx.datapath, "--report", str(report)]
     if restart := ctx.restart_command():
         argv += ["--restart-command", restart]
     if reload_kmod:
@@ -501,13 +505,12 @@ async def fill_datapath(ctx: Ctx, n: int) -> int:
         for i in range(n):
             f.write(f"{head}ipv4(src=10.{200 + (i >> 16)}.{i >> 8 & 255}.{i & 255},dst={dst.ipv4},proto=17,"
                     f"frag=no),udp(src=9) {actions}\n")
-    script = Path(sys.executable).with_name("dpfreeze")
-    me = [str(script)] if script.exists() else [sys.executable, "-m", "dpfreeze.cli"]
     flows = 0
     for _ in range(FILL_ATTEMPTS):  # a revalidator round that began before the limit was raised may cut it
         # the limit first: a daemon (a new one starts at 10 000) deletes every flow once they are twice that
         await sb.appctl("ovs-vswitchd", "upcall/set-flow-limit", str(n + FILL_HEADROOM))
-        await sb.run(*me, "dpctl", "add-flows", DATAPATH, str(path), timeout=600, check=False)
+        await sb.run(*dpfreeze_command(), "dpctl", "add-flows", DATAPATH, str(path), timeout=600,
+                     check=False)
         flows = (await dp_stats(ctx)).flows
         if flows >= n:
             return flows

@@ -26,6 +26,7 @@ from dpfreeze.command import CommandFailed
 from dpfreeze.errors import DpfreezeError
 from dpfreeze.ovs import appctl, ovsenv
 from dpfreeze.ovs.ovsenv import OvsEnv, current
+from dpif.unixctl import ProtocolError, ReplyReader
 
 FRW_KEY = "flow-restore-wait"
 DEFAULT_TIMEOUT = 5.0
@@ -86,30 +87,25 @@ async def _call(env: OvsEnv, method: str, params: list[Any], timeout: float, wha
         raise OvsdbError(f"ovsdb-server did not answer {what} in time") from None
     except OSError as exc:
         raise OvsdbError(f"cannot talk to ovsdb-server at {path}: {exc.strerror or exc}") from None
+    except ProtocolError as exc:
+        raise OvsdbError(f"ovsdb-server at {path} answered {what} with nonsense: {exc}") from None
     if reply.get("error") is not None:
         raise OvsdbError(f"ovsdb-server refused {what}: {reply['error']}")
     return reply.get("result")
 
 
 async def _reply(stream: trio.SocketStream) -> dict[str, Any]:
-    """The JSON-RPC reply to request id 0; answers the server's echo (its keep-alive) on the way."""
-    buf, decoder = "", json.JSONDecoder()
-    while True:
-        chunk = await stream.receive_some(1 << 16)
-        if not chunk:
-            raise OSError(errno.ECONNRESET, "ovsdb-server closed the connection")
-        buf += chunk.decode()
-        while buf.strip():
-            try:
-                msg, end = decoder.raw_decode(buf.lstrip())
-            except ValueError:
-                break  # incomplete: read more
-            buf = buf.lstrip()[end:]
+    """The JSON-RPC reply to request id 0 (split from the stream by unixctl's reader: the same JSON-RPC
+    framing); answers the server's echo (its keep-alive) on the way."""
+    reader = ReplyReader()
+    while chunk := await stream.receive_some(1 << 16):
+        for msg in reader.feed_objects(chunk):
             if isinstance(msg, dict) and msg.get("method") == "echo":
                 await stream.send_all(json.dumps({"result": msg.get("params"), "error": None,
                                                   "id": msg.get("id")}).encode())
             elif isinstance(msg, dict) and msg.get("id") == 0:
                 return msg
+    raise OSError(errno.ECONNRESET, "ovsdb-server closed the connection")
 
 
 def atoms(value: Any) -> list[Any]:
