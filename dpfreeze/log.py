@@ -48,6 +48,13 @@ class Profile:
         end = time.monotonic() if end is None else end
         self.spans.append({"phase": name, "start": round(start, 4), "seconds": round(end - start, 4)})
 
+    def totals(self) -> dict[str, float]:
+        """Seconds per phase, repeated spans summed: one log line a person can read."""
+        out: dict[str, float] = {}
+        for s in self.spans:
+            out[s["phase"]] = round(out.get(s["phase"], 0.0) + s["seconds"], 3)
+        return out
+
     def relative(self, origin: float) -> list[dict[str, Any]]:
         """The spans in start order, each `at` seconds after `origin` (e.g. the command's own start)."""
         return [{"phase": s["phase"], "at": round(s["start"] - origin, 3), "seconds": round(s["seconds"], 3)}

@@ -101,6 +101,7 @@ def is_drop_only(flow: Flow) -> bool:
 # §1.4).  The flush repair re-installs no more than that: 200 000 re-installed flows took the thaw past
 # its wait in the VM, only to be deleted by the new daemon's first dump.
 HANDOVER_REPAIR_LIMIT = 10_000
+SENTINELS = 3  # pins looked up each poll of the hand-over: all gone is a flush, one gone is a delete
 
 
 class Pinner:
@@ -179,15 +180,44 @@ class Pinner:
         self.stats.reinstalled += done
         return done
 
+    async def settle_flush(self) -> int | None:
+        """The hand-over's flush wait is over: a flush repair under way finishes first (None: it ran, the
+        flush was seen), else one last reconcile says what was missing (at 200 000 flows the repair
+        outlasted the wait, and a second one behind it fought the new daemon's deletes for 44 s)."""
+        async with self._repair_lock:
+            if self.flush_seen.is_set():
+                return None
+        return await self.reconcile()
+
     async def _poll_count(self) -> None:
         while True:
             await trio.sleep(self.poll_interval)
             await self._judge_due_suspects()
+            if not self.frozen and self.flush_seen.is_set():
+                continue  # the hand-over repairs one flush: after it, the new daemon's deletes are its own
             info = await self.dp.info()
-            if info.stats.flows < self.expected and (n := await self.reconcile()):
+            flushed = info.stats.flows < self.expected or await self._sentinels_gone()
+            if flushed and (n := await self.reconcile()):
                 self.stats.flushes_detected += 1
                 LOG.info(kv("pin.flush_repaired", seen=info.stats.flows, reinstalled=n))
                 self.flush_seen.set()
+
+    async def _sentinels_gone(self) -> bool:
+        """At the hand-over, whether the new daemon flushed: none of the most recently used pins is left.
+        Its handlers refill the table from its first upcalls within a poll, so the count alone can miss
+        the flush (a CI run saw 4 pins back only at the wait's end).  While frozen nobody refills."""
+        if self.frozen:
+            return False
+        sentinels = [f for k, f in self.flows.items() if k not in self.broken][:SENTINELS]
+        for flow in sentinels:
+            try:
+                await self.dp.flow_get(ufid=flow.ufid, key=None if flow.ufid else flow.key)
+            except OSError as exc:
+                if exc.errno != errno.ENOENT:
+                    raise
+                continue
+            return False
+        return bool(sentinels)
 
     async def _watch(self, events: AsyncIterator[Event | Resync]) -> None:
         async for ev in events:

@@ -540,6 +540,8 @@ class FreezeService:
             LOG.error(kv("session.failed", error=describe(exc)))
             await self._fail(describe(exc))
         finally:
+            if self.state.state is State.THAWED:  # in the log too: a failed thaw's status reaches no one
+                LOG.info(kv("session.profile", **self.profile.totals()))
             self._dp = None
             self._idle.set()
             if not started:
@@ -655,8 +657,7 @@ class FreezeService:
                     with self.profile.span("thaw.flush-repair"):
                         with trio.move_on_after(self.config.flush_wait) as wait:
                             await pinner.flush_seen.wait()
-                        if wait.cancelled_caught:  # its handlers may have refilled the table first
-                            n = await pinner.reconcile()
+                        if wait.cancelled_caught and (n := await pinner.settle_flush()) is not None:
                             outcome = f"new daemon owns the upcalls; no flush seen, {n} re-installed"
             pinner.release()  # from here on, re-installing what its revalidators delete would be a fight
             if not owner:
