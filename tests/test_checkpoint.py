@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import trio
 
+from dpfreeze.errors import ungrouped
 from dpfreeze.freeze.checkpoint import Checkpoint
 from dpfreeze.lab.bench_checkpoint import CheckpointSpec, bench_checkpoint
 from dpfreeze.lab.sandbox import Sandbox
@@ -59,3 +60,31 @@ async def test_bench_checkpoint_measures_both_windows(tmp_path: Path) -> None:
     assert doc["with_checkpoint"]["dumps"] >= 1 and doc["churn_alone"]["dumps"] == 0
     assert doc["with_checkpoint"]["max_staleness_s"] is not None
     assert "CPU, the service" in (tmp_path / "bench-checkpoint.md").read_text()
+
+
+@pytest.mark.netdev
+@pytest.mark.ovs_ports(1)
+async def test_the_checkpoint_outlives_kill_9_of_its_daemon_again_and_again(
+        ovs: Sandbox, tmp_path: Path) -> None:
+    """A dump that fails as its monitor ends (the daemon killed) came out of the side-by-side dumps as an
+    exception group holding their cancellation too, past the checkpoint's `except OpenFlowError`: the
+    crash guard's service exited with it in the systemd guest, and forgot the crash loop it was counting."""
+    br = ovs.bridges[0]
+    cp = Checkpoint(ovs.env, tmp_path / "openflow.checkpoint", paused=lambda: False, interval=0.2)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(cp.run)
+        await until(lambda: br in cp.bridges)
+        for _ in range(2):
+            await ovs.stop_vswitchd("kill")
+            await trio.sleep(3)  # the monitor ends, a dump fails, a new monitor is refused
+            await ovs.start_vswitchd()
+            await trio.sleep(2)
+        nursery.cancel_scope.cancel()
+    assert br in cp.bridges
+
+
+def test_side_by_side_errors_come_alone_and_ctrl_c_stays_itself() -> None:
+    with pytest.raises(ValueError, match=r"^a$"), ungrouped():
+        raise ExceptionGroup("reads", [ValueError("a"), ValueError("b")])
+    with pytest.raises(BaseExceptionGroup), ungrouped():
+        raise BaseExceptionGroup("reads", [ValueError("a"), KeyboardInterrupt()])

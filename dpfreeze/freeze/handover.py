@@ -113,7 +113,6 @@ class HandoverStats:
     replay_waits: int = 0  # polls spent waiting for the new daemon to read what was replayed
     new_owner_drops: int = 0  # upcalls the new daemon's sockets dropped during the replay (should stay 0)
     held_s: float = 0.0  # from the take-over to the end of the replay: the longest a buffered miss waited
-    taken_at: float = 0.0  # time.monotonic() of the take-over
 
     def as_dict(self, buffer: MissBuffer) -> dict[str, object]:
         return {
@@ -147,10 +146,12 @@ class Handover:
         # Set by whoever is about to stop the old daemon: take the upcalls now rather than after its
         # sockets die, so the misses of its exit (about 150 ms in the VM) are buffered, not lost.
         self.take_now = trio.Event()
+        self.watch_owner = True  # False: held ready by the crash guard, it takes when told and only then
         self.handing_over = False  # from the flow-restore-wait clear on, the new daemon's pids are final
         self.receiver: UpcallReceiver | None = None
         self.before: frozenset[int] = frozenset()  # every upcall pid at the first take: the old daemon's
         self.consumed = 0  # items of the receiver's stream handled by `receive`
+        self.taken_at = 0.0  # time.monotonic() of the take-over (the start of `held_s`)
         self.profile = Profile()  # the service's, where it has one: the replay's phases
 
     async def current_pids(self) -> tuple[DatapathInfo, list[Vport], tuple[int, ...]]:
@@ -165,7 +166,9 @@ class Handover:
         return not any(p and p in live and p not in self.ours for p in pids)
 
     async def wait_owner_gone(self) -> None:
-        """Until the old owner is gone, or `take_now` says it is about to go."""
+        """Until the old owner is gone, or `take_now` says it is about to go (alone, if not `watch_owner`)."""
+        if not self.watch_owner:
+            await self.take_now.wait()
         while not self.take_now.is_set() and not await self.owner_gone():
             with trio.move_on_after(self.poll_interval):
                 await self.take_now.wait()
@@ -209,7 +212,7 @@ class Handover:
                 for v in await self.dp.ports():
                     await self.dp.port_set_upcall_pids(v.port_no, self.ours)
         if not self.stats.taken_over:
-            self.stats.taken_at = time.monotonic()
+            self.taken_at = time.monotonic()
         self.stats.taken_over = True
         LOG.info(kv("handover.taken", mode=self.stats.mode, pids=",".join(map(str, self.ours))))
 
@@ -307,8 +310,8 @@ class Handover:
                 await self.settle()
             with self.profile.span(f"replay.send.{n}"):
                 await self._replay_buffer()
-        if self.stats.taken_at:
-            self.stats.held_s = round(time.monotonic() - self.stats.taken_at, 3)
+        if self.taken_at:
+            self.stats.held_s = round(time.monotonic() - self.taken_at, 3)
 
     async def _replay_buffer(self) -> None:
         ups = self.buffer.drain()

@@ -22,6 +22,8 @@ from __future__ import annotations
 import errno
 import hashlib
 import logging
+import re
+import struct
 import time
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
@@ -81,8 +83,18 @@ def flow_name(flow: Flow) -> str:
     return "key-sha1:" + hashlib.sha1(flow.key).hexdigest()[:16]
 
 
+# Where a flow may recirculate: a non-zero recirc_id attribute (every OVS key has one, mostly 0) or a
+# recirc action, as bytes; a search at C speed leaves only those to parse (at 200 000 flows, parsing each
+# took the hand-over 40 s under TCG).  A match inside some other attribute is ruled out by the parse.
+_MAY_RECIRCULATE = re.compile(
+    re.escape(struct.pack("=HH", 8, KEY_RECIRC_ID)) + b"(?!\x00\x00\x00\x00)", re.DOTALL)
+_RECIRC_ACTION = struct.pack("=HH", 8, ACTION_RECIRC)
+
+
 def uses_recirculation(flow: Flow) -> bool:
     """True if the new daemon will delete this flow on its first dump (recirc_id != 0 or a recirc action)."""
+    if not _MAY_RECIRCULATE.search(flow.key) and _RECIRC_ACTION not in (flow.actions or b""):
+        return False
     try:
         for t, v in iter_attrs(flow.key):
             if t == KEY_RECIRC_ID and u32(v) != 0:

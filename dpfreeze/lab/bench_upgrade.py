@@ -371,6 +371,7 @@ class MissTally:
     ctx: Ctx
     start: DpStats = field(default_factory=DpStats)
     last: dict[int, DpStats] = field(default_factory=dict)  # daemon pid -> its last counters
+    latest: DpStats | None = None  # the last read's, for its flow count
     reads: int = 0
 
     async def read(self) -> None:
@@ -379,7 +380,7 @@ class MissTally:
             with trio.move_on_after(1.0):
                 value = await dp_stats(self.ctx)
                 if not self.ctx.netdev or self.ctx.sb.env.pid("ovs-vswitchd") == pid:  # the same daemon
-                    self.last[pid] = value
+                    self.last[pid] = self.latest = value
                     self.reads += 1
         except _GONE:  # no daemon (restarting), or one not serving its socket yet
             pass
@@ -560,8 +561,7 @@ async def measure(ctx: Ctx, spec: BenchSpec, method: str, run: int, out: Path,
 
     tally = MissTally(ctx)
     await tally.begin()
-    with contextlib.suppress(*_GONE):
-        res.flows_before = (await dp_stats(ctx)).flows
+    res.flows_before = tally.latest.flows if tally.latest else None
     try:
         async with trio.open_nursery() as nursery:
             if ctx.netdev:
@@ -575,10 +575,10 @@ async def measure(ctx: Ctx, spec: BenchSpec, method: str, run: int, out: Path,
         return res, None
     est, new = report.cls("established"), report.cls("newflow")
     # The sender's pace drops under load, so count the new flows it really sent: one miss each.
+    tally.latest = None
     await tally.read()
     counted = tally.total()
-    with contextlib.suppress(*_GONE):
-        res.flows_after = (await dp_stats(ctx)).flows
+    res.flows_after = tally.latest.flows if tally.latest else None
     res.missed, res.dp_lost = counted.missed, counted.lost
     res.expected_misses = new.sent
     hand_over = ((ctx.extra.get("upgrade") or {}).get("status") or {}).get("report") or {}

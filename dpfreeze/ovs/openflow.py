@@ -20,7 +20,7 @@ import trio
 
 from dpfreeze import command
 from dpfreeze.command import CommandFailed
-from dpfreeze.errors import DpfreezeError
+from dpfreeze.errors import DpfreezeError, ungrouped
 from dpfreeze.ovs import ovsdb
 from dpfreeze.ovs.ovsenv import OvsEnv
 
@@ -185,9 +185,10 @@ async def save_bridge(bridge: str, env: OvsEnv | None = None, timeout: float = D
     async def dump(what: str, ver: str, *args: str) -> None:
         out[what] = await _run(_ofctl(ver, *args, bridge), env, timeout=timeout)
 
-    async with trio.open_nursery() as nursery:  # side by side: each is a process start and a round trip
-        for what, (ver, *args) in dumps.items():
-            nursery.start_soon(dump, what, ver, *args)
+    with ungrouped():
+        async with trio.open_nursery() as nursery:  # side by side: each is a process start and a round trip
+            for what, (ver, *args) in dumps.items():
+                nursery.start_soon(dump, what, ver, *args)
     return BridgeOpenFlow(
         bridge,
         version,
@@ -209,9 +210,10 @@ async def save_all(env: OvsEnv | None = None, timeout: float = DEFAULT_TIMEOUT) 
     async def save(br: str, protos: list[str]) -> None:
         saved[br] = await save_bridge(br, env, timeout, protos)
 
-    async with trio.open_nursery() as nursery:
-        for br, protos in bridges.items():
-            nursery.start_soon(save, br, protos)
+    with ungrouped():
+        async with trio.open_nursery() as nursery:
+            for br, protos in bridges.items():
+                nursery.start_soon(save, br, protos)
     return [saved[br] for br in bridges]
 
 
@@ -265,9 +267,10 @@ async def restore_bridge(state: BridgeOpenFlow, env: OvsEnv | None = None,
         if state.port_flags:  # only OpenFlow 1.0 has them
             current = await save_bridge(br, env, timeout, ["OpenFlow10", ver], {"port_flags"})
 
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(replace_flows)
-        nursery.start_soon(read_port_flags)
+    with ungrouped():
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(replace_flows)
+            nursery.start_soon(read_port_flags)
     done.append(f"{br}: replace-flows ({len(state.flows)} flows{', one bundle' if bundle else ''})")
     for port, flags in sorted(state.port_flags.items()):
         if port not in current.port_flags:

@@ -23,7 +23,7 @@ import trio
 
 from dpfreeze import command
 from dpfreeze.command import CommandFailed
-from dpfreeze.errors import DpfreezeError
+from dpfreeze.errors import DpfreezeError, ungrouped
 from dpfreeze.ovs import appctl, ovsenv
 from dpfreeze.ovs.ovsenv import OvsEnv, current
 from dpif.unixctl import ProtocolError, ReplyReader
@@ -204,9 +204,10 @@ async def versions(env: OvsEnv | None = None, timeout: float = DEFAULT_TIMEOUT) 
         except OvsdbError:
             found["db"] = None
 
-    async with trio.open_nursery() as nursery:  # three sources, three round trips: side by side
-        for read in (binary, running, db_version):
-            nursery.start_soon(read)
+    with ungrouped():
+        async with trio.open_nursery() as nursery:  # three sources, three round trips: side by side
+            for read in (binary, running, db_version):
+                nursery.start_soon(read)
     return Versions(platform.release(), found["binary"], found["running"], found["db"])
 
 

@@ -31,7 +31,7 @@ from typing import Any
 import trio
 
 from dpfreeze import files
-from dpfreeze.errors import DpfreezeError
+from dpfreeze.errors import DpfreezeError, ungrouped
 from dpfreeze.log import LOG, Profile, kv
 from dpfreeze.ovs import netdevconf, openflow, ovsdb
 from dpfreeze.ovs.ovsenv import OvsEnv
@@ -453,12 +453,13 @@ async def take_snapshot(*dps: Datapath, env: OvsEnv | None = None, with_openflow
         with profile.span("snapshot.versions"):
             versions = await ovsdb.versions(env, timeout)
 
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(read_datapaths)
-        if with_openflow and saved_openflow is None:
-            nursery.start_soon(read_openflow)
-        if saved_openflow is None:
-            nursery.start_soon(read_versions)
+    with ungrouped():
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read_datapaths)
+            if with_openflow and saved_openflow is None:
+                nursery.start_soon(read_openflow)
+            if saved_openflow is None:
+                nursery.start_soon(read_versions)
     gaps = found["netdev"] + found["openflow"] + [g for d in datapaths if (g := _meter_gap(d))]
     for gap in gaps:
         LOG.warning(kv("snapshot_gap", detail=gap))

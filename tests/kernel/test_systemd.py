@@ -5,6 +5,7 @@ same operations without dpfreeze first, for the figures beside them (docs/benchm
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -140,8 +141,57 @@ async def test_a_crash_under_the_units_is_hitless(ends: tuple[Endpoint, Endpoint
     assert report.cls("established").lost == 0 and report.cls("newflow").lost * 4 <= stock, lost(report)
 
 
+async def test_a_kill_in_the_middle_of_openflow_churn(ends: tuple[Endpoint, Endpoint],
+                                                      record_property: object) -> None:
+    """An OOM-style SIGKILL while a controller keeps changing the tables: the checkpoint follows the churn
+    (dumping a bridge at most once per 2 s after a change), so the new daemon gets every rule of some
+    moment before the death, and the probes lose what the crash above lost (nothing established)."""
+    added: list[tuple[float, int]] = []  # (when, i) of each rule the daemon took
+    killed: list[float] = []
+
+    async def churn() -> None:
+        for i in range(1, 255):
+            add = functools.partial(sh, "ovs-ofctl", "add-flow", "br0", churn_rule(i))
+            await trio.to_thread.run_sync(add)
+            added.append((time.monotonic(), i))
+            await trio.sleep(0.1)
+
+    async def disrupt(tl: Timeline) -> None:
+        old = int(PIDFILE.read_text())
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(churn)
+            with trio.fail_after(120):
+                while len(added) < 40:  # the controller is busy
+                    await trio.sleep(0.1)
+            killed.append(time.monotonic())
+            tl.mark("kill -9 ovs-vswitchd")
+            os.kill(old, signal.SIGKILL)
+            nursery.cancel_scope.cancel()  # its connection is gone with the daemon: it stops
+        await trio.to_thread.run_sync(restarted, old)
+        tl.mark("restarted")
+
+    report = await run_probes(spec(ends, 20000), disrupt)
+    record("dpfreeze kill -9 ovs-vswitchd in OpenFlow churn (3.1)", report, record_property)
+    assert_tracked_and_thawed()
+    assert controller_rule_present("br0")
+    rules = sh("ovs-ofctl", "dump-flows", "br0")
+    back = [i for _, i in added if f"nw_dst=192.0.2.{i} " in rules]
+    settled = [i for t, i in added if t < killed[0] - 10]  # the checkpoint's lag is 2 s after a change
+    record_property("churn", f"{len(added)} added, {len(settled)} 10 s before the kill, {len(back)} back")  # type: ignore[operator]
+    assert set(settled) <= set(back) and back == list(range(1, len(back) + 1)), (settled, back)
+    assert report.cls("established").lost == 0, lost(report)
+    stock = STOCK_CRASH["newflow"]["lost"]  # type: ignore[index]
+    assert report.cls("newflow").lost * 4 <= stock, lost(report)
+    sh("ovs-ofctl", "del-flows", "br0", "ip,nw_dst=192.0.2.0/24")
+
+
+def churn_rule(i: int) -> str:
+    """A controller's rule that no probe matches (TEST-NET-1 is nobody's)."""
+    return f"priority=5,ip,nw_dst=192.0.2.{i},actions=drop"
+
+
 async def test_a_crash_loop_is_left_to_systemd(ends: tuple[Endpoint, Endpoint]) -> None:
-    """The crash of the test before this one, and two more: the third within the window is a loop.  The
+    """The crashes of the tests before this one, and two more: the third within the window is a loop.  The
     guard then freezes nothing (nor does ExecStartPre's crash check), and systemd's restart goes on as
     stock; nothing is left frozen."""
     for _ in range(2):
