@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import signal
@@ -17,9 +18,12 @@ import trio
 from servicetools import freeze_service, until
 
 from dpfreeze.freeze import control
-from dpfreeze.freeze.machine import State, StateStore
+from dpfreeze.freeze.checkpoint import Checkpoint
+from dpfreeze.freeze.machine import ACTIVE, State, StateStore
+from dpfreeze.freeze.service import CRASH, FreezeService, ServiceConfig, SystemBackend
 from dpfreeze.lab.sandbox import NsPort, Sandbox
 from dpfreeze.ovs import ovsdb
+from dpfreeze.upgrade import finish_crash
 
 pytestmark = pytest.mark.kernel
 
@@ -84,6 +88,45 @@ async def test_restart_while_frozen_loses_nothing_and_hands_over(
     # 40 pings at 50 ms: pinging spanned the freeze and the restart (which now take seconds, not tens)
     assert sent > 40 and received == sent, established
     assert new[1] > 0, new
+    await ovs.ping(a, b, v6=True)
+
+
+async def test_the_crash_guard_without_systemd_hands_a_kill_9_to_the_next_daemon(
+    ovs: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, record_property: Callable[..., None]
+) -> None:
+    """`dpfreeze serve --guard` where nothing but the operator (or a container runtime) restarts the
+    daemon: the guard freezes at the kill, the kernel flows forward meanwhile, and once a new daemon has
+    run steadily it gets the checkpointed OpenFlow state and the freeze."""
+    a, b = ovs.ports
+    await ovs.ping(a, b)
+    for k, v in ovs.env.environ().items():
+        monkeypatch.setenv(k, v)
+    cfg = ServiceConfig(state_dir=tmp_path / "st", socket_path=tmp_path / "st" / "c.sock")
+    svc = FreezeService(cfg, SystemBackend(ovs.env))
+    checkpoint = Checkpoint(ovs.env, cfg.state_dir / "openflow.checkpoint",
+                            paused=lambda: svc.state.state in ACTIVE)
+
+    async def crashed(api: FreezeService, dead: int) -> str:  # what `serve --guard` passes
+        return await finish_crash(api, ovs.env, dead)
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(functools.partial(svc.run, crashed=crashed, checkpoint=checkpoint))
+        await until(lambda: checkpoint.dumps > 0, 60, "the checkpoint's first dump")
+        async with pinging(a, b.ipv4) as established:
+            await ovs.stop_vswitchd("kill")
+            await until(lambda: svc.state.state is State.FROZEN, 30, "the crash freeze")
+            assert CRASH in svc.state.reason
+            await trio.sleep(2)  # no daemon at all: the pinned kernel flows forward
+            await ovs.start_vswitchd()  # the supervisor's restart, with flow-restore-wait set
+            await until(lambda: svc.state.state is State.THAWED, 120, "the thaw into the new daemon")
+        report = svc.status_doc().get("report") or {}
+        record_property("thaw report", str(report))
+        nursery.cancel_scope.cancel()
+    assert svc.state.reason.startswith("done"), svc.state
+    assert report["outcome"].startswith("new daemon owns the upcalls"), report
+    assert not await ovsdb.get_flow_restore_wait(ovs.env, timeout=30)
+    sent, received = established
+    assert sent > 40 and received == sent, established
     await ovs.ping(a, b, v6=True)
 
 
