@@ -146,6 +146,7 @@ class Handover:
         # Set by whoever is about to stop the old daemon: take the upcalls now rather than after its
         # sockets die, so the misses of its exit (about 150 ms in the VM) are buffered, not lost.
         self.take_now = trio.Event()
+        self.taken = trio.Event()  # set at the first take (`stats.taken_over`), for whoever waits on it
         self.watch_owner = True  # False: held ready by the crash guard, it takes when told and only then
         self.handing_over = False  # from the flow-restore-wait clear on, the new daemon's pids are final
         self.receiver: UpcallReceiver | None = None
@@ -214,6 +215,7 @@ class Handover:
         if not self.stats.taken_over:
             self.taken_at = time.monotonic()
         self.stats.taken_over = True
+        self.taken.set()
         LOG.info(kv("handover.taken", mode=self.stats.mode, pids=",".join(map(str, self.ours))))
 
     async def receive(self, receiver: UpcallReceiver) -> None:

@@ -99,8 +99,7 @@ class Armed:
         """Take the upcalls now: the hand-over that holds them, or None if it could not in time."""
         self.handover.take_now.set()
         with trio.move_on_after(5):
-            while not self.handover.stats.taken_over:
-                await trio.sleep(0.005)
+            await self.handover.taken.wait()
             LOG.info(kv("guard.upcalls_taken", pids=",".join(map(str, self.handover.ours))))
             return self.handover
         return None
@@ -271,8 +270,7 @@ class FreezeService:
             raise TransitionRefused(f"cannot take the upcalls while {self.state.state.value}")
         self._take_now()
         with trio.fail_after(10):
-            while not self.handover.stats.taken_over:
-                await trio.sleep(0.01)
+            await self.handover.taken.wait()
         return self.status_doc()
 
     def _take_now(self) -> None:
