@@ -28,9 +28,9 @@ from dpfreeze import command, files, kmod
 from dpfreeze.command import CommandFailed
 from dpfreeze.errors import DpfreezeError
 from dpfreeze.freeze.service import render_status
-from dpfreeze.log import Profile, kv
+from dpfreeze.log import Profile, kv, peak_rss_kb
 from dpfreeze.ovs import appctl, datapaths, openflow, ovsdb
-from dpfreeze.ovs.ovsenv import DaemonNotRunning, OvsEnv, peak_rss_kb, process_alive
+from dpfreeze.ovs.ovsenv import DaemonNotRunning, OvsEnv, process_alive
 from dpfreeze.snapshot import load_openflow
 from dpif.netdev_datapath import is_netdev_name
 

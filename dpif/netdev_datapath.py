@@ -164,9 +164,14 @@ class NetdevDatapath:
         raise Unsupported("deleting ports of a userspace datapath")
 
     async def flows(self) -> AsyncIterator[Flow]:
+        async for batch in self.flow_batches():
+            for flow in batch:
+                yield flow
+
+    async def flow_batches(self) -> AsyncIterator[list[Flow]]:
+        """One batch: the daemon answers the whole dump at once."""
         text = await self._call("dpctl/dump-flows", "-m", "--no-names", self.name)
-        for flow in parse_dump(text, monotonic_ms()):
-            yield flow
+        yield list(parse_dump(text, monotonic_ms()))
 
     async def flow_get(self, *, ufid: bytes | None = None, key: bytes | None = None) -> Flow:
         async for flow in self.flows():

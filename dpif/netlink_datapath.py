@@ -31,6 +31,7 @@ from dpif.model import (
     Vport,
     VportType,
 )
+from dpif.netlink import dumptext
 from dpif.netlink import messages as m
 from dpif.netlink.exchange import FamilyNotFound
 from dpif.netlink.wire import NLMSG_MIN_TYPE, KernelError, Message, WireError, iter_messages
@@ -164,10 +165,20 @@ class NetlinkDatapath:
     async def flows(self) -> AsyncIterator[Flow]:
         """Full dump.  A flow whose actions did not fit its dump chunk is re-fetched in place (by UFID, else
         by key) on the request socket, as dpif-netlink does: same order as ovs-dpctl's dump."""
-        async for payload in self.client.dump(m.flow_dump(self.ifindex)):
-            row = await self.complete_row(payload)
-            if row is not None:
-                yield Flow(*row[1:])
+        async for batch in self.flow_batches():
+            for flow in batch:
+                yield flow
+
+    async def flow_batches(self) -> AsyncIterator[list[Flow]]:
+        """A datagram's flows at a time, decoded in C (`dumptext.records`)."""
+        async for run in self.flow_runs():
+            batch: list[Flow] = []
+            for item in dumptext.records(run):
+                if isinstance(item, Flow):
+                    batch.append(item)
+                elif (row := await self.complete_row(item)) is not None:
+                    batch.append(Flow(*row[1:]))
+            yield batch
 
     def flow_runs(self) -> AsyncIterator[memoryview]:
         """The flow dump as runs of whole flow messages (`GenlClient.dump_runs`), for bulk readers (the

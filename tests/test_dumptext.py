@@ -7,6 +7,7 @@ hypothesis varies stats, clocks, key values under the corpus's masks, and garbag
 
 from __future__ import annotations
 
+import json
 import socket
 import struct
 from collections.abc import Callable, Iterator
@@ -18,6 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from netlinkfakes import EDGES, Client, FakeNetlinkSock
 
+from dpif.model import Flow, FlowStats
 from dpif.netlink import dumptext, wire
 from dpif.netlink import flowkey as fk
 from dpif.netlink import messages as m
@@ -180,6 +182,117 @@ def test_garbage_and_truncation_never_crash_the_c_loop(data: bytes, cut: int, se
 @pytest.mark.parametrize("start", [0, 16, 17, 10**9])
 def test_run_end_agrees_with_python_anywhere(start: int) -> None:
     assert wire.data_run_end(GOLDEN, start, golden_seq()) == wire._data_run_end(GOLDEN, start, golden_seq())
+
+
+# --- records: the snapshot's walk -----------------------------------------------------------------------
+
+
+def walk_records(data: bytes, seq: int) -> tuple[list[Any], int]:
+    """records() over a captured dump, each payload it leaves decoded by the Python path: (rows, how many
+    it left)."""
+    out: list[Any] = []
+    left = 0
+    for run in runs(data, seq):
+        for item in dumptext.records(memoryview(run)):
+            if isinstance(item, Flow):
+                out.append(item)
+            else:
+                out.append(Flow(*decode_flow_row(item)[1:]))
+                left += 1
+    return out, left
+
+
+def test_records_equal_the_python_decoder_and_the_c_loop_does_them_all() -> None:
+    flows, left = walk_records(GOLDEN, golden_seq())
+    expected = [Flow(*decode_flow_row(p)[1:]) for p in payloads(GOLDEN)]
+    assert flows == expected and left == 0
+    assert all(type(f) is Flow and type(f.stats) is FlowStats for f in flows)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    which=st.integers(0, len(GOLDEN_ATTRS) - 1),
+    stats=st.tuples(st.integers(0, 2**64 - 1), st.integers(0, 2**64 - 1), st.integers(0, 2**64 - 1),
+                    st.integers(0, 255)),
+    drop=st.sets(st.sampled_from([KEY, MASK, ACTIONS, UFID, STATS, USED, TCP_FLAGS])),
+    bad=st.sampled_from([None, STATS, USED, TCP_FLAGS]),
+)
+def test_records_of_any_stats_and_any_missing_attribute_equal_the_python_decoder(
+    which: int, stats: tuple[int, int, int, int], drop: set[int], bad: int | None
+) -> None:
+    a = dict(GOLDEN_ATTRS[which])
+    a[STATS] = struct.pack("=QQ", *stats[:2])
+    a[USED] = struct.pack("=Q", stats[2])
+    a[TCP_FLAGS] = bytes([stats[3]])
+    for t in drop:
+        a.pop(t, None)
+    if bad is not None:
+        a[bad] = b"\x01\x02\x03"  # a length the Python decoder refuses
+    data = message(dict(GOLDEN_ATTRS[which])) + message(a) + message(dict(GOLDEN_ATTRS[which]))
+    items = [item for run in runs(data, 7) for item in dumptext.records(memoryview(run))]
+    assert len(items) == 3
+    for item, msg in zip(items, wire.iter_messages(data), strict=True):
+        try:
+            row: Any = Flow(*decode_flow_row(msg.payload)[1:])
+        except wire.WireError:
+            row = None
+        if isinstance(item, Flow):  # the C loop built it: as the Python decoder does
+            assert item == row and item.actions is not None
+        else:  # left to the caller: its actions are missing, or the Python decoder refuses it
+            assert bytes(item) == bytes(msg.payload) and (row is None or row.actions is None)
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.binary(max_size=400), cut=st.integers(0, 2000))
+def test_garbage_and_truncation_never_crash_the_records_walk(data: bytes, cut: int) -> None:
+    blob = memoryview(GOLDEN[:cut] + data)
+    off = 0
+    while off < len(blob):
+        _, stop = dumptext._dump.flow_records(blob, off, Flow, FlowStats, FlowStats())
+        assert off <= stop <= len(blob)
+        if stop == off:
+            break
+        off = stop
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.binary(max_size=40), *[st.none() | st.binary(max_size=40)] * 3), max_size=6))
+def test_flows_json_in_c_equals_the_python_lines(fields: list[tuple[bytes, Any, Any, Any]]) -> None:
+    flows = [Flow(*f) for f in fields] + walk_records(GOLDEN, golden_seq())[0][:50]
+    masks = {m: n for n, m in enumerate(dict.fromkeys(f.mask for f in flows if f.mask is not None))}
+    python = ",\n".join(dumptext.flow_json(f, masks) for f in flows).encode()
+    assert dumptext.flows_json(flows, masks) == python
+    assert json.loads(b"[" + dumptext.flows_json(flows, masks) + b"]") == [
+        {"actions": _hex(f.actions), "key": f.key.hex(), "mask": None if f.mask is None else masks[f.mask],
+         "ufid": _hex(f.ufid)} for f in flows]
+    if flows and flows[-1].mask is not None:  # a mask missing from the table is refused, not written
+        with pytest.raises(KeyError):
+            dumptext.flows_json(flows, {})
+
+
+def _hex(b: bytes | None) -> str | None:
+    return None if b is None else b.hex()
+
+
+def test_stateless_in_c_equals_the_python_reference(monkeypatch: pytest.MonkeyPatch) -> None:
+    flows = walk_records(GOLDEN, golden_seq())[0] * 2
+    flows += [Flow(b"k", None, None, None, FlowStats(1, 2, 3, 4)), Flow(b"k2", b"m", b"", b"u")]
+    c_masks: dict[bytes, bytes] = {}
+    c_actions: dict[bytes, bytes] = {}
+    c_records, c_used = dumptext.stateless(flows, c_masks, c_actions, 5)
+    with pytest.raises(TypeError):
+        dumptext._dump.stateless([("not", "a", "flow")], Flow, FlowStats(), {}, {}, 1)
+    monkeypatch.setattr(dumptext, "_dump", None)
+    masks: dict[bytes, bytes] = {}
+    actions: dict[bytes, bytes] = {}
+    records, used = dumptext.stateless(flows, masks, actions, 5)
+    assert c_records == records and c_used == used == [f.stats.used_ms for f in flows]
+    assert c_masks == masks and c_actions == actions and len(actions) == 5
+    assert all(r.stats == FlowStats() for r in records)
+    # one copy of each mask; actions interned only while the dict was short of the limit
+    for r in c_records:
+        assert r.mask is None or r.mask is c_masks[r.mask]
+    assert sum(r.actions is c_actions.get(r.actions) for r in c_records if r.actions is not None) > 5
 
 
 # --- dump_runs of both edges over a fake dump socket ---------------------------------------------------

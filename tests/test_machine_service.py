@@ -136,6 +136,9 @@ class FakeDatapath:
         for f in list(self.table.values()):
             yield f
 
+    async def flow_batches(self) -> AsyncIterator[list[Flow]]:
+        yield list(self.table.values())
+
     async def flow_get(self, *, ufid: bytes | None = None, key: bytes | None = None) -> Flow:
         if (ufid or b"") not in self.table:
             raise OSError(errno.ENOENT, "no such flow")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import errno
+import hashlib
+import json
 import os
 import struct
 from collections.abc import AsyncIterator, Sequence
@@ -74,14 +76,41 @@ def _snap(flows: Sequence[Flow] = (), vports: Sequence[Vport] | None = None, fea
 # -- file format ---------------------------------------------------------------------------------------
 
 
+def test_masks_are_written_once_and_a_version_1_file_still_reads(tmp_path: Path) -> None:
+    flows = [_flow(1), _flow(2)._replace(mask=b"\x01" * 8), _flow(3), _flow(4)._replace(mask=None)]
+    snap = _snap(flows)
+    body = snap.to_json()
+    [dp] = body["datapaths"]
+    assert dp["masks"] == [_flow(1).mask.hex(), "01" * 8]
+    assert [f["mask"] for f in dp["flows"]] == [0, 1, 0, None]
+    # version 1: every flow's mask in hex, no table; read with one copy of each mask
+    masks = dp.pop("masks")
+    for f in dp["flows"]:
+        f["mask"] = None if f["mask"] is None else masks[f["mask"]]
+    text = json.dumps({**body, "format": 1}).encode()
+    path = tmp_path / "v1.snap"
+    path.write_bytes(b"DPFREEZE-SNAPSHOT 1 sha256=%s length=%d\n%s" % (
+        hashlib.sha256(text).hexdigest().encode(), len(text), text))
+    old = Snapshot.load(path)
+    assert old == snap
+    assert old.datapaths[0].flows[0].mask is old.datapaths[0].flows[2].mask
+    # a mask number outside the table is a corrupt file, refused whole
+    dp["masks"], dp["flows"][0]["mask"] = masks, 7
+    text = json.dumps({**body, "format": 2}).encode()
+    path.write_bytes(b"DPFREEZE-SNAPSHOT 2 sha256=%s length=%d\n%s" % (
+        hashlib.sha256(text).hexdigest().encode(), len(text), text))
+    with pytest.raises(SnapshotError, match="corrupt snapshot body"):
+        Snapshot.load(path)
+
+
 def test_round_trip_and_atomic_save(tmp_path: Path) -> None:
-    snap = _snap([_flow(1), _flow(2, ufid=False), replace(_flow(3), mask=None)])
+    snap = _snap([_flow(1), _flow(2, ufid=False), _flow(3)._replace(mask=None)])
     path = tmp_path / "s.snap"
     snap.save(path)
     assert Snapshot.load(path) == snap
     assert os.listdir(tmp_path) == ["s.snap"]  # no temp file left behind
     assert path.stat().st_mode & 0o777 == 0o600
-    assert path.read_bytes().startswith(b"DPFREEZE-SNAPSHOT 1 sha256=")
+    assert path.read_bytes().startswith(b"DPFREEZE-SNAPSHOT 2 sha256=")
     snap2 = replace(snap, host="other")
     snap2.save(path)  # replacing an existing file
     assert Snapshot.load(path).host == "other"
@@ -200,7 +229,7 @@ async def test_a_snapshot_lists_the_most_recently_used_flows_first() -> None:
     used = {1: 5, 2: 0, 3: 90, 4: 40}
     dp = FakeDatapath()
     for n, ms in used.items():
-        f = replace(_flow(n), stats=FlowStats(used_ms=ms))
+        f = _flow(n)._replace(stats=FlowStats(used_ms=ms))
         dp.flow_table[flow_identity(f)] = f
     snap = await snapshot_datapath(cast(Datapath, dp))
     assert [f.ufid for f in snap.flows] == [_flow(n).ufid for n in (3, 4, 1, 2)]
@@ -209,9 +238,9 @@ async def test_a_snapshot_lists_the_most_recently_used_flows_first() -> None:
 
 def test_flow_identity_prefers_ufid() -> None:
     a = _flow(1)
-    assert flow_identity(a) == flow_identity(replace(a, key=b"other"))
+    assert flow_identity(a) == flow_identity(a._replace(key=b"other"))
     b = _flow(1, ufid=False)
-    assert flow_identity(b) != flow_identity(replace(b, mask=b""))
+    assert flow_identity(b) != flow_identity(b._replace(mask=b""))
 
 
 # -- diff ----------------------------------------------------------------------------------------------
@@ -221,7 +250,7 @@ def test_diff_empty_for_equal_and_lists_every_change() -> None:
     a = _snap([_flow(1), _flow(2), _flow(3, ufid=False)])
     assert diff(a, a) == []
     vports_b = [*a.datapaths[0].vports[:2], Vport(3, VportType.NETDEV, "veth2", 5, (7,), 10)]
-    flows_b = [_flow(1), replace(_flow(2), actions=attr(1, b"\0\0\0\x09")), _flow(4)]
+    flows_b = [_flow(1), _flow(2)._replace(actions=attr(1, b"\0\0\0\x09")), _flow(4)]
     b = replace(_snap(flows_b, vports_b, features=DpFeature.DISPATCH_UPCALL_PER_CPU),
                 netdevs=(), openflow=(replace(a.openflow[0], flows=()),))
     lines = [str(d) for d in diff(a, b)]
@@ -287,6 +316,9 @@ class FakeDatapath:
         for f in list(self.flow_table.values()):
             yield f
 
+    async def flow_batches(self) -> AsyncIterator[list[Flow]]:
+        yield list(self.flow_table.values())
+
     async def meter_get(self, meter_id: int) -> MeterStats:
         self.calls.append(f"meter_get {meter_id}")
         if meter_id not in self.meters:
@@ -328,7 +360,7 @@ async def test_restore_reports_conflicts_and_failures_without_touching_them() ->
     dp = FakeDatapath()
     dp.vports[1] = Vport(1, VportType.INTERNAL, "intruder", 5)
     dp.vports[4] = Vport(4, VportType.NETDEV, "veth1", 5)
-    dp.flow_table[flow_identity(_flow(2))] = replace(_flow(2), actions=b"")
+    dp.flow_table[flow_identity(_flow(2))] = _flow(2)._replace(actions=b"")
     report = await restore(cast(Datapath, dp), snap, netdevs=False)
     assert report.ok  # conflicts are not failures: nothing was attempted on them
     assert any("port 1 is intruder" in c for c in report.conflicts)
@@ -393,7 +425,7 @@ def test_cli_show_diff_and_refusal(tmp_path: Path, capsys: pytest.CaptureFixture
     assert snapshot_cli.cmd_show(argparse.Namespace(file=str(metered), json=False, flows=False)) == 0
     assert "meters used 1 (bands: 1), 2 (absent)" in capsys.readouterr().out
     assert snapshot_cli.cmd_show(argparse.Namespace(file=str(a), json=True, flows=False)) == 0
-    assert '"format": 1' in capsys.readouterr().out
+    assert '"format": 2' in capsys.readouterr().out
     assert snapshot_cli.cmd_diff(argparse.Namespace(a=str(a), b=str(a), ignore_pids=False)) == 0
     assert snapshot_cli.cmd_diff(argparse.Namespace(a=str(a), b=str(b), ignore_pids=False)) == 1
     assert capsys.readouterr().out == (

@@ -73,8 +73,11 @@ class PinStats:
 
 
 def flow_id(flow: Flow) -> bytes:
-    """How a flow is identified by the kernel: its UFID, else its (unmasked) key."""
-    return flow.ufid if flow.ufid is not None else b"key:" + flow.key
+    """How a flow is identified by the kernel: its UFID, else its key.  The two never meet: a UFID is at
+    most 16 bytes, and every key the kernel reports is longer (it always includes priority, in_port,
+    skb_mark, recirc_id, dp_hash and the conntrack fields).  No copy: at 200 000 flows without UFIDs, a
+    prefixed key each was 36 MB of the service's peak."""
+    return flow.ufid if flow.ufid is not None else flow.key
 
 
 def flow_name(flow: Flow) -> str:

@@ -32,7 +32,7 @@ from dpfreeze.freeze.handover import Handover, MissBuffer
 from dpfreeze.freeze.machine import ACTIVE, Event, State, StateStore, TransitionRefused
 from dpfreeze.freeze.pin import Pinner, PinSet, recirculating
 from dpfreeze.freeze.restorer import Restorer
-from dpfreeze.log import Profile, kv
+from dpfreeze.log import Profile, kv, peak_rss_kb
 from dpfreeze.ovs import datapaths, ovsdb, ovsenv
 from dpfreeze.ovs.openflow import BridgeOpenFlow
 from dpfreeze.ovs.ovsenv import OvsEnv
@@ -302,7 +302,7 @@ class FreezeService:
             doc["restorer"] = self.restorer.stats.as_dict()
         doc["profile"] = list(self.profile.spans)
         doc["snapshot_gaps"] = list(self.gaps)
-        doc["peak_rss_kb"] = ovsenv.peak_rss_kb()  # this service process's, pins and miss buffer included
+        doc["peak_rss_kb"] = peak_rss_kb()  # this service process's, pins and miss buffer included
         return doc
 
     async def handle(self, req: control.Request) -> dict[str, Any]:
@@ -644,6 +644,7 @@ class FreezeService:
         finally:
             if self.state.state is State.THAWED:  # in the log too: a failed thaw's status reaches no one
                 LOG.info(kv("session.profile", **self.profile.totals()))
+                LOG.info(kv("session.peak_mb", **self.profile.peaks()))
             self._dp = None
             self._idle.set()
             if not started:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dpfreeze.errors import UserError
-from dpfreeze.ovs.ovsenv import peak_rss_kb
+from dpfreeze.log import peak_rss_kb
 from dpfreeze.snapshot import take_snapshot
 from dpif.model import Flow
 from dpif.netlink import actions as act

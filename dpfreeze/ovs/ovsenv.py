@@ -50,18 +50,6 @@ def process_age(pid: int, proc: Path = Path("/proc")) -> float | None:
     return time.clock_gettime(time.CLOCK_BOOTTIME) - ticks / os.sysconf("SC_CLK_TCK")
 
 
-def peak_rss_kb(pid: int | str = "self", proc: Path = Path("/proc")) -> int | None:
-    """The process's peak resident memory (VmHWM), in KiB; None if there is no such process."""
-    try:
-        with (proc / str(pid) / "status").open("rb") as f:
-            for line in f:
-                if line.startswith(b"VmHWM:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
 class DaemonNotRunning(OSError):
     """The daemon's pidfile is missing or unreadable: it is not running under this rundir."""
 

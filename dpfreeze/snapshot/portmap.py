@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from dpif.model import Flow, Vport
 from dpif.netlink import actions as act
@@ -69,7 +69,7 @@ class PortMap:
             actions = None if flow.actions is None else self._actions(flow.actions)
         except WireError as exc:
             raise UnmappedPort(f"undecodable flow: {exc}") from None
-        return replace(flow, key=key, actions=actions)
+        return flow._replace(key=key, actions=actions)
 
     def port(self, old: int) -> int:
         name = self.old.get(old)

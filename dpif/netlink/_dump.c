@@ -1,4 +1,4 @@
-/* The two hot loops of a 100k-flow `dpctl dump-flows`, in C.
+/* The hot loops of a 100k-flow dump, in C: `dpctl dump-flows` text, and a snapshot's records.
  *
  * The pure-Python codec (dpif/netlink/flowkey.py, flowtext.py) is the reference and does everything
  * these functions decline: they hold no OVS knowledge of their own.  What a flow's text looks like is
@@ -256,18 +256,22 @@ static int render_ufid(Out *o, const unsigned char *u, Py_ssize_t n)
     return out_put(o, tmp, len);
 }
 
-/* One flow message (payload after the nlmsghdr) as a line.  0 = written, 1 = Python's turn, -1 = error. */
-static int format_one(Out *o, const unsigned char *p, Py_ssize_t n, PyObject *plans, PyObject *actions_memo,
-                      int verbose, long long now_ms, Prev *prev)
+/* A flow message's attributes, pointers into the message. */
+typedef struct {
+    const unsigned char *key, *mask, *actions, *ufid;
+    Py_ssize_t klen, mlen, alen, ulen;
+    unsigned long long packets, nbytes, used;
+    unsigned tcp_flags;
+} FlowMsg;
+
+/* One flow message's payload (after the nlmsghdr) into `f`, as messages.decode_flow_row reads it: 0, or 1
+ * when it is malformed (the Python decoder says how). */
+static int parse_flow(const unsigned char *p, Py_ssize_t n, FlowMsg *f)
 {
-    const unsigned char *key = NULL, *mask = NULL, *actions = NULL, *ufid = NULL;
-    Py_ssize_t klen = 0, mlen = 0, alen = 0, ulen = 0;
-    unsigned long long packets = 0, nbytes = 0;
-    long long used = 0;
-    unsigned tcp_flags = 0;
-    Py_ssize_t off = FLOW_HDRLEN;
+    memset(f, 0, sizeof *f);
     if (n < FLOW_HDRLEN)
         return 1;
+    Py_ssize_t off = FLOW_HDRLEN;
     while (off < n) {
         uint16_t alen16, type;
         if (n - off < 4)
@@ -281,32 +285,47 @@ static int format_one(Out *o, const unsigned char *p, Py_ssize_t n, PyObject *pl
         Py_ssize_t vlen = alen16 - 4;
         off += (alen16 + 3) & ~3;
         if (type == a_key) {
-            key = v;
-            klen = vlen;
+            f->key = v;
+            f->klen = vlen;
         } else if (type == a_mask) {
-            mask = v;
-            mlen = vlen;
+            f->mask = v;
+            f->mlen = vlen;
         } else if (type == a_actions) {
-            actions = v;
-            alen = vlen;
+            f->actions = v;
+            f->alen = vlen;
         } else if (type == a_ufid) {
-            ufid = v;
-            ulen = vlen;
+            f->ufid = v;
+            f->ulen = vlen;
         } else if (type == a_stats) {
             if (vlen < 16)
                 return 1;
-            memcpy(&packets, v, 8);
-            memcpy(&nbytes, v + 8, 8);
+            memcpy(&f->packets, v, 8);
+            memcpy(&f->nbytes, v + 8, 8);
         } else if (type == a_used) {
             if (vlen != 8)
                 return 1;
-            memcpy(&used, v, 8);
+            memcpy(&f->used, v, 8);
         } else if (type == a_tcp_flags) {
             if (vlen != 1)
                 return 1;
-            tcp_flags = v[0];
+            f->tcp_flags = v[0];
         }
     }
+    return 0;
+}
+
+/* One flow message (payload after the nlmsghdr) as a line.  0 = written, 1 = Python's turn, -1 = error. */
+static int format_one(Out *o, const unsigned char *p, Py_ssize_t n, PyObject *plans, PyObject *actions_memo,
+                      int verbose, long long now_ms, Prev *prev)
+{
+    FlowMsg fm;
+    if (parse_flow(p, n, &fm))
+        return 1;
+    const unsigned char *key = fm.key, *mask = fm.mask, *actions = fm.actions, *ufid = fm.ufid;
+    Py_ssize_t klen = fm.klen, mlen = fm.mlen, alen = fm.alen, ulen = fm.ulen;
+    unsigned long long packets = fm.packets, nbytes = fm.nbytes;
+    long long used = (long long)fm.used;
+    unsigned tcp_flags = fm.tcp_flags;
     if (!key || !klen || !actions)
         return 1;
 
@@ -432,6 +451,240 @@ static PyObject *format_flows(PyObject *Py_UNUSED(self), PyObject *args)
     return res;
 }
 
+/* A tuple subclass instance (a NamedTuple: Flow, FlowStats) of n items, the references stolen; NULL if
+ * any item is NULL.  No Python __new__ runs: the dump builds one per flow. */
+static PyObject *record(PyTypeObject *type, Py_ssize_t n, PyObject **items)
+{
+    PyObject *t = NULL;
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (!items[i])
+            goto fail;
+    t = type->tp_alloc(type, n);
+    if (!t)
+        goto fail;
+    for (Py_ssize_t i = 0; i < n; i++)
+        PyTuple_SET_ITEM(t, i, items[i]);
+    return t;
+fail:
+    for (Py_ssize_t i = 0; i < n; i++)
+        Py_XDECREF(items[i]);
+    return NULL;
+}
+
+static PyObject *bytes_or_none(const unsigned char *v, Py_ssize_t n)
+{
+    return v ? PyBytes_FromStringAndSize((const char *)v, n) : Py_NewRef(Py_None);
+}
+
+/* One flow message's payload as a Flow, as messages.decode_flow_row reads it; Py_None (a new reference)
+ * when Python must take it: malformed, or its actions left out of the dump. */
+static PyObject *flow_record(const unsigned char *p, Py_ssize_t n, PyTypeObject *flow_type,
+                             PyTypeObject *stats_type, PyObject *no_stats)
+{
+    FlowMsg m;
+    if (parse_flow(p, n, &m) || !m.actions)
+        Py_RETURN_NONE;
+    PyObject *stats;
+    if (m.packets || m.nbytes || m.used || m.tcp_flags) {
+        PyObject *s[4] = {PyLong_FromUnsignedLongLong(m.packets), PyLong_FromUnsignedLongLong(m.nbytes),
+                          PyLong_FromUnsignedLongLong(m.used), PyLong_FromUnsignedLong(m.tcp_flags)};
+        stats = record(stats_type, 4, s);
+    } else {
+        stats = Py_NewRef(no_stats);
+    }
+    PyObject *f[5] = {PyBytes_FromStringAndSize(m.key ? (const char *)m.key : "", m.klen),
+                      bytes_or_none(m.mask, m.mlen), bytes_or_none(m.actions, m.alen),
+                      bytes_or_none(m.ufid, m.ulen), stats};
+    return record(flow_type, 5, f);
+}
+
+/* flow_records(run, off, Flow, FlowStats, no_stats) -> (flows, off): the run's flow messages from `off` as
+ * Flow records, up to the run's end or the first message Python must take (at the returned offset). */
+static PyObject *flow_records(PyObject *Py_UNUSED(self), PyObject *args)
+{
+    Py_buffer b;
+    Py_ssize_t off;
+    PyTypeObject *flow_type, *stats_type;
+    PyObject *no_stats;
+    if (!PyArg_ParseTuple(args, "y*nO!O!O", &b, &off, &PyType_Type, &flow_type, &PyType_Type, &stats_type,
+                          &no_stats))
+        return NULL;
+    if (!PyType_IsSubtype(flow_type, &PyTuple_Type) || !PyType_IsSubtype(stats_type, &PyTuple_Type)) {
+        PyBuffer_Release(&b);
+        PyErr_SetString(PyExc_TypeError, "flow_records: the record types must be tuples");
+        return NULL;
+    }
+    PyObject *flows = PyList_New(0);
+    const unsigned char *p = b.buf;
+    Py_ssize_t end = b.len;
+    while (flows && off >= 0 && off + NLMSG_HDRLEN <= end) {
+        uint32_t len = get_u32(p + off);
+        if (len < NLMSG_HDRLEN || len > (uint64_t)(end - off))
+            break;
+        PyObject *f = flow_record(p + off + NLMSG_HDRLEN, len - NLMSG_HDRLEN, flow_type, stats_type,
+                                  no_stats);
+        if (f == Py_None) {
+            Py_DECREF(f);
+            break;
+        }
+        if (!f || PyList_Append(flows, f) < 0) {
+            Py_XDECREF(f);
+            Py_CLEAR(flows);
+            break;
+        }
+        Py_DECREF(f);
+        off += (len + 3) & ~3u;
+    }
+    PyBuffer_Release(&b);
+    return flows ? Py_BuildValue("(Nn)", flows, off > end ? end : off) : NULL;
+}
+
+/* One field of a snapshot record: `v` itself, or its interned copy from `memo` (shared) while `memo` has
+ * fewer than `limit` entries, or once it has it.  A new reference; NULL with an error set. */
+static PyObject *interned(PyObject *memo, PyObject *v, Py_ssize_t limit)
+{
+    if (v == Py_None)
+        return Py_NewRef(v);
+    PyObject *got = PyDict_Size(memo) < limit ? PyDict_SetDefault(memo, v, v)
+                                              : PyDict_GetItemWithError(memo, v);
+    if (!got && PyErr_Occurred())
+        return NULL;
+    return Py_NewRef(got ? got : v);
+}
+
+/* stateless(flows, Flow, no_stats, masks, actions, limit) -> (records, used): the flows as a snapshot keeps
+ * them (dumptext.stateless is the reference): no stats, masks interned in `masks`, actions in `actions`
+ * while it has fewer than `limit`; and each flow's used time. */
+static PyObject *stateless(PyObject *Py_UNUSED(self), PyObject *args)
+{
+    PyObject *flows, *no_stats, *masks, *shared;
+    PyTypeObject *flow_type;
+    Py_ssize_t limit;
+    if (!PyArg_ParseTuple(args, "O!O!OO!O!n", &PyList_Type, &flows, &PyType_Type, &flow_type, &no_stats,
+                          &PyDict_Type, &masks, &PyDict_Type, &shared, &limit))
+        return NULL;
+    if (!PyType_IsSubtype(flow_type, &PyTuple_Type)) {
+        PyErr_SetString(PyExc_TypeError, "stateless: the record type must be a tuple");
+        return NULL;
+    }
+    Py_ssize_t n = PyList_GET_SIZE(flows);
+    PyObject *records = PyList_New(n), *used = PyList_New(n);
+    for (Py_ssize_t i = 0; records && used && i < n; i++) {
+        PyObject *f = PyList_GET_ITEM(flows, i), *stats;
+        if (!PyTuple_Check(f) || PyTuple_GET_SIZE(f) != 5 || !PyTuple_Check(stats = PyTuple_GET_ITEM(f, 4))
+            || PyTuple_GET_SIZE(stats) < 3) {
+            PyErr_SetString(PyExc_TypeError, "stateless: a flow is a Flow record with its FlowStats");
+            Py_CLEAR(records);
+            break;
+        }
+        PyObject *items[5] = {Py_NewRef(PyTuple_GET_ITEM(f, 0)),
+                              interned(masks, PyTuple_GET_ITEM(f, 1), PY_SSIZE_T_MAX),
+                              interned(shared, PyTuple_GET_ITEM(f, 2), limit),
+                              Py_NewRef(PyTuple_GET_ITEM(f, 3)), Py_NewRef(no_stats)};
+        PyObject *r = record(flow_type, 5, items);
+        if (!r) {
+            Py_CLEAR(records);
+            break;
+        }
+        PyList_SET_ITEM(records, i, r);
+        PyList_SET_ITEM(used, i, Py_NewRef(PyTuple_GET_ITEM(stats, 2)));
+    }
+    if (!records || !used) {
+        Py_XDECREF(records);
+        Py_XDECREF(used);
+        return NULL;
+    }
+    return Py_BuildValue("(NN)", records, used);
+}
+
+/* bytes as a JSON string of hex, None as null. */
+static int out_hex(Out *o, PyObject *v)
+{
+    if (v == Py_None)
+        return out_put(o, "null", 4);
+    if (!PyBytes_Check(v)) {
+        PyErr_SetString(PyExc_TypeError, "json_lines: a flow's fields are bytes or None");
+        return -1;
+    }
+    Py_ssize_t n = PyBytes_GET_SIZE(v);
+    const unsigned char *b = (const unsigned char *)PyBytes_AS_STRING(v);
+    if (buf_reserve(o, 2 * n + 2) < 0)
+        return -1;
+    static char pairs[512]; /* "000102...ff": a byte's two digits in one copy */
+    if (!pairs[1])
+        for (int i = 0; i < 256; i++) {
+            pairs[2 * i] = "0123456789abcdef"[i >> 4];
+            pairs[2 * i + 1] = "0123456789abcdef"[i & 15];
+        }
+    char *d = o->p + o->len;
+    *d++ = '"';
+    for (Py_ssize_t i = 0; i < n; i++, d += 2)
+        memcpy(d, pairs + 2 * b[i], 2);
+    *d++ = '"';
+    o->len = d - o->p;
+    return 0;
+}
+
+#define PUT(o, lit) out_put(o, lit, sizeof lit - 1)
+
+/* json_lines(flows, masks) -> bytes: the flows (Flow records: key, mask, actions, ufid first) as the
+ * snapshot file's lines, joined by ",\n", each as dumptext.flow_json writes it (the reference): hex, the
+ * mask as its number in the dict `masks`. */
+static int out_mask(Out *o, PyObject *masks, PyObject *mask)
+{
+    if (mask == Py_None)
+        return out_put(o, "null", 4);
+    PyObject *n = PyDict_GetItemWithError(masks, mask);
+    if (!n) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_KeyError, "json_lines: a flow's mask is not in the mask table");
+        return -1;
+    }
+    long long v = PyLong_AsLongLong(n);
+    if (v < 0) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_ValueError, "json_lines: a mask's number is negative");
+        return -1;
+    }
+    return out_fmt_u64(o, (unsigned long long)v, 0);
+}
+
+static PyObject *json_lines(PyObject *Py_UNUSED(self), PyObject *args)
+{
+    PyObject *arg, *masks;
+    if (!PyArg_ParseTuple(args, "OO!", &arg, &PyDict_Type, &masks))
+        return NULL;
+    PyObject *seq = PySequence_Fast(arg, "json_lines: a sequence of flows");
+    if (!seq)
+        return NULL;
+    Out o = {0};
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    int r = 0;
+    for (Py_ssize_t i = 0; i < n && r >= 0; i++) {
+        PyObject *f = PySequence_Fast_GET_ITEM(seq, i);
+        if (!PyTuple_Check(f) || PyTuple_GET_SIZE(f) < 4) {
+            PyErr_SetString(PyExc_TypeError, "json_lines: a flow is a Flow record");
+            r = -1;
+            break;
+        }
+        PyObject *key = PyTuple_GET_ITEM(f, 0);
+        if (key == Py_None) {
+            PyErr_SetString(PyExc_TypeError, "json_lines: a flow's key is bytes");
+            r = -1;
+            break;
+        }
+        if ((i && PUT(&o, ",\n")) || PUT(&o, "{\"actions\": ") || out_hex(&o, PyTuple_GET_ITEM(f, 2))
+            || PUT(&o, ", \"key\": ") || out_hex(&o, key) || PUT(&o, ", \"mask\": ")
+            || out_mask(&o, masks, PyTuple_GET_ITEM(f, 1)) || PUT(&o, ", \"ufid\": ")
+            || out_hex(&o, PyTuple_GET_ITEM(f, 3)) || PUT(&o, "}"))
+            r = -1;
+    }
+    Py_DECREF(seq);
+    PyObject *res = r < 0 ? NULL : PyBytes_FromStringAndSize(o.p ? o.p : "", o.len);
+    PyMem_Free(o.p);
+    return res;
+}
+
 /* setup(flow_attrs, tcp_letters, frag_names): the numbers of the flow attributes (key, mask, actions,
  * ufid, stats, used, tcp_flags), the TCP flag letters as ((bit, bytes), ...) in print order, and the
  * frag names (bytes) by value. */
@@ -451,6 +704,11 @@ static PyMethodDef methods[] = {
     {"scan", scan, METH_VARARGS, "scan(buf, off, seq) -> end of the run of the dump's data messages"},
     {"format_flows", format_flows, METH_VARARGS,
      "format_flows(run, off, plans, actions_memo, verbose, now_ms) -> (text, off)"},
+    {"stateless", stateless, METH_VARARGS,
+     "stateless(flows, Flow, no_stats, masks, actions, limit) -> (records, used)"},
+    {"json_lines", json_lines, METH_VARARGS, "json_lines(flows, masks) -> the snapshot file's lines"},
+    {"flow_records", flow_records, METH_VARARGS,
+     "flow_records(run, off, Flow, FlowStats, no_stats) -> (flows, off)"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -1,4 +1,5 @@
-"""dump-flows text for a whole dump at C speed, with the Python codec as the reference and the fallback.
+"""dump-flows text, and `Flow` records, for a whole dump at C speed, with the Python codec as the reference
+and the fallback.
 
 A 100k-flow dump is 100k messages: per flow, the Python codec costs ~10 us natively and 20-30 times that
 under emulation, against a few us for ovs-dpctl's C.  `_dump.c` runs the Python codec's own decisions in a
@@ -8,15 +9,18 @@ into plain tuples.  The C loop formats flow after flow and hands back any flow i
 plan yet, an attribute or action list whose text is not memoized, actions the dump left out, anything
 malformed); `line()` formats that one in Python (filling the plans and memos the C loop reads) and the C
 loop resumes after it.  Without the extension `lines()` does nothing and every flow goes through `line()`.
+
+`records()` is the same walk for a snapshot: 100 000 flows decoded and built as records in Python took
+0.55 s natively, most of a freeze's dump under emulation; `flows_json()` writes them back out as hex.
 """
 
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from types import ModuleType
 
-from dpif.model import FlowStats
+from dpif.model import Flow, FlowStats
 from dpif.netlink import actions as act
 from dpif.netlink import families as fam
 from dpif.netlink import flowkey as fk
@@ -62,6 +66,61 @@ def compile_plan(plan: fk.KeyPlan, port_memo: dict[bytes, str]) -> CPlan:
         else:
             slots.append((prefix.encode(), start, end, None, b"", port_memo if memo is None else memo))
     return checks, tuple(slots), plan.suffix.encode()
+
+
+_NO_STATS = FlowStats()
+
+
+def records(run: memoryview) -> Iterator[Flow | memoryview]:
+    """A run of flow messages as records (C), interleaved with the payload of each message the C loop
+    left to the caller (its actions left out of the dump, or malformed: `decode_flow_row` says how)."""
+    off, end = 0, len(run)
+    while off < end:
+        if _dump is not None:
+            flows, off = _dump.flow_records(run, off, Flow, FlowStats, _NO_STATS)
+            yield from flows
+        if off < end:
+            payload, off = message_at(run, off)
+            yield payload
+
+
+def stateless(flows: list[Flow], masks: dict[bytes, bytes], actions: dict[bytes, bytes],
+              limit: int) -> tuple[list[Flow], list[int]]:
+    """The flows as a snapshot keeps them, and their used times: no stats (a FlowStats each is 150 bytes
+    at 200 000 flows), masks interned in `masks` (megaflows share a few), actions in `actions` while it
+    has fewer than `limit` (many flows share theirs; all-different ones then cost no dict of their own).
+    In C: per flow in Python this was most of a snapshot's time after the dump."""
+    if _dump is not None:
+        done: tuple[list[Flow], list[int]] = _dump.stateless(flows, Flow, _NO_STATS, masks, actions, limit)
+        return done
+    records = []
+    for f in flows:
+        a = f.actions
+        if a is not None:
+            a = actions.setdefault(a, a) if len(actions) < limit else actions.get(a, a)
+        records.append(Flow(f.key, None if f.mask is None else masks.setdefault(f.mask, f.mask), a, f.ufid))
+    return records, [f.stats.used_ms for f in flows]
+
+
+def flow_json(f: Flow, masks: Mapping[bytes, int]) -> str:
+    """A flow's raw fields as one JSON object (keys sorted): hex strings, None as null, the mask as its
+    number in `masks`.  A snapshot file's line, written directly: hex needs no escaping, and the json
+    module's encoder scanned every character."""
+    mask = "null" if f.mask is None else masks[f.mask]
+    return (f'{{"actions": {_json_hex(f.actions)}, "key": "{f.key.hex()}", "mask": {mask}, '
+            f'"ufid": {_json_hex(f.ufid)}}}')
+
+
+def _json_hex(b: bytes | None) -> str:
+    return "null" if b is None else f'"{b.hex()}"'
+
+
+def flows_json(flows: Sequence[Flow], masks: Mapping[bytes, int]) -> bytes:
+    """`flow_json` of each flow, joined by ",\n" (C: 100 000 flows' lines were 0.24 s natively)."""
+    if _dump is not None:
+        lines: bytes = _dump.json_lines(flows, masks)
+        return lines
+    return ",\n".join(flow_json(f, masks) for f in flows).encode()
 
 
 class DumpText:
