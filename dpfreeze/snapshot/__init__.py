@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime
 import errno
+import functools
 import hashlib
 import json
 import operator
@@ -47,6 +48,7 @@ MAGIC = b"DPFREEZE-SNAPSHOT"
 FORMAT_VERSION = 2  # 2: megaflow masks in a table of their own, each flow's mask an index into it
 MAX_HEADER = 256
 FLOWS_PER_CHUNK = 4096
+_MASK = operator.itemgetter(1)
 _HEADER = re.compile(rb"^DPFREEZE-SNAPSHOT (\d+) sha256=([0-9a-f]{64}) length=(\d+)$")
 
 
@@ -82,6 +84,14 @@ class DatapathSnapshot:
     @property
     def name(self) -> str:
         return self.info.name
+
+    @functools.cached_property
+    def mask_table(self) -> dict[bytes, int]:
+        """The flows' distinct masks, numbered in order of appearance: the file writes each once (a
+        datapath's megaflows share a few masks, which were half of a 200 000-flow file).  Cached: the
+        file's document and its flow lines both read it."""
+        distinct = [m for m in dict.fromkeys(map(_MASK, self.flows)) if m is not None]
+        return {m: n for n, m in enumerate(distinct)}
 
 
 @dataclass(frozen=True)
@@ -139,7 +149,7 @@ class Snapshot:
         for i, dp in enumerate(self.datapaths):
             head, text = text.split(json.dumps(f"\0flows {i}\0"), 1)
             yield head.encode()
-            masks = mask_table(dp.flows)
+            masks = dp.mask_table
             for k in range(0, len(dp.flows), FLOWS_PER_CHUNK):
                 lines = flows_json(dp.flows[k:k + FLOWS_PER_CHUNK], masks)
                 yield ("[\n" if k == 0 else ",\n").encode() + lines
@@ -272,7 +282,7 @@ def _header(digest: str, length: int) -> bytes:
 
 
 def _dp_to_json(d: DatapathSnapshot, flows: bool = True) -> dict[str, Any]:
-    i, masks = d.info, mask_table(d.flows)
+    i, masks = d.info, d.mask_table
     return {
         "name": i.name,
         "ifindex": i.ifindex,
@@ -295,16 +305,6 @@ def _dp_to_json(d: DatapathSnapshot, flows: bool = True) -> dict[str, Any]:
         "meters": None if d.meters is None else [
             {"id": r.id, "present": r.present, "bands": r.bands} for r in d.meters],
     }
-
-
-_MASK = operator.itemgetter(1)
-
-
-def mask_table(flows: Iterable[Flow]) -> dict[bytes, int]:
-    """The distinct masks of the flows, numbered in order of appearance: the file writes each once (a
-    datapath's megaflows share a few masks, which were half of a 200 000-flow file)."""
-    distinct = [m for m in dict.fromkeys(map(_MASK, flows)) if m is not None]
-    return {m: n for n, m in enumerate(distinct)}
 
 
 def _mask(value: int | str | None, masks: list[bytes], known: dict[bytes, bytes]) -> bytes | None:
