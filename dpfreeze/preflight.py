@@ -22,7 +22,7 @@ from typing import Any, Protocol
 import trio
 
 from dpfreeze.errors import UserError
-from dpfreeze.freeze import control, machine
+from dpfreeze.freeze import control, controlsock, machine
 from dpfreeze.freeze.machine import ACTIVE, Event, State, StateStore
 from dpfreeze.freeze.service import FRW_TIMEOUT, ServiceConfig, SystemBackend
 from dpfreeze.log import kv
@@ -113,7 +113,7 @@ class Preflight:
 async def _service_status(config: ServiceConfig) -> dict[str, Any] | None:
     """The running service's status document, or None when no service listens."""
     try:
-        return await control.call(str(config.socket_path), "status", timeout=STATUS_TIMEOUT)
+        return await controlsock.call(str(config.socket_path), "status", timeout=STATUS_TIMEOUT)
     except (FileNotFoundError, ConnectionRefusedError):
         return None
     except control.ControlError as exc:
@@ -159,7 +159,7 @@ async def _crash_check(config: ServiceConfig) -> None:
     """Let the service freeze what a crash left unguarded (see FreezeService.crash_check) before this start
     goes on: systemd runs no ExecStop when the daemon died on its own.  No service: nothing to freeze with."""
     try:
-        await control.call(str(config.socket_path), "crash-check", timeout=SERVICE_THAW_TIMEOUT)
+        await controlsock.call(str(config.socket_path), "crash-check", timeout=SERVICE_THAW_TIMEOUT)
     except (FileNotFoundError, ConnectionRefusedError):
         return
     except (control.ControlError, trio.TooSlowError) as exc:  # the start must go on: stock's path

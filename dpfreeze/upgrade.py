@@ -27,15 +27,17 @@ import trio
 from dpfreeze import command, files, kmod
 from dpfreeze.command import CommandFailed
 from dpfreeze.errors import DpfreezeError
+from dpfreeze.freeze import machine
+from dpfreeze.freeze.caller import Caller, CallerGone
+from dpfreeze.freeze.defaults import DEFAULT_TTL
 from dpfreeze.freeze.service import render_status
 from dpfreeze.log import Profile, kv, peak_rss_kb
 from dpfreeze.ovs import appctl, datapaths, openflow, ovsdb
-from dpfreeze.ovs.ovsenv import DaemonNotRunning, OvsEnv, process_alive
+from dpfreeze.ovs.ovsenv import VSWITCHD, DaemonNotRunning, OvsEnv, daemon_argv, process_alive
 from dpfreeze.snapshot import load_openflow
 from dpif.netdev_datapath import is_netdev_name
 
 LOG = logging.getLogger(__name__)
-VSWITCHD = "ovs-vswitchd"
 
 
 class UpgradeError(DpfreezeError):
@@ -121,12 +123,6 @@ def _version(line: str | None) -> str:
     return line.split()[-1] if line else ""
 
 
-def daemon_argv(pid: int, proc: Path = Path("/proc")) -> list[str]:
-    """The running daemon's own command line, to start the new binary exactly as the old one ran."""
-    raw = (proc / str(pid) / "cmdline").read_bytes()
-    return [a.decode() for a in raw.split(b"\0") if a]
-
-
 async def _wait_gone(pid: int, timeout: float) -> bool:
     with trio.move_on_after(timeout):
         while process_alive(pid):
@@ -135,15 +131,37 @@ async def _wait_gone(pid: int, timeout: float) -> bool:
     return False
 
 
-async def _run(argv: list[str], env: OvsEnv, timeout: float, failure: str,
-               executable: str | None = None) -> None:
-    """Run a step's command in OVS's environment; its failure is an UpgradeError saying `failure` and why."""
+class Runner(Protocol):
+    """Runs a step's command that starts processes (the restart command, the daemon, a rollback) in OVS's
+    environment; its failure is an UpgradeError saying `failure` and why."""
+
+    async def __call__(self, argv: list[str], env: OvsEnv, timeout: float, failure: str,
+                       executable: str | None = None) -> None: ...
+
+
+async def run_here(argv: list[str], env: OvsEnv, timeout: float, failure: str,
+                   executable: str | None = None) -> None:
+    """The Runner of an upgrade run by the command itself: in this process."""
     try:
         await command.run(argv, timeout=timeout, env=env.environ(), executable=executable)
     except CommandFailed as exc:
         LOG.warning(kv("upgrade.command_failed", argv=" ".join(argv), rc=exc.returncode,
                        stderr=exc.why[-300:]))
         raise UpgradeError(f"{failure}: {exc.why}") from None
+
+
+def run_by(caller: Caller) -> Runner:
+    """The Runner of an upgrade run by the service: in the process of the command that asked for it (see
+    `Caller`); CallerGone once that command is gone."""
+
+    async def run(argv: list[str], env: OvsEnv, timeout: float, failure: str,
+                  executable: str | None = None) -> None:
+        why = await caller.run(argv, timeout=timeout, env=env.environ(), executable=executable)
+        if why:
+            LOG.warning(kv("upgrade.command_failed", argv=" ".join(argv), stderr=why[-300:]))
+            raise UpgradeError(f"{failure}: {why}")
+
+    return run
 
 
 async def _thaw(api: FreezeApi, timeout: float = 120.0) -> dict[str, Any]:
@@ -182,7 +200,8 @@ def keep_binary(pid: int, directory: Path, proc: Path = Path("/proc")) -> Path |
     return directory / VSWITCHD
 
 
-async def _daemon_again(env: OvsEnv, argv: list[str], rep: UpgradeReport, kept: Path | None) -> None:
+async def _daemon_again(env: OvsEnv, argv: list[str], rep: UpgradeReport, kept: Path | None,
+                        run: Runner = run_here) -> None:
     """After a failed restart, never leave the host without a daemon: if nothing runs, roll back, once: the
     old daemon's own binary (`keep_binary`) with its command line, else that command line as it is (the
     binary now at its path).  Said in the report either way."""
@@ -198,7 +217,7 @@ async def _daemon_again(env: OvsEnv, argv: list[str], rep: UpgradeReport, kept: 
     if kept is None:
         what = f"{VSWITCHD} again from its path (the previous binary was not kept)"
     try:
-        await start_vswitchd(env, argv, kept)
+        await start_vswitchd(env, argv, kept, run)
         rep.new_pid = await wait_new_daemon(env, rep.old_pid or 0, 30)
     except (UpgradeError, OSError) as exc:
         rep.recovery = f"no {VSWITCHD} runs, and starting {what} failed: {exc}"
@@ -206,6 +225,38 @@ async def _daemon_again(env: OvsEnv, argv: list[str], rep: UpgradeReport, kept: 
         rep.new_version = _version(await appctl.version(env, VSWITCHD))
         rep.recovery = f"rolled back: started {what} with its command line (pid {rep.new_pid})"
     LOG.warning(kv("upgrade.recovery", text=rep.recovery))
+
+
+async def recover_lost_service(api: FreezeApi, env: OvsEnv, old_pid: int | None, argv: list[str],
+                               wait: float = 30.0) -> str:
+    """The service that ran this command's upgrade was lost midway (killed, stopped): make sure a daemon
+    runs (the old command line, the binary at its path, started here), then have the service end the
+    freeze once it is back (systemd restarts it and it resumes the freeze from its state file), and clear
+    flow-restore-wait here if it is still set.  What was done, in one line."""
+    rep = UpgradeReport(old_pid=old_pid)
+    with trio.move_on_after(90):
+        await _daemon_again(env, argv, rep, None)
+    done = [rep.recovery] if rep.recovery else []
+    status: dict[str, Any] = {}
+    with trio.move_on_after(wait):
+        while not status:
+            with contextlib.suppress(DpfreezeError, OSError):
+                status = await api.status()
+            if not status:
+                await trio.sleep(0.5)
+    with trio.move_on_after(90):
+        while status.get("state") == "handing_over":
+            await trio.sleep(0.5)
+            status = await api.status()
+        if status.get("state") == "frozen":
+            status = await api.thaw()
+        done.append(f"the service, started again, ended in state {status.get('state')}" if status
+                    else "no service answered again")
+    with contextlib.suppress(DpfreezeError, OSError, trio.TooSlowError), trio.move_on_after(30):
+        if await ovsdb.get_flow_restore_wait(env, timeout=10):
+            await ovsdb.set_flow_restore_wait(False, env, timeout=10)
+            done.append("flow-restore-wait cleared here")
+    return "; ".join(done)
 
 
 async def _thaw_or_clear(api: FreezeApi, env: OvsEnv, rep: UpgradeReport) -> dict[str, Any]:
@@ -250,14 +301,15 @@ async def stop_vswitchd(env: OvsEnv, pid: int) -> str:
     raise UpgradeError(f"{VSWITCHD} pid {pid} survived SIGKILL")
 
 
-async def start_vswitchd(env: OvsEnv, argv: list[str], binary: Path | None = None) -> None:
+async def start_vswitchd(env: OvsEnv, argv: list[str], binary: Path | None = None,
+                         run: Runner = run_here) -> None:
     """Re-run the old command line (the binary at that path is the new one); it must --detach.  A rollback
     runs the kept `binary` under the old argv[0], so that the next upgrade reads the installed path from
     the daemon's command line, not the kept copy (which is gone by then)."""
     if "--detach" not in argv:
         argv = [*argv, "--detach"]
-    await _run(argv, env, 60, f"starting {VSWITCHD} failed: {shlex.join(argv)}",
-               executable=str(binary) if binary else None)
+    await run(argv, env, 60, f"starting {VSWITCHD} failed: {shlex.join(argv)}",
+              executable=str(binary) if binary else None)
 
 
 DEAD_GRACE = 5.0  # a new daemon's pidfile naming a dead process this long: it died (a supervisor's restart
@@ -400,18 +452,24 @@ async def upgrade(
 
 async def run_upgrade(api: FreezeApi, env: OvsEnv, plan: UpgradePlan, *, daemon_timeout: float = 60.0,
                       rollback_dir: Path | None = None, origin: float | None = None,
-                      before: Profile | None = None) -> UpgradeReport:
+                      before: Profile | None = None, run: Runner = run_here) -> UpgradeReport:
     """Freeze, restart, restore OpenFlow, thaw; whatever fails, the freeze ends (thawed) and, if no daemon
     runs, the old one is rolled back to (its binary kept in `rollback_dir`, removed at the end).  The
     report's profile counts from `origin` (time.monotonic(); default: now) and starts with the phases
-    `before` this call (the command's start-up)."""
+    `before` this call (the command's start-up).  With the caller gone (CallerGone from `run`), the freeze
+    and the kept binary are left to `finish_orphaned`."""
     origin = time.monotonic() if origin is None else origin
     kept = keep_binary(plan.old_pid, rollback_dir) if plan.old_pid and rollback_dir else None
     try:
-        rep = await _run_upgrade(api, env, plan, daemon_timeout, kept)
-    finally:
+        rep = await _run_upgrade(api, env, plan, daemon_timeout, kept, run)
+    except CallerGone:
+        raise
+    except BaseException:
         if kept is not None:
             drop_kept(kept)
+        raise
+    if kept is not None:
+        drop_kept(kept)
     rep._own.spans[:0] = before.spans if before else []
     rep.profile_of(origin)
     rep.peak_rss_kb = peak_rss_kb()
@@ -430,7 +488,7 @@ def drop_kept(kept: Path) -> None:
 
 
 async def _run_upgrade(api: FreezeApi, env: OvsEnv, plan: UpgradePlan, daemon_timeout: float,
-                       kept: Path | None) -> UpgradeReport:
+                       kept: Path | None, run: Runner) -> UpgradeReport:
     rep = UpgradeReport(old_pid=plan.old_pid, old_version=_version(await appctl.version(env, VSWITCHD)))
     argv = plan.argv
     t = time.monotonic()
@@ -462,8 +520,8 @@ async def _run_upgrade(api: FreezeApi, env: OvsEnv, plan: UpgradePlan, daemon_ti
         except DpfreezeError as exc:
             raise UpgradeError(f"the freeze ended before the restart ({exc}): nothing restarted") from None
         if plan.restart_command:
-            await _run(["sh", "-c", plan.restart_command], env, daemon_timeout,
-                       f"restart command failed: {plan.restart_command}")
+            await run(["sh", "-c", plan.restart_command], env, daemon_timeout,
+                      f"restart command failed: {plan.restart_command}")
             rep.step("restart-command", t)
         else:
             assert rep.old_pid is not None
@@ -479,7 +537,7 @@ async def _run_upgrade(api: FreezeApi, env: OvsEnv, plan: UpgradePlan, daemon_ti
                          flows=sum(r.flows_added for r in restored),
                          failures=sum(len(r.failures) for r in restored))
             t = time.monotonic()
-            await start_vswitchd(env, argv)
+            await start_vswitchd(env, argv, run=run)
             rep.step("start", t)
         t = time.monotonic()
         rep.new_pid = await wait_new_daemon(env, rep.old_pid or 0, daemon_timeout)
@@ -488,17 +546,19 @@ async def _run_upgrade(api: FreezeApi, env: OvsEnv, plan: UpgradePlan, daemon_ti
         t = time.monotonic()
         rep.openflow_changes = await restore_openflow(frozen["snapshot_path"], env)
         rep.step("restore-openflow", t, changes=len(rep.openflow_changes))
+    except CallerGone:
+        raise
     except Exception as exc:
         rep.error = f"{type(exc).__name__}: {exc}"
         LOG.error(kv("upgrade.failed", error=rep.error))
         with trio.CancelScope(shield=True), trio.move_on_after(daemon_timeout + 10):
-            await _daemon_again(env, argv, rep, kept)
+            await _daemon_again(env, argv, rep, kept, run)
         with trio.CancelScope(shield=True), trio.move_on_after(90):
             rep.status = await _thaw_or_clear(api, env, rep)
         return rep
     except BaseException:  # Ctrl-C (which reaches the restart command too) or a cancellation
         with trio.CancelScope(shield=True), trio.move_on_after(daemon_timeout + 10):
-            await _daemon_again(env, argv, rep, kept)
+            await _daemon_again(env, argv, rep, kept, run)
         with trio.CancelScope(shield=True), trio.move_on_after(90):
             await _thaw_or_clear(api, env, rep)
         raise
@@ -516,7 +576,7 @@ async def _run_upgrade(api: FreezeApi, env: OvsEnv, plan: UpgradePlan, daemon_ti
     if not process_alive(rep.new_pid):  # it died in the thaw: nothing would ever start one again
         rep.error = f"the new {VSWITCHD} (pid {rep.new_pid}) died during the thaw"
         with trio.CancelScope(shield=True), trio.move_on_after(daemon_timeout + 10):
-            await _daemon_again(env, argv, rep, kept)
+            await _daemon_again(env, argv, rep, kept, run)
     rep.ok = not rep.verify and not rep.error
     return rep
 
@@ -545,10 +605,13 @@ ORPHAN_WAIT = 60.0  # no daemon for this long while the command's group lingers:
 
 
 def group_alive(pgid: int, proc: Path = Path("/proc")) -> bool:
-    """Whether any process of process group `pgid` runs (a restart command the dead command left behind)."""
+    """Whether any process of process group `pgid` runs (a restart command the dead command left behind).
+    A zombie runs nothing: the killed command's children wait there for a parent that may never reap them
+    (a subreaper that collects only the daemons it knows; a matrix run waited out its lease on one)."""
     for stat_file in proc.glob("[0-9]*/stat"):
         with contextlib.suppress(OSError, ValueError, IndexError):
-            if int(stat_file.read_text().rsplit(")", 1)[1].split()[2]) == pgid:
+            state, _, pgrp = stat_file.read_text().rsplit(")", 1)[1].split()[:3]
+            if int(pgrp) == pgid and state != "Z":
                 return True
     return False
 
@@ -626,3 +689,40 @@ async def finish_orphaned(api: FreezeApi, env: OvsEnv, orphan: Orphan) -> str:
         if (await api.status()).get("state") == "frozen":
             await api.thaw()
     return rep.recovery or "no daemon, and no command line to start one"
+
+
+async def schema_warnings() -> list[str]:
+    """The set conf.db columns that the installed schema lacks, before ovs-ctl's conversion drops them (a
+    package downgrade: the freeze in ExecStop runs once the older package is unpacked); one line each."""
+    try:
+        target, losses = await ovsdb.conversion_losses()
+    except (ovsdb.OvsdbError, OSError) as exc:
+        return [f"cannot compare conf.db with the installed schema: {exc}"]
+    return [loss.describe(target) for loss in losses]
+
+
+async def serve_upgrade(api: FreezeApi, env: OvsEnv, args: dict[str, Any], caller: Caller,
+                        state_dir: Path) -> dict[str, Any]:
+    """`dpfreeze upgrade` run by the service it found running (the `upgrade` control request, `args` as
+    there): the same plan and steps, but the commands that start processes run in the caller's (`run_by`).
+    What the command prints comes back: the report, its text, the schema warnings.  The caller gone before
+    the end, the upgrade is finished as an orphan's (`finish_orphaned`), and CallerGone raised."""
+    origin = float(args.get("origin") or time.monotonic())  # the command's start: its start-up is a phase
+    before = Profile()
+    before.add("startup", origin)
+    with before.span("plan"):
+        ttl = machine.check_ttl(args.get("ttl", DEFAULT_TTL))
+        plan = await plan_upgrade(env, ttl=ttl, datapath=args.get("datapath", datapaths.AUTO),
+                                  restart_command=args.get("restart_command"),
+                                  reload_kmod=args.get("reload_kmod", False))  # a refusal changes nothing
+        warnings = await schema_warnings()
+    kept_in = kept_binary_dir(state_dir)
+    try:
+        rep = await run_upgrade(api, env, plan, rollback_dir=kept_in, origin=origin, before=before,
+                                run=run_by(caller))
+    except CallerGone as exc:
+        LOG.warning(kv("upgrade.caller_gone", error=str(exc)))
+        orphan = Orphan(plan.old_pid, plan.argv, kept_in / VSWITCHD, caller.group)
+        LOG.warning(kv("upgrade.orphaned", done=await finish_orphaned(api, env, orphan)))
+        raise
+    return {"ok": rep.ok, "report": rep.to_json(), "text": rep.text(), "warnings": warnings}

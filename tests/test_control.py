@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import trio
 
-from dpfreeze.freeze import control
+from dpfreeze.freeze import controlsock
 from dpfreeze.freeze.control import (
     ControlError,
     LineDecoder,
@@ -63,7 +63,7 @@ def test_line_decoder_refuses_endless_lines() -> None:
         list(d.feed(b"x" * 17))
 
 
-async def _server(path: str, handler: control.Handler, task_status: trio.TaskStatus[None]) -> None:
+async def _server(path: str, handler: controlsock.Handler, task_status: trio.TaskStatus[None]) -> None:
     sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     await sock.bind(path)
     sock.listen(4)
@@ -71,7 +71,7 @@ async def _server(path: str, handler: control.Handler, task_status: trio.TaskSta
         task_status.started()
 
         async def serve(stream: trio.SocketStream) -> None:
-            await control.serve_stream(stream, handler)
+            await controlsock.serve_stream(stream, handler)
 
         await trio.serve_listeners(serve, [trio.SocketListener(sock)], handler_nursery=nursery)
 
@@ -88,15 +88,15 @@ async def test_call_over_a_unix_socket(tmp_path) -> None:
     path = str(tmp_path / "c.sock")
     async with trio.open_nursery() as nursery:
         await nursery.start(_server, path, handler)
-        assert await control.call(path, "status", timeout=5) == {"state": "idle"}
+        assert await controlsock.call(path, "status", timeout=5) == {"state": "idle"}
         with pytest.raises(ControlError, match="cannot thaw while idle"):
-            await control.call(path, "thaw", timeout=5)
+            await controlsock.call(path, "thaw", timeout=5)
         nursery.cancel_scope.cancel()
     assert [r.cmd for r in seen] == ["status", "thaw"]
 
 
 async def test_peer_credentials_are_checked(tmp_path, monkeypatch) -> None:
-    monkeypatch.setattr(control, "peer_allowed", lambda uid: False)
+    monkeypatch.setattr(controlsock, "peer_allowed", lambda uid: False)
 
     async def handler(req: Request) -> dict[str, Any]:
         raise AssertionError("an unauthorised request reached the handler")
@@ -105,7 +105,7 @@ async def test_peer_credentials_are_checked(tmp_path, monkeypatch) -> None:
     async with trio.open_nursery() as nursery:
         await nursery.start(_server, path, handler)
         with pytest.raises(ControlError, match="permission denied"):
-            await control.call(path, "status", timeout=5)
+            await controlsock.call(path, "status", timeout=5)
         nursery.cancel_scope.cancel()
 
 
@@ -125,5 +125,5 @@ async def test_a_service_that_dies_mid_call_is_one_control_error(tmp_path) -> No
     async with trio.open_nursery() as nursery:
         nursery.start_soon(die_on_request)
         with pytest.raises(ControlError, match="closed the connection without answering"):
-            await control.call(path, "thaw", timeout=5)
+            await controlsock.call(path, "thaw", timeout=5)
     listener.close()

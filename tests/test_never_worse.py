@@ -290,6 +290,9 @@ def test_an_orphan_plan_round_trips_and_a_process_group_is_found_in_proc(tmp_pat
     (tmp_path / "proc" / "7" / "stat").write_text("7 (sh (x)) S 1 4242 4242 0 -1")
     assert upgrade_mod.group_alive(4242, tmp_path / "proc")
     assert not upgrade_mod.group_alive(4243, tmp_path / "proc")
+    (tmp_path / "proc" / "8").mkdir()
+    (tmp_path / "proc" / "8" / "stat").write_text("8 (ovs-vswitchd) Z 1 4243 4243 0 -1")
+    assert not upgrade_mod.group_alive(4243, tmp_path / "proc")  # a zombie runs nothing
     assert upgrade_mod.group_alive(os.getpgid(0))  # this very process, in the real /proc
 
 

@@ -18,7 +18,7 @@ import pytest
 import trio
 
 from dpfreeze.errors import UserError
-from dpfreeze.freeze import control
+from dpfreeze.freeze import control, controlsock
 from dpfreeze.freeze.machine import Event, FreezeState, State, StateStore, step
 from dpfreeze.freeze.service import ServiceConfig
 from dpfreeze.lab.sandbox import sandbox
@@ -193,8 +193,8 @@ async def fake_service(docs: list[dict[str, Any]]) -> AsyncIterator[ServiceConfi
     sock.listen(8)
     try:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(partial(trio.serve_listeners, partial(control.serve_stream, handler=handler),
-                                       [trio.SocketListener(sock)]))
+            serve = partial(controlsock.serve_stream, handler=handler)
+            nursery.start_soon(partial(trio.serve_listeners, serve, [trio.SocketListener(sock)]))
             yield cfg
             # preflight asks the service to change nothing, except what only a crash left (crash-check)
             assert set(asked) <= {"status", "crash-check"}

@@ -18,7 +18,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, NoReturn
@@ -26,19 +26,20 @@ from typing import Any, NoReturn
 import trio
 
 from dpfreeze import files, kernels
+from dpfreeze.cli.args import DATAPATH_HELP, common, seconds, ttl_option
 from dpfreeze.errors import UserError
-from dpfreeze.freeze import control, machine
+from dpfreeze.freeze import control, controlsock, machine
+from dpfreeze.freeze.caller import Caller
 from dpfreeze.freeze.checkpoint import Checkpoint
+from dpfreeze.freeze.defaults import MAX_TTL
 from dpfreeze.freeze.service import (
-    DEFAULT_SOCKET,
-    DEFAULT_STATE_DIR,
     FreezeService,
     ServiceConfig,
     SystemBackend,
     render_status,
 )
 from dpfreeze.log import Profile
-from dpfreeze.ovs import appctl, datapaths, ovsdb, ovsenv
+from dpfreeze.ovs import appctl, datapaths, ovsenv
 from dpfreeze.preflight import OvsdbFlowRestoreWait, preflight
 from dpfreeze.upgrade import (
     VSWITCHD,
@@ -47,8 +48,11 @@ from dpfreeze.upgrade import (
     finish_orphaned,
     kept_binary_dir,
     plan_upgrade,
+    recover_lost_service,
     restore_openflow,
     run_upgrade,
+    schema_warnings,
+    serve_upgrade,
     wait_new_daemon,
 )
 from dpif.model import DpFeature
@@ -63,7 +67,7 @@ class RemoteApi:
 
     async def _call(self, cmd: str, **args: Any) -> dict[str, Any]:
         try:
-            return await control.call(self.path, cmd, args, timeout=self.timeout)
+            return await controlsock.call(self.path, cmd, args, timeout=self.timeout)
         except control.ControlError as exc:
             raise UserError(str(exc)) from exc
         except (FileNotFoundError, ConnectionRefusedError) as exc:
@@ -114,23 +118,20 @@ async def cmd_serve(args: argparse.Namespace) -> int:
             return await finish_crash(api, env, dead)
         checkpoint = Checkpoint(env, config.state_dir / "openflow.checkpoint",
                                 paused=lambda: service.state.state in machine.ACTIVE)
+    async def upgrader(api: FreezeService, request: dict[str, Any], caller: Caller) -> dict[str, Any]:
+        return await serve_upgrade(api, env, request, caller, config.state_dir)
+
     try:
-        await service.run(hold_fd=args.hold_fd, orphaned=orphaned, crashed=crashed, checkpoint=checkpoint)
+        await service.run(hold_fd=args.hold_fd, orphaned=orphaned, crashed=crashed, checkpoint=checkpoint,
+                          upgrader=upgrader if args.hold_fd is None else None)  # that one exits when idle
     except machine.TransitionRefused as exc:
         raise UserError(str(exc)) from exc
     return 0
 
 
 async def warn_schema_losses() -> None:
-    """Name the set conf.db columns that the installed schema lacks, before ovs-ctl's conversion drops
-    them (a package downgrade: the freeze in ExecStop runs once the older package is unpacked)."""
-    try:
-        target, losses = await ovsdb.conversion_losses()
-    except (ovsdb.OvsdbError, OSError) as exc:
-        print(f"dpfreeze: cannot compare conf.db with the installed schema: {exc}", file=sys.stderr)
-        return
-    for loss in losses:
-        print(f"dpfreeze: warning: {loss.describe(target)}", file=sys.stderr)
+    for line in await schema_warnings():
+        print(f"dpfreeze: warning: {line}", file=sys.stderr)
 
 
 async def cmd_freeze(args: argparse.Namespace) -> int:
@@ -427,7 +428,17 @@ async def _datapath(arg: str) -> str:
         raise UserError(str(exc)) from None
 
 
-async def cmd_upgrade(args: argparse.Namespace) -> int:
+async def recover_upgrade(args: argparse.Namespace, old_pid: int | None, argv: list[str], why: str) -> int:
+    """The service running this command's upgrade was lost midway (cli/upgrade.py): recover, say so."""
+    done = await recover_lost_service(RemoteApi(Path(args.socket), timeout=30), ovsenv.current(), old_pid,
+                                      argv)
+    print(f"dpfreeze: error: the dpfreeze service was lost mid-upgrade ({why}): {done}", file=sys.stderr)
+    return 1
+
+
+async def upgrade_here(args: argparse.Namespace) -> int:
+    """`dpfreeze upgrade` with no service that runs it (cli/upgrade.py): this process runs the upgrade,
+    with a service of its own for the freeze (started from the fork `stand_by` made, if any)."""
     try:
         return await _upgrade(args)
     finally:
@@ -441,7 +452,7 @@ async def _upgrade(args: argparse.Namespace) -> int:
     before.add("startup", origin)
     env = ovsenv.current()
     with before.span("plan"):
-        plan = await plan_upgrade(env, ttl=args.ttl, datapath=args.datapath,
+        plan = await plan_upgrade(env, ttl=args.ttl, datapath=args.datapath or datapaths.AUTO,
                                   restart_command=args.restart_command,
                                   reload_kmod=args.reload_kmod)  # every refusal before a service is started
         await warn_schema_losses()
@@ -460,61 +471,21 @@ async def _upgrade(args: argparse.Namespace) -> int:
     return 0 if rep.ok else 1
 
 
-DATAPATH_HELP = ("ovs-system (kernel), netdev@ovs-netdev (userspace, in ovs-vswitchd), or auto: the daemon's "
-                 "one datapath (default)")
-
-
-def _common(p: argparse.ArgumentParser, *, json_flag: bool = True) -> None:
-    p.add_argument("--socket", default=str(DEFAULT_SOCKET), help="control socket (env DPFREEZE_SOCKET)")
-    p.add_argument(
-        "--state-dir",
-        default=str(DEFAULT_STATE_DIR),
-        help="state file and freeze snapshot directory (env DPFREEZE_STATE_DIR)",
-    )
-    if json_flag:
-        p.add_argument("--json", action="store_true", help="machine-readable output")
-
-
-def seconds(maximum: float) -> Callable[[str], float]:
-    """An argparse type: a number of seconds in (0, maximum], refused at parse time (nothing changed)."""
-
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-        if not 0 < value <= maximum:  # also refuses nan
-            raise argparse.ArgumentTypeError(f"must be more than 0 and at most {maximum:g} seconds, "
-                                             f"got {text}")
-        return value
-
-    return parse
-
-
-def _ttl(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--ttl",
-        type=seconds(machine.MAX_TTL),
-        default=machine.DEFAULT_TTL,
-        help=f"lease in seconds: expiry thaws (default {machine.DEFAULT_TTL:g})",
-    )
-
-
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("serve", help="run the freeze service (control socket, pin, hand-over, lease)")
-    _common(p, json_flag=False)
+    common(p, json_flag=False)
     p.add_argument("--hold-fd", type=int, metavar="FD", help=argparse.SUPPRESS)  # `upgrade` without a service
     p.add_argument("--orphan", metavar="JSON", help=argparse.SUPPRESS)  # and how to finish its upgrade
     p.add_argument("--guard", action="store_true",
                    help="crash guard: freeze within milliseconds when ovs-vswitchd dies unplanned (kill -9, "
                         "OOM, segfault), thaw into the daemon its supervisor starts next")
-    p.add_argument("--crash-ttl", type=seconds(machine.MAX_TTL), default=ServiceConfig.crash_ttl,
+    p.add_argument("--crash-ttl", type=seconds(MAX_TTL), default=ServiceConfig.crash_ttl,
                    help=f"lease of a crash freeze (default {ServiceConfig.crash_ttl:g})")
     p.set_defaults(handler=cmd_serve)
 
     p = sub.add_parser("freeze", help="snapshot, set flow-restore-wait, pin flows, take over upcalls")
-    _common(p)
-    _ttl(p)
+    common(p)
+    ttl_option(p)
     p.add_argument("--datapath", default=datapaths.AUTO, help=DATAPATH_HELP)
     p.add_argument("--take-upcalls", action="store_true",
                    help="own the upcalls now, not when the old daemon's sockets die: for a caller that stops "
@@ -522,12 +493,12 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p.set_defaults(handler=cmd_freeze)
 
     p = sub.add_parser("renew", help="extend the lease of the freeze in progress")
-    _common(p)
-    _ttl(p)
+    common(p)
+    ttl_option(p)
     p.set_defaults(handler=cmd_renew)
 
     p = sub.add_parser("thaw", help="clear flow-restore-wait, repair the new daemon's flush, hand over")
-    _common(p)
+    common(p)
     p.add_argument("--no-wait", action="store_true", help="return once the thaw has started")
     p.add_argument("--no-openflow", action="store_true",
                    help="do not restore the snapshot's OpenFlow state into the daemon first")
@@ -536,25 +507,10 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p.set_defaults(handler=cmd_thaw)
 
     p = sub.add_parser("status", help="state, lease, pinned flows, upcalls, owners of the upcall pids")
-    _common(p)
+    common(p)
     p.set_defaults(handler=cmd_status)
 
     p = sub.add_parser("preflight", help="ExecStartPre: refuse a stale flow-restore-wait or expired lease")
-    _common(p)
+    common(p)
     p.add_argument("--repair", action="store_true", help="clear it and thaw the expired freeze instead")
     p.set_defaults(handler=cmd_preflight)
-
-    p = sub.add_parser("upgrade", help="hitless ovs-vswitchd restart: freeze, restart, restore, thaw")
-    _common(p)
-    _ttl(p)
-    p.add_argument("--datapath", default=datapaths.AUTO, help=DATAPATH_HELP)
-    p.add_argument(
-        "--restart-command",
-        metavar="CMD",
-        help="shell command that restarts ovs-vswitchd (default: stop and start it like ovs-ctl)",
-    )
-    p.add_argument("--reload-kmod", action="store_true",
-                   help="also reload the openvswitch module (as ovs-ctl force-reload-kmod), restoring the "
-                        "datapath, its port numbers and its flows before the new daemon starts")
-    p.add_argument("--report", metavar="FILE", help="also write the JSON report to FILE")
-    p.set_defaults(handler=cmd_upgrade, before_trio=stand_by)

@@ -16,7 +16,6 @@ import sys
 from collections.abc import Sequence
 
 from dpfreeze.errors import DpfreezeError
-from dpif.netlink.wire import KernelError, WireError
 
 # Which modules define each top-level command (each module has add_commands(subparsers)).  Only the
 # modules of the command being run are imported: under qemu TCG every import costs seconds.
@@ -24,8 +23,9 @@ COMMANDS: dict[str, tuple[str, ...]] = {
     "dpctl": ("dpfreeze.cli.dpctl",),
     "bench": ("dpfreeze.cli.bench",),
     **dict.fromkeys(
-        ("serve", "freeze", "renew", "thaw", "status", "preflight", "upgrade"), ("dpfreeze.cli.freeze",)
+        ("serve", "freeze", "renew", "thaw", "status", "preflight"), ("dpfreeze.cli.freeze",)
     ),
+    "upgrade": ("dpfreeze.cli.upgrade",),
     "snapshot": ("dpfreeze.cli.snapshot",),
     "install-units": ("dpfreeze.cli.units",),
     "probe": ("dpfreeze.cli.probe",),
@@ -88,6 +88,8 @@ def interrupted(exc: BaseException) -> bool:
 def one_line(exc: BaseException) -> str:
     """What the operator reads: an expected error's own message; anything else named by its type; a group
     (nurseries wrap their children's errors) as its members, each in one line."""
+    from dpif.netlink.wire import KernelError, WireError  # here: not every command imports the codec
+
     if isinstance(exc, BaseExceptionGroup):
         return "; ".join(dict.fromkeys(one_line(e) for e in exc.exceptions))
     if isinstance(exc, DpfreezeError | KernelError | WireError | OSError):

@@ -18,10 +18,9 @@ from typing import Any
 
 from dpfreeze import files
 from dpfreeze.errors import DpfreezeError, UserError
+from dpfreeze.freeze.defaults import MAX_TTL
 
 STATE_VERSION = 1
-DEFAULT_TTL = 300.0
-MAX_TTL = 24 * 3600.0
 
 
 class State(enum.Enum):

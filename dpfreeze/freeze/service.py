@@ -25,8 +25,10 @@ from typing import Any, Protocol
 import trio
 
 from dpfreeze import command, files
-from dpfreeze.freeze import control, machine
+from dpfreeze.freeze import control, controlsock, machine
+from dpfreeze.freeze.caller import Caller
 from dpfreeze.freeze.checkpoint import Checkpoint
+from dpfreeze.freeze.defaults import DEFAULT_SOCKET, DEFAULT_STATE_DIR, DEFAULT_TTL
 from dpfreeze.freeze.guard import CrashLoop, wait_exit
 from dpfreeze.freeze.handover import Handover, MissBuffer
 from dpfreeze.freeze.machine import ACTIVE, Event, State, StateStore, TransitionRefused
@@ -45,8 +47,6 @@ from dpif.netlink_datapath import open_datapath
 
 LOG = logging.getLogger(__name__)
 
-DEFAULT_STATE_DIR = Path(os.environ.get("DPFREEZE_STATE_DIR") or "/var/lib/dpfreeze")
-DEFAULT_SOCKET = Path(os.environ.get("DPFREEZE_SOCKET") or "/run/dpfreeze/control.sock")
 DEFAULT_DATAPATH = "ovs-system"
 GUARD_POLL = 0.1  # while no live daemon is named: how often its pidfile is read again
 FRW_ATTEMPTS, FRW_TIMEOUT = 3, 20.0  # a loaded host (or TCG) can keep ovsdb-server busy for seconds
@@ -83,6 +83,10 @@ class Backend(Protocol):
 
 
 Orphaned = Callable[["FreezeService"], Awaitable[str]]  # what finishes a freeze whose caller died
+# An upgrade run in the service for a command at the other end of a connection (upgrade.serve_upgrade): its
+# arguments, the caller that runs its commands; the report, or an exception that refuses it in one line.
+Upgrader = Callable[["FreezeService", dict[str, Any], Caller], Awaitable[dict[str, Any]]]
+CALLER_IDLE = 150.0  # a connection quiet this long is closed; an upgrade's caller runs a command up to 60 s
 Crashed = Callable[["FreezeService", int], Awaitable[str]]  # what thaws a crash freeze into the next daemon
 CRASH = "crash of ovs-vswitchd"  # the freeze reason's words for a freeze the guard made
 
@@ -161,6 +165,8 @@ class FreezeService:
         self._lock = trio.Lock()  # one command at a time
         self.crashes = CrashLoop(*config.crash_loop)
         self._checkpoint: Checkpoint | None = None
+        self._upgrader: Upgrader | None = None
+        self._upgrading = False
         self.profile = Profile()  # the last freeze's and hand-over's phases
         self._fresh: PinSet | None = None  # the pins the freeze just took, for its session (not re-read)
         self.gaps: tuple[str, ...] = ()  # what the last freeze's snapshot could not read
@@ -305,14 +311,22 @@ class FreezeService:
         doc["peak_rss_kb"] = peak_rss_kb()  # this service process's, pins and miss buffer included
         return doc
 
-    async def handle(self, req: control.Request) -> dict[str, Any]:
-        """The control-socket dispatcher: refusals become one-line ControlErrors."""
+    async def handle(self, req: control.Request, caller: Caller | None = None) -> dict[str, Any]:
+        """The control-socket dispatcher: refusals become one-line ControlErrors.  `caller` is the
+        connection's, for an upgrade run here."""
         try:
+            if req.cmd == "upgrade":
+                return await self._upgrade(req.args, caller)
+            if req.cmd == "upgrade-ran":
+                if caller is None or not caller.busy:
+                    raise control.ControlError("no upgrade of this connection waits for a command")
+                await caller.ran(req.args.get("error", ""))
+                return await self._answer(caller)
             if req.cmd == "freeze":
-                return await self.freeze(req.args.get("ttl", machine.DEFAULT_TTL),
+                return await self.freeze(req.args.get("ttl", DEFAULT_TTL),
                                          req.args.get("datapath", DEFAULT_DATAPATH))
             if req.cmd == "renew":
-                return await self.renew(req.args.get("ttl", machine.DEFAULT_TTL))
+                return await self.renew(req.args.get("ttl", DEFAULT_TTL))
             if req.cmd == "thaw":
                 return await self.thaw(wait=req.args.get("wait", True))
             if req.cmd == "take-upcalls":
@@ -329,16 +343,48 @@ class FreezeService:
         except Exception as exc:  # a failed command must never take the service (and its pin) down
             raise control.ControlError(describe(exc)) from exc
 
+    async def _upgrade(self, args: dict[str, Any], caller: Caller | None) -> dict[str, Any]:
+        if self._upgrader is None or self._nursery is None or caller is None:
+            raise control.ControlError("this service runs no upgrades")
+        if self._upgrading:
+            raise control.ControlError("an upgrade is already running in this service")
+        caller.busy, self._upgrading = True, True
+        self._nursery.start_soon(self._upgrade_task, self._upgrader, args, caller)
+        return await self._answer(caller)
+
+    @staticmethod
+    async def _answer(caller: Caller) -> dict[str, Any]:
+        answer = await caller.next_answer()
+        if isinstance(answer, Exception):
+            caller.busy = False
+            raise control.ControlError(describe(answer))
+        if "run" not in answer:
+            caller.busy = False
+        return answer
+
+    async def _upgrade_task(self, upgrader: Upgrader, args: dict[str, Any], caller: Caller) -> None:
+        answer: dict[str, Any] | Exception
+        try:
+            answer = await upgrader(self, args, caller)
+        except Exception as exc:  # a refusal (nothing changed), or a failure the report could not hold
+            answer = exc
+        finally:
+            self._upgrading = False
+        await caller.finish(answer)
+
     # --- tasks -----------------------------------------------------------------------------------
 
     async def run(self, *, hold_fd: int | None = None, orphaned: Orphaned | None = None,
                   crashed: Crashed | None = None, checkpoint: Checkpoint | None = None,
+                  upgrader: Upgrader | None = None,
                   task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Serve until cancelled or SIGTERM/SIGINT; the state on disk is left for the next start.  With
         `hold_fd`, also until that descriptor reads end-of-file (its writer, the command that started this
         service, is gone) and no freeze is active; `orphaned` then finishes a freeze that command left.
         With `crashed`, the crash guard runs, and `crashed` thaws each crash freeze into the next daemon;
-        `checkpoint` then keeps the OpenFlow state a crash freeze saves (the dead daemon cannot be asked)."""
+        `checkpoint` then keeps the OpenFlow state a crash freeze saves (the dead daemon cannot be asked).
+        With `upgrader`, a command's `upgrade` request runs here, not in the command's process."""
+        self._upgrader = upgrader
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             nursery.start_soon(self._signals, nursery.cancel_scope)
@@ -590,10 +636,14 @@ class FreezeService:
                 path.unlink()
 
     async def _serve_one(self, stream: trio.SocketStream) -> None:
+        caller = Caller(controlsock.peer_credentials(stream.socket)[0])
         try:
-            await control.serve_stream(stream, self.handle)
+            await controlsock.serve_stream(stream, partial(self.handle, caller=caller),
+                                           idle_timeout=CALLER_IDLE)
         except Exception as exc:  # one client's broken connection is not the service's problem
             LOG.info(kv("control.connection_error", error=describe(exc)))
+        finally:
+            caller.gone()
 
     async def _lease(self) -> None:
         while True:

@@ -41,7 +41,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from functools import partial
@@ -70,6 +71,7 @@ CTL_OPTS = ("--no-ovsdb-server", "--no-monitor", "--system-id=random", "--no-rec
 # becomes its own megaflow and needs an upcall, as in restart-measurements.md.
 BENCH_FLOW = "priority=10,udp,actions=move:NXM_OF_UDP_SRC[]->NXM_NX_REG0[0..15],NORMAL"
 UPGRADE_TIMEOUT = 300.0  # a loaded TCG guest took 63 s for the freeze alone
+SERVICE_START_TIMEOUT = 120.0
 METRICS = ("established_lost", "newflow_lost", "largest_gap_ms", "excess_misses", "method_s", "flows_before",
            "flows_after",
            "newflow_gap_ms", "newflow_delay_p50_ms", "newflow_delay_p99_ms", "newflow_delay_max_ms", "held_s",
@@ -140,6 +142,7 @@ class Ctx:
     filler: Path | None = None  # extra OpenFlow rules (`--openflow-rules`), re-added before each run
     fill: int = 0  # extra datapath flows (`--flows`), installed before each run
     probe_runs: int = 0
+    service: Path | None = None  # the state directory of the running `dpfreeze serve`, once started
 
     @property
     def ovs_ctl(self) -> str:
@@ -275,11 +278,15 @@ async def ovs_ctl_restart(ctx: Ctx, tl: Timeline) -> None:
 _STEP = re.compile(r"\bupgrade\.step\b.*\bstep=(\S+)")
 _STATE = re.compile(r"\bstate reason=.*\bstate=(\S+)|\bstate state=(\S+)")
 _RESTORED = re.compile(r"\brestorer\.restored\b.*\bflows=(\d+)")
+_ASKED = re.compile(r"\bupgrade\.(asked|run|ran)\b")  # an upgrade the service runs: what its command did
 
 
 def _upgrade_mark(line: str) -> str | None:
     if m := _STEP.search(line):
         return f"upgrade: {m.group(1)}"
+    if m := _ASKED.search(line):
+        return {"asked": "upgrade: asked the service", "run": "upgrade: restart",
+                "ran": "upgrade: restarted"}[m.group(1)]
     if m := _RESTORED.search(line):
         return f"restorer: {m.group(1)} flows restored"
     if m := _STATE.search(line):
@@ -298,18 +305,57 @@ async def dpfreeze_upgrade_kmod(ctx: Ctx, tl: Timeline) -> None:
     await dpfreeze_upgrade(ctx, tl, reload_kmod=True)
 
 
+async def dpfreeze_upgrade_alone(ctx: Ctx, tl: Timeline) -> None:
+    """`dpfreeze upgrade` with no service running: the command runs the upgrade and starts its own."""
+    await dpfreeze_upgrade(ctx, tl, alone=True)
+
+
+SERVICE_METHODS = frozenset({"dpfreeze", "dpfreeze-kmod"})  # run with `dpfreeze serve` running
+
+
+@asynccontextmanager
+async def dpfreeze_service(ctx: Ctx) -> AsyncIterator[None]:
+    """`dpfreeze serve` running for the whole bench, as the units keep it on a host (started at boot, not
+    by the upgrade; without `--guard`, whose checkpoint would work through the stock methods' runs too).
+    Its log goes to the bench's dpfreeze-service.log."""
+    state = ctx.scratch / "dpfreeze-serve"
+    state.mkdir(mode=0o700, exist_ok=True)
+    with (ctx.workdir / "dpfreeze-service.log").open("ab") as log:
+        proc = await trio.lowlevel.open_process(
+            [*dpfreeze_command(), "-v", "serve", "--state-dir", str(state), "--socket",
+             str(state / "control.sock")],
+            env={**os.environ, **ctx.sb.env.environ()}, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+    try:
+        with trio.fail_after(SERVICE_START_TIMEOUT):
+            while not (state / "control.sock").exists():
+                if proc.poll() is not None:
+                    raise UserError(f"dpfreeze serve exited ({proc.returncode}): see dpfreeze-service.log")
+                await trio.sleep(0.1)
+        ctx.service = state
+        yield
+    finally:
+        ctx.service = None
+        proc.terminate()
+        with trio.CancelScope(shield=True), trio.move_on_after(30):
+            await proc.wait()
+        if proc.poll() is None:
+            proc.kill()
+
+
 def dpfreeze_command() -> list[str]:
     """`dpfreeze` as installed beside this interpreter, else its module."""
     script = Path(sys.executable).with_name("dpfreeze")
     return [str(script)] if script.exists() else [sys.executable, "-m", "dpfreeze.cli"]
 
 
-async def dpfreeze_upgrade(ctx: Ctx, tl: Timeline, *, reload_kmod: bool = False) -> None:
+async def dpfreeze_upgrade(ctx: Ctx, tl: Timeline, *, reload_kmod: bool = False,
+                           alone: bool = False) -> None:
     """`dpfreeze upgrade` as an operator runs it, like the stock methods a process of its own: its
-    start-up, its imports and the service process it starts count (on a netdev lab: with
-    `--restart-command`, ovs-ctl stop and start in the switch namespace).  Its log's steps and state
-    changes go onto the timeline; its report (with the per-phase profile) into `ctx.extra`."""
-    state = ctx.scratch / "dpfreeze-state"
+    start-up and imports count, and, `alone`, the service process it starts (on a netdev lab: with
+    `--restart-command`, ovs-ctl stop and start in the switch namespace); else the running service
+    (`dpfreeze_service`) runs it.  Its log's steps and state changes go onto the timeline; its report
+    (with the per-phase profile) into `ctx.extra`."""
+    state = ctx.scratch / "dpfreeze-state" if alone or ctx.service is None else ctx.service
     report = ctx.scratch / "upgrade-report.json"
     report.unlink(missing_ok=True)
     argv = [*dpfreeze_command(), "-v", "upgrade", "--state-dir", str(state), "--socket",
@@ -338,6 +384,7 @@ async def dpfreeze_upgrade(ctx: Ctx, tl: Timeline, *, reload_kmod: bool = False)
 Method = Callable[[Ctx, Timeline], Awaitable[None]]
 METHODS: dict[str, Method] = {"baseline": baseline, "stop-start": stop_start,
                               "ovs-ctl-restart": ovs_ctl_restart, "dpfreeze": dpfreeze_upgrade,
+                              "dpfreeze-alone": dpfreeze_upgrade_alone,
                               # module reloads: not in the default set (`--methods` picks them)
                               "ovs-ctl-reload-kmod": ovs_ctl_reload_kmod,
                               "dpfreeze-kmod": dpfreeze_upgrade_kmod}
@@ -764,7 +811,10 @@ async def bench(spec: BenchSpec, out: Path, progress: Callable[[str], None] = pr
             try:
                 _, ctx = await lab_ctx(name, out, scratch, spec.datapath, spec.openflow_rules, spec.flows)
                 reaper.env = ctx.sb.env
-                await _runs(ctx, spec, out, results, progress)
+                async with contextlib.AsyncExitStack() as stack:
+                    if SERVICE_METHODS.intersection(spec.methods):
+                        await stack.enter_async_context(dpfreeze_service(ctx))
+                    await _runs(ctx, spec, out, results, progress)
             finally:
                 if reaper.env is not None:  # the daemons' own logs and counters, beside the bench's
                     with trio.CancelScope(shield=True):

@@ -26,6 +26,8 @@ from pathlib import Path
 import trio
 
 from dpfreeze import command
+from dpfreeze.freeze import controlsock
+from dpfreeze.freeze.defaults import DEFAULT_SOCKET
 from dpfreeze.lab.bench_dpif import flow_lines
 from dpfreeze.lab.bench_upgrade import BENCH_FLOW, DaemonReaper, lab_ctx
 from dpfreeze.lab.sandbox import Sandbox
@@ -40,6 +42,9 @@ COMMAND_TIMEOUT = 240.0
 # After which `upgrade.step` log line (`-v`) each phase has begun.
 PHASES = {"freeze": "freeze", "stopped": "stop", "started": "start", "openflow": "new-daemon",
           "thaw": "restore-openflow"}
+# The same, of an upgrade the running service runs: the command logs what it asked and what it ran.
+SERVICE_PHASES = {"freeze": r"upgrade\.asked\b", "stopped": r"upgrade\.run\b", "started": r"upgrade\.ran\b"}
+SERVICE_START = 120.0
 LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ (DEBUG|INFO|WARNING|ERROR|CRITICAL) ")
 MARKERS = ("<!-- fault-matrix: begin (dpfreeze lab faults --doc) -->", "<!-- fault-matrix: end -->")
 
@@ -50,6 +55,7 @@ class Rig:
     dpfreeze: list[str]
     ttl: float = TTL
     old_pid: int = 0  # the daemon before the cell
+    service: trio.Process | None = None  # `dpfreeze serve` of a cell that runs one, as the units do
 
     @property
     def env(self) -> OvsEnv:
@@ -72,6 +78,7 @@ class Cell:
     setup: Callable[[Rig], Awaitable[None]] | None = None
     cleanup: Callable[[Rig], Awaitable[None]] | None = None
     twice: bool = False  # two upgrades started at once
+    service: bool = False  # with `dpfreeze serve` running (default paths), which then runs the upgrade
 
 
 @dataclass
@@ -133,6 +140,51 @@ async def interrupt_command(rig: Rig, proc: trio.Process) -> None:
 async def kill_service(rig: Rig, proc: trio.Process) -> None:
     for pid in guardian_pids():
         os.kill(pid, signal.SIGKILL)
+
+
+async def start_service(rig: Rig) -> None:
+    """`dpfreeze serve` with the default paths, its log in the state directory's service.log."""
+    STATE_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with (STATE_DIR / "service.log").open("ab") as log:
+        rig.service = await trio.lowlevel.open_process([*rig.dpfreeze, "-v", "serve"], env=rig.environ(),
+                                                       stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+    with trio.fail_after(SERVICE_START):
+        while await _status(rig) is None:
+            if rig.service.poll() is not None:
+                raise RuntimeError(f"dpfreeze serve exited with {rig.service.returncode}")
+            await trio.sleep(0.2)
+
+
+async def _status(rig: Rig) -> str | None:
+    """The running service's state; None while it does not answer."""
+    with contextlib.suppress(Exception):
+        return str((await controlsock.call(str(DEFAULT_SOCKET), "status", timeout=10)).get("state"))
+    return None
+
+
+async def stop_service(rig: Rig) -> None:
+    """Once it has ended whatever freeze the cell left (a thaw, or the lease), SIGTERM."""
+    if rig.service is not None:
+        with trio.move_on_after(rig.ttl + RULE_MARGIN):
+            while await _status(rig) in ("frozen", "handing_over"):
+                await trio.sleep(0.5)
+        rig.service.terminate()
+        with trio.move_on_after(30):
+            await rig.service.wait()
+        if rig.service.poll() is None:
+            rig.service.kill()
+            await rig.service.wait()
+        rig.service = None
+
+
+async def restart_service(rig: Rig, proc: trio.Process) -> None:
+    """kill -9 of the running service, and its start again 1 s later, as systemd's Restart=always does
+    (it resumes the freeze from its state file)."""
+    assert rig.service is not None
+    rig.service.kill()
+    await rig.service.wait()
+    await trio.sleep(1.0)
+    await start_service(rig)
 
 
 async def kill_old_daemon(rig: Rig, proc: trio.Process) -> None:
@@ -216,6 +268,17 @@ def cells() -> list[Cell]:
         out.append(Cell("Ctrl-C of `dpfreeze upgrade`", phase, phase, interrupt_command))
     for phase in PHASES:
         out.append(Cell("kill -9 of the service `upgrade` started", phase, phase, kill_service))
+    with_service = "(`dpfreeze serve` running)"
+    out.append(Cell(f"a clean upgrade {with_service}", "run by the service", service=True))
+    for phase in SERVICE_PHASES:
+        out.append(Cell(f"kill -9 of `dpfreeze upgrade` {with_service}", phase, phase, kill_command,
+                        service=True))
+    for phase in ("stopped", "started"):
+        out.append(Cell(f"Ctrl-C of `dpfreeze upgrade` {with_service}", phase, phase, interrupt_command,
+                        service=True))
+    for phase in SERVICE_PHASES:
+        out.append(Cell("kill -9 of the running service, restarted 1 s later", phase, phase, restart_service,
+                        service=True))
     out.append(Cell("kill -9 of the old ovs-vswitchd", "freeze", "freeze", kill_old_daemon))
     for phase in ("started", "openflow", "thaw"):
         out.append(Cell("kill -9 of the new ovs-vswitchd", phase, phase, kill_new_daemon))
@@ -241,6 +304,8 @@ def cells() -> list[Cell]:
 async def _upgrade(rig: Rig, cell: Cell, output: list[str]) -> str:
     """One `dpfreeze upgrade`, with the cell's fault at its phase; the exit as the table says it."""
     argv = [*rig.dpfreeze, "-v", "upgrade", "--ttl", f"{rig.ttl:g}", *cell.args]
+    marker = (SERVICE_PHASES.get(cell.phase or "", "^$") if cell.service
+              else rf"upgrade\.step .*\bstep={PHASES.get(cell.phase or '')}\b")
     proc = await trio.lowlevel.open_process(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                             env=rig.environ(), start_new_session=True)
     assert proc.stdout is not None and proc.stderr is not None
@@ -255,9 +320,7 @@ async def _upgrade(rig: Rig, cell: Cell, output: list[str]) -> str:
             for raw in done:
                 line = raw.decode(errors="replace")
                 lines.append(line)
-                step = PHASES.get(cell.phase or "")
-                if watch and cell.action and not injected and re.search(rf"upgrade\.step .*\bstep={step}\b",
-                                                                          line):
+                if watch and cell.action and not injected and re.search(marker, line):
                     try:
                         await cell.action(rig, proc)
                         injected = True
@@ -358,6 +421,8 @@ async def _run_cell(rig: Rig, cell: Cell, output: list[str]) -> tuple[str, float
     """The cell's setup, its upgrade(s) with the fault, its cleanup: the exit and the rule's readings."""
     rig.old_pid = vswitchd_pid(rig.env)
     try:
+        if cell.service:
+            await start_service(rig)
         if cell.setup:
             await cell.setup(rig)
         if cell.twice:
@@ -377,6 +442,7 @@ async def _run_cell(rig: Rig, cell: Cell, output: list[str]) -> tuple[str, float
     finally:
         if cell.cleanup:
             await cell.cleanup(rig)
+        await stop_service(rig)
     return exit, cleared, daemon
 
 

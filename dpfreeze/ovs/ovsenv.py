@@ -50,6 +50,15 @@ def process_age(pid: int, proc: Path = Path("/proc")) -> float | None:
     return time.clock_gettime(time.CLOCK_BOOTTIME) - ticks / os.sysconf("SC_CLK_TCK")
 
 
+VSWITCHD = "ovs-vswitchd"
+
+
+def daemon_argv(pid: int, proc: Path = Path("/proc")) -> list[str]:
+    """A running daemon's own command line, to start the new binary exactly as the old one ran."""
+    raw = (proc / str(pid) / "cmdline").read_bytes()
+    return [a.decode() for a in raw.split(b"\0") if a]
+
+
 class DaemonNotRunning(OSError):
     """The daemon's pidfile is missing or unreadable: it is not running under this rundir."""
 

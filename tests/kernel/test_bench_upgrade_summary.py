@@ -50,4 +50,5 @@ def test_timeline_marks_from_command_output() -> None:
     line = "2026-11-22 04:00:00,000 INFO dpfreeze.upgrade upgrade.step bridges=1 step=freeze"
     assert _upgrade_mark(line) == "upgrade: freeze"
     assert _upgrade_mark("2026 INFO dpfreeze.freeze.service state reason=x state=frozen") == "state: frozen"
+    assert _upgrade_mark("2026 INFO dpfreeze.cli.upgrade upgrade.run argv='x'") == "upgrade: restart"
     assert _upgrade_mark("anything else") is None

@@ -17,7 +17,7 @@ import pytest
 import trio
 from servicetools import freeze_service, until
 
-from dpfreeze.freeze import control
+from dpfreeze.freeze import control, controlsock
 from dpfreeze.freeze.checkpoint import Checkpoint
 from dpfreeze.freeze.machine import ACTIVE, State, StateStore
 from dpfreeze.freeze.service import CRASH, FreezeService, ServiceConfig, SystemBackend
@@ -180,7 +180,7 @@ async def test_killed_service_resumes_and_refusals_change_nothing(
         return proc
 
     async def call(cmd: str, **args: Any) -> dict[str, Any]:
-        return await control.call(str(sock), cmd, args, timeout=120)
+        return await controlsock.call(str(sock), cmd, args, timeout=120)
 
     first = await start()
     try:
