@@ -30,6 +30,7 @@ from dpfreeze.errors import DpfreezeError
 from dpfreeze.freeze import machine
 from dpfreeze.freeze.caller import Caller, CallerGone
 from dpfreeze.freeze.defaults import DEFAULT_TTL
+from dpfreeze.freeze.pin import startup_flow_limit
 from dpfreeze.freeze.service import render_status
 from dpfreeze.log import Profile, kv, peak_rss_kb
 from dpfreeze.ovs import appctl, datapaths, openflow, ovsdb
@@ -348,17 +349,13 @@ async def restore_openflow(snapshot_path: str | Path, env: OvsEnv) -> list[str]:
     return changes
 
 
-STARTUP_FLOW_LIMIT = 10000  # udpif's first flow limit, min(other_config:flow-limit, 10000)
-
-
 def cautions(other_config: dict[str, str], flows: int) -> list[str]:
     """What a restart will do anyway, whatever dpfreeze pins (research/ovs-restart.md §1.2, §1.4)."""
     out = []
     if other_config.get("hw-offload") == "true":
         out.append("hw-offload=true: the new daemon deletes every TC-offloaded flow when it starts; those "
                    "live outside the kernel datapath, so they are neither pinned nor restored")
-    configured = other_config.get("flow-limit", "")
-    limit = min(int(configured) if configured.isdigit() else STARTUP_FLOW_LIMIT, STARTUP_FLOW_LIMIT)
+    limit = startup_flow_limit(other_config.get("flow-limit"))
     if flows > limit:
         what = "deletes them all" if flows > 2 * limit else "expires them after 100 ms idle"
         out.append(f"{flows} datapath flows: the new daemon starts with a flow limit of {limit} and, until "

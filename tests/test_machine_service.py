@@ -240,6 +240,7 @@ class FakeBackend:
         self.snapshots: list[bool] = []  # `daemon` of each snapshot
         self.miss_in_snapshot = False  # a new flow's first packet arrives while the snapshot is taken
         self.pids_at_snapshot: set[int] = set()
+        self.limit: str | None = None  # other_config:flow-limit
 
     def start_daemon(self, pid: int) -> None:
         self.pidfile, self.running[pid] = pid, trio.Event()
@@ -269,6 +270,9 @@ class FakeBackend:
 
     async def set_flow_restore_wait(self, on: bool) -> None:
         self.frw.append(on)
+
+    async def flow_limit(self) -> str | None:
+        return self.limit
 
     async def recreate(self, snapshot: Path, datapath: str) -> str:
         return ""
@@ -729,22 +733,43 @@ async def test_pids_reset_by_an_exiting_per_vport_daemon_are_taken_again(tmp_pat
         assert all(v.upcall_pids == (0,) for v in dp.vports.values())
 
 
-async def test_a_hand_over_re_installs_no_more_flows_than_the_new_daemon_keeps(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_a_hand_over_re_installs_no_more_flows_than_the_new_daemon_keeps() -> None:
     """While frozen every pinned flow comes back; after the flow-restore-wait clear, the flush repair stops
     at the new daemon's startup flow limit (above twice it, it would delete them all), the pins' first
     (the snapshot puts the most recently used first)."""
-    monkeypatch.setattr(pin_mod, "HANDOVER_REPAIR_LIMIT", 2)
     dp = FakeDatapath()
     for n in (1, 2, 3, 4):
         dp.table[flow(n).ufid or b""] = flow(n)
     pinner = pin_mod.Pinner(dp, PinSet(await dp.info(), (), tuple(dp.table.values())))
+    pinner.repair_limit = 2
     dp.table.clear()
     assert await pinner.reconcile() == 4 and len(dp.table) == 4
     pinner.frozen = False
     dp.table.clear()  # the new daemon's flush
     assert await pinner.reconcile() == 2 and sorted(dp.table) == [flow(1).ufid, flow(2).ufid]
     assert pinner.expected == 2
+
+
+def test_the_repair_limit_is_the_new_daemons_first_flow_limit() -> None:
+    """min(other_config:flow-limit, 10 000), as udpif starts; unset or not a number: 10 000."""
+    assert pin_mod.startup_flow_limit(None) == pin_mod.startup_flow_limit("x") == 10_000
+    assert pin_mod.startup_flow_limit("2000") == 2000 and pin_mod.startup_flow_limit("200000") == 10_000
+
+
+async def test_the_hand_over_reads_the_flow_limit_as_it_thaws(tmp_path: Path, fake_proc: FakeProc) -> None:
+    dp = FakeDatapath()
+    dp.table[flow(1).ufid or b""] = flow(1)
+    backend = FakeBackend(dp)
+    backend.limit = "3"
+    svc = make_service(tmp_path, dp, backend)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(svc.run)
+        await svc.freeze(60, "ovs-system")
+        pinner = svc.pinner
+        assert pinner is not None and pinner.repair_limit == 10_000
+        await svc.thaw()
+        nursery.cancel_scope.cancel()
+    assert pinner.repair_limit == 3
 
 
 async def test_the_hand_over_repairs_one_flush_even_one_refilled_at_once() -> None:

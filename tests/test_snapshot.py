@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import struct
+import zlib
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -94,11 +95,15 @@ def test_masks_are_written_once_and_a_version_1_file_still_reads(tmp_path: Path)
     old = Snapshot.load(path)
     assert old == snap
     assert old.datapaths[0].flows[0].mask is old.datapaths[0].flows[2].mask
-    # a mask number outside the table is a corrupt file, refused whole
-    dp["masks"], dp["flows"][0]["mask"] = masks, 7
-    text = json.dumps({**body, "format": 2}).encode()
+    # version 2: the table, checksummed with SHA-256
+    text = json.dumps({**snap.to_json(), "format": 2}).encode()
     path.write_bytes(b"DPFREEZE-SNAPSHOT 2 sha256=%s length=%d\n%s" % (
         hashlib.sha256(text).hexdigest().encode(), len(text), text))
+    assert Snapshot.load(path) == snap
+    # a mask number outside the table is a corrupt file, refused whole
+    dp["masks"], dp["flows"][0]["mask"] = masks, 7
+    text = json.dumps({**body, "format": 3}).encode()
+    path.write_bytes(b"DPFREEZE-SNAPSHOT 3 crc32=%08x length=%d\n%s" % (zlib.crc32(text), len(text), text))
     with pytest.raises(SnapshotError, match="corrupt snapshot body"):
         Snapshot.load(path)
 
@@ -110,7 +115,7 @@ def test_round_trip_and_atomic_save(tmp_path: Path) -> None:
     assert Snapshot.load(path) == snap
     assert os.listdir(tmp_path) == ["s.snap"]  # no temp file left behind
     assert path.stat().st_mode & 0o777 == 0o600
-    assert path.read_bytes().startswith(b"DPFREEZE-SNAPSHOT 2 sha256=")
+    assert path.read_bytes().startswith(b"DPFREEZE-SNAPSHOT 3 crc32=")
     snap2 = replace(snap, host="other")
     snap2.save(path)  # replacing an existing file
     assert Snapshot.load(path).host == "other"
@@ -133,6 +138,9 @@ def test_save_into_missing_directory_is_one_clear_error(tmp_path: Path) -> None:
         (b"DPFREEZE-SNAPSHOT 7 future-header-fields\n", "version 7 is newer"),
         (b"DPFREEZE-SNAPSHOT one two\n", "malformed header"),
         (b"DPFREEZE-SNAPSHOT 1 sha256=" + b"x" * 600, "header line too long"),
+        (b"DPFREEZE-SNAPSHOT 3 sha256=" + b"0" * 64 + b" length=2\n{}",
+         "a sha256 checksum in a version 3 header"),
+        (b"DPFREEZE-SNAPSHOT 2 crc32=00000000 length=2\n{}", "a crc32 checksum in a version 2 header"),
     ],
 )
 def test_refusals(data: bytes, match: str) -> None:
@@ -147,8 +155,11 @@ def test_truncated_corrupt_and_trailing_body() -> None:
     with pytest.raises(SnapshotError, match="bytes after the body"):
         Snapshot.decode(good + b"x", "f")
     i = good.index(b'"host"')
-    with pytest.raises(SnapshotError, match="SHA-256 mismatch"):
+    with pytest.raises(SnapshotError, match="crc32 mismatch"):
         Snapshot.decode(good[:i] + b'"HOST"' + good[i + 6 :], "f")
+    old = b"DPFREEZE-SNAPSHOT 2 sha256=%s length=2\n{}" % (b"0" * 64)
+    with pytest.raises(SnapshotError, match="sha256 mismatch"):
+        Snapshot.decode(old, "f")
 
 
 def test_checksummed_but_malformed_body_is_refused() -> None:
@@ -425,7 +436,7 @@ def test_cli_show_diff_and_refusal(tmp_path: Path, capsys: pytest.CaptureFixture
     assert snapshot_cli.cmd_show(argparse.Namespace(file=str(metered), json=False, flows=False)) == 0
     assert "meters used 1 (bands: 1), 2 (absent)" in capsys.readouterr().out
     assert snapshot_cli.cmd_show(argparse.Namespace(file=str(a), json=True, flows=False)) == 0
-    assert '"format": 2' in capsys.readouterr().out
+    assert '"format": 3' in capsys.readouterr().out
     assert snapshot_cli.cmd_diff(argparse.Namespace(a=str(a), b=str(a), ignore_pids=False)) == 0
     assert snapshot_cli.cmd_diff(argparse.Namespace(a=str(a), b=str(b), ignore_pids=False)) == 1
     assert capsys.readouterr().out == (

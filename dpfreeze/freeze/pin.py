@@ -117,6 +117,14 @@ def is_drop_only(flow: Flow) -> bool:
 # §1.4).  The flush repair re-installs no more than that: 200 000 re-installed flows took the thaw past
 # its wait in the VM, only to be deleted by the new daemon's first dump.
 HANDOVER_REPAIR_LIMIT = 10_000
+
+
+def startup_flow_limit(configured: str | None) -> int:
+    """The new daemon's first flow limit, from other_config:flow-limit as OVSDB holds it (None: unset)."""
+    return min(int(configured), HANDOVER_REPAIR_LIMIT) if configured and configured.isdigit() \
+        else HANDOVER_REPAIR_LIMIT
+
+
 SENTINELS = 3  # pins looked up each poll of the hand-over: all gone is a flush, one gone is a delete
 
 
@@ -136,6 +144,7 @@ class Pinner:
         self.poll_interval = poll_interval
         self.remove_drop_suspects = remove_drop_suspects
         self.frozen = True
+        self.repair_limit = HANDOVER_REPAIR_LIMIT  # the hand-over's: the new daemon's first flow limit
         self.new_vport_pids: tuple[int, ...] = (0,)
         self.old_daemons: frozenset[int] = frozenset()  # process ids whose flow changes are followed
         self._old_portids: set[int] = set()
@@ -150,7 +159,7 @@ class Pinner:
     @property
     def expected(self) -> int:
         pinned = len(self.flows) - len(self.broken)
-        return pinned if self.frozen else min(pinned, HANDOVER_REPAIR_LIMIT)
+        return pinned if self.frozen else min(pinned, self.repair_limit)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Subscribe first, then reconcile (so nothing deleted in between is missed), then watch.  The
@@ -179,7 +188,7 @@ class Pinner:
                 present = {flow_id(f) async for f in self.dp.flows()}
                 missing = [f for k, f in self.flows.items() if k not in present and k not in self.broken]
             if not self.frozen:  # the hand-over's flush repair: what the new daemon keeps, most recent first
-                missing = missing[:HANDOVER_REPAIR_LIMIT]
+                missing = missing[:self.repair_limit]
             return await self._put(missing)
 
     async def _put(self, flows: list[Flow]) -> int:

@@ -32,7 +32,7 @@ from dpfreeze.freeze.defaults import DEFAULT_SOCKET, DEFAULT_STATE_DIR, DEFAULT_
 from dpfreeze.freeze.guard import CrashLoop, wait_exit
 from dpfreeze.freeze.handover import Handover, MissBuffer
 from dpfreeze.freeze.machine import ACTIVE, Event, State, StateStore, TransitionRefused
-from dpfreeze.freeze.pin import Pinner, PinSet, recirculating
+from dpfreeze.freeze.pin import Pinner, PinSet, recirculating, startup_flow_limit
 from dpfreeze.freeze.restorer import Restorer
 from dpfreeze.log import Profile, kv, peak_rss_kb
 from dpfreeze.ovs import datapaths, ovsdb, ovsenv
@@ -66,6 +66,10 @@ class Backend(Protocol):
     def load_pins(self, path: Path, datapath: str) -> PinSet: ...
 
     async def set_flow_restore_wait(self, on: bool) -> None: ...
+
+    async def flow_limit(self) -> str | None:
+        """other_config:flow-limit as OVSDB holds it; None when unset or unreadable."""
+        ...
 
     def daemon_started(self) -> float | None:
         """time.time() at which the running ovs-vswitchd started; None if none runs."""
@@ -788,8 +792,14 @@ class FreezeService:
         pinner.frozen = False
         handover.handing_over = True
         pinner.flush_seen = trio.Event()
-        with self.profile.span("thaw.flow-restore-wait"):
-            await self.backend.set_flow_restore_wait(False)
+
+        async def repair_limit() -> None:  # what the new daemon reads as it starts: not before the thaw
+            pinner.repair_limit = startup_flow_limit(await self.backend.flow_limit())
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(repair_limit)
+            with self.profile.span("thaw.flow-restore-wait"):
+                await self.backend.set_flow_restore_wait(False)
         outcome = "no restart seen: nothing to hand over"
         if handover.stats.taken_over and handover.old_owner_alive():
             outcome = "the old daemon still runs: upcalls given back to it"
@@ -907,6 +917,11 @@ class SystemBackend:
 
     async def wait_exit(self, pid: int) -> None:
         await wait_exit(pid)
+
+    async def flow_limit(self) -> str | None:
+        with suppress(ovsdb.OvsdbError, OSError, trio.TooSlowError):
+            return (await ovsdb.get_other_config(self.env, timeout=FRW_TIMEOUT)).get("flow-limit")
+        return None
 
     async def set_flow_restore_wait(self, on: bool) -> None:
         """Retried: a flow-restore-wait left set by a failed write stops all new flows."""
