@@ -245,14 +245,14 @@ async def recover_lost_service(api: FreezeApi, env: OvsEnv, old_pid: int | None,
                 status = await api.status()
             if not status:
                 await trio.sleep(0.5)
-    with trio.move_on_after(90):
+    with trio.move_on_after(90), contextlib.suppress(DpfreezeError, OSError):  # lost again: the flag, below
         while status.get("state") == "handing_over":
             await trio.sleep(0.5)
             status = await api.status()
         if status.get("state") == "frozen":
             status = await api.thaw()
-        done.append(f"the service, started again, ended in state {status.get('state')}" if status
-                    else "no service answered again")
+    done.append(f"the service, started again, ended in state {status.get('state')}" if status
+                else "no service answered again")
     with contextlib.suppress(DpfreezeError, OSError, trio.TooSlowError), trio.move_on_after(30):
         if await ovsdb.get_flow_restore_wait(env, timeout=10):
             await ovsdb.set_flow_restore_wait(False, env, timeout=10)

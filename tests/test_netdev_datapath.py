@@ -72,8 +72,10 @@ async def test_flush_and_verbatim_reinstall_give_the_same_table(ovs: Sandbox) ->
     assert (await dp.info()).stats.flows == 0
     assert await dp.flow_put_many(before) == [None] * len(before)
     after = [f async for f in dp.flows()]
-    assert sorted((f.ufid, f.key, f.mask, f.actions) for f in after) == sorted(
-        (f.ufid, f.key, f.mask, f.actions) for f in before)
+    # Every flow back verbatim; a flow the daemon learned meanwhile (a namespace's own IPv6 chatter: a CI
+    # run met one between the re-install and the dump) is no difference.
+    assert {(f.ufid, f.key, f.mask, f.actions) for f in before} <= {
+        (f.ufid, f.key, f.mask, f.actions) for f in after}
     with pytest.raises(UnixctlError, match="File exists"):
         await dp.flow_put(before[0])
     gone = await dp.flow_del(ufid=before[0].ufid)
