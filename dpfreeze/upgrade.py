@@ -245,12 +245,9 @@ async def recover_lost_service(api: FreezeApi, env: OvsEnv, old_pid: int | None,
                 status = await api.status()
             if not status:
                 await trio.sleep(0.5)
-    with trio.move_on_after(90), contextlib.suppress(DpfreezeError, OSError):  # lost again: the flag, below
-        while status.get("state") == "handing_over":
-            await trio.sleep(0.5)
-            status = await api.status()
-        if status.get("state") == "frozen":
-            status = await api.thaw()
+    if status:
+        with trio.move_on_after(90), contextlib.suppress(DpfreezeError, OSError):  # lost again: see below
+            status = await _thaw(api, timeout=90)
     done.append(f"the service, started again, ended in state {status.get('state')}" if status
                 else "no service answered again")
     with contextlib.suppress(DpfreezeError, OSError, trio.TooSlowError), trio.move_on_after(30):
@@ -698,21 +695,31 @@ async def schema_warnings() -> list[str]:
     return [loss.describe(target) for loss in losses]
 
 
+async def plan_from_start(env: OvsEnv, origin: float, *, ttl: float, datapath: str,
+                          restart_command: str | None, reload_kmod: bool
+                          ) -> tuple[UpgradePlan, Profile, list[str]]:
+    """`plan_upgrade` (a refusal changes nothing), the schema warnings, and the profile's first phases: the
+    command's own start-up since `origin` (its process's start) and the plan."""
+    before = Profile()
+    before.add("startup", origin)
+    with before.span("plan"):
+        plan = await plan_upgrade(env, ttl=ttl, datapath=datapath, restart_command=restart_command,
+                                  reload_kmod=reload_kmod)
+        warnings = await schema_warnings()
+    return plan, before, warnings
+
+
 async def serve_upgrade(api: FreezeApi, env: OvsEnv, args: dict[str, Any], caller: Caller,
                         state_dir: Path) -> dict[str, Any]:
     """`dpfreeze upgrade` run by the service it found running (the `upgrade` control request, `args` as
     there): the same plan and steps, but the commands that start processes run in the caller's (`run_by`).
     What the command prints comes back: the report, its text, the schema warnings.  The caller gone before
     the end, the upgrade is finished as an orphan's (`finish_orphaned`), and CallerGone raised."""
-    origin = float(args.get("origin") or time.monotonic())  # the command's start: its start-up is a phase
-    before = Profile()
-    before.add("startup", origin)
-    with before.span("plan"):
-        ttl = machine.check_ttl(args.get("ttl", DEFAULT_TTL))
-        plan = await plan_upgrade(env, ttl=ttl, datapath=args.get("datapath", datapaths.AUTO),
-                                  restart_command=args.get("restart_command"),
-                                  reload_kmod=args.get("reload_kmod", False))  # a refusal changes nothing
-        warnings = await schema_warnings()
+    origin = float(args.get("origin") or time.monotonic())
+    plan, before, warnings = await plan_from_start(
+        env, origin, ttl=machine.check_ttl(args.get("ttl", DEFAULT_TTL)),
+        datapath=args.get("datapath", datapaths.AUTO), restart_command=args.get("restart_command"),
+        reload_kmod=args.get("reload_kmod", False))
     kept_in = kept_binary_dir(state_dir)
     try:
         rep = await run_upgrade(api, env, plan, rollback_dir=kept_in, origin=origin, before=before,

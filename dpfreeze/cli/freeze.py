@@ -27,6 +27,7 @@ import trio
 
 from dpfreeze import files, kernels
 from dpfreeze.cli.args import DATAPATH_HELP, common, seconds, ttl_option
+from dpfreeze.cli.upgrade import print_report, print_warnings
 from dpfreeze.errors import UserError
 from dpfreeze.freeze import control, controlsock, machine
 from dpfreeze.freeze.caller import Caller
@@ -38,7 +39,6 @@ from dpfreeze.freeze.service import (
     SystemBackend,
     render_status,
 )
-from dpfreeze.log import Profile
 from dpfreeze.ovs import appctl, datapaths, ovsenv
 from dpfreeze.preflight import OvsdbFlowRestoreWait, preflight
 from dpfreeze.upgrade import (
@@ -47,7 +47,7 @@ from dpfreeze.upgrade import (
     finish_crash,
     finish_orphaned,
     kept_binary_dir,
-    plan_upgrade,
+    plan_from_start,
     recover_lost_service,
     restore_openflow,
     run_upgrade,
@@ -129,18 +129,13 @@ async def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-async def warn_schema_losses() -> None:
-    for line in await schema_warnings():
-        print(f"dpfreeze: warning: {line}", file=sys.stderr)
-
-
 async def cmd_freeze(args: argparse.Namespace) -> int:
     api = RemoteApi(Path(args.socket))
     doc = await api.freeze(args.ttl, await _datapath(args.datapath))
     if args.take_upcalls:
         doc = await api.take_upcalls()
     _emit(doc, args.json, render_status(doc) + await _daemon_line("frozen with"))
-    await warn_schema_losses()
+    print_warnings(await schema_warnings())
     return 0
 
 
@@ -448,27 +443,18 @@ async def upgrade_here(args: argparse.Namespace) -> int:
 
 async def _upgrade(args: argparse.Namespace) -> int:
     # The profile starts with this process: its own start-up (the interpreter, the imports) is a phase.
-    origin, before = time.monotonic() - (ovsenv.process_age(os.getpid()) or 0.0), Profile()
-    before.add("startup", origin)
-    env = ovsenv.current()
-    with before.span("plan"):
-        plan = await plan_upgrade(env, ttl=args.ttl, datapath=args.datapath or datapaths.AUTO,
-                                  restart_command=args.restart_command,
-                                  reload_kmod=args.reload_kmod)  # every refusal before a service is started
-        await warn_schema_losses()
+    origin, env = time.monotonic() - (ovsenv.process_age(os.getpid()) or 0.0), ovsenv.current()
+    plan, before, warnings = await plan_from_start(  # every refusal before a service is started
+        env, origin, ttl=args.ttl, datapath=args.datapath or datapaths.AUTO,
+        restart_command=args.restart_command, reload_kmod=args.reload_kmod)
+    print_warnings(warnings)
     kept_in = kept_binary_dir(Path(args.state_dir))
     orphan = Orphan(plan.old_pid, plan.argv, kept_in / VSWITCHD, os.getpgid(0))
     start = time.monotonic()
     async with _service_api(args, orphan) as api:
         before.add("service", start)
         rep = await run_upgrade(api, env, plan, rollback_dir=kept_in, origin=origin, before=before)
-    if args.report:
-        Path(args.report).write_text(json.dumps(rep.to_json(), indent=1, sort_keys=True) + "\n")
-    if args.json:
-        print(json.dumps(rep.to_json(), indent=1, sort_keys=True))
-    else:
-        print(rep.text(), file=sys.stdout if rep.ok else sys.stderr)
-    return 0 if rep.ok else 1
+    return print_report(args, {"ok": rep.ok, "report": rep.to_json(), "text": rep.text()})
 
 
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

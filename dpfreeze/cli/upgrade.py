@@ -16,6 +16,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -74,7 +75,7 @@ def cmd_upgrade(args: argparse.Namespace) -> int:
             answer = conn.request("upgrade", request, timeout=timeout)
             while isinstance(run := answer.get("run"), dict):
                 LOG.info(kv("upgrade.run", argv=" ".join(map(str, run.get("argv") or ()))))
-                error = run_here(run)
+                error = run_for_service(run)
                 LOG.info(kv("upgrade.ran", error=error))
                 answer = conn.request("upgrade-ran", {"error": error}, timeout=timeout)
         except ServiceLost as exc:
@@ -89,7 +90,7 @@ def cmd_upgrade(args: argparse.Namespace) -> int:
             print("dpfreeze: interrupted: the dpfreeze service ends the upgrade (a thaw into the daemon that "
                   "runs, or a roll-back to the previous one)", file=sys.stderr)
             return 130
-    return _print(args, answer)
+    return print_report(args, answer)
 
 
 def _here(args: argparse.Namespace) -> int:
@@ -109,7 +110,7 @@ def _recover(args: argparse.Namespace, old_pid: int | None, argv: list[str], why
     return trio.run(freeze.recover_upgrade, args, old_pid, argv, why)
 
 
-def run_here(run: dict[str, Any]) -> str:
+def run_for_service(run: dict[str, Any]) -> str:
     """Run one of the service's commands in this process; "" when it succeeded, else why not (one line)."""
     argv = [str(a) for a in run.get("argv") or ()]
     if not argv:
@@ -129,9 +130,15 @@ def run_here(run: dict[str, Any]) -> str:
     return err[-1].removeprefix(f"{argv[0]}: ") if err else f"exit status {done.returncode}"
 
 
-def _print(args: argparse.Namespace, answer: dict[str, Any]) -> int:
-    for line in answer.get("warnings") or ():
+def print_warnings(lines: Iterable[str]) -> None:
+    for line in lines:
         print(f"dpfreeze: warning: {line}", file=sys.stderr)
+
+
+def print_report(args: argparse.Namespace, answer: dict[str, Any]) -> int:
+    """What the command prints, whichever process ran the upgrade: warnings, then the report (`--report`,
+    `--json`, or its text); the exit status."""
+    print_warnings(answer.get("warnings") or ())
     report, ok = answer.get("report") or {}, bool(answer.get("ok"))
     if args.report:
         Path(args.report).write_text(json.dumps(report, indent=1, sort_keys=True) + "\n")

@@ -193,10 +193,13 @@ class Snapshot:
                 length += len(piece)
                 yield piece
 
-        write_atomic(Path(path), summed(), head=lambda: _header(f"crc32={crc:08x}", length),
+        def digest() -> str:  # as `checksum` gives it, of the pieces summed so far
+            return f"crc32={crc:08x}"
+
+        write_atomic(Path(path), summed(), head=lambda: _header(digest(), length),
                      head_size=len(_header(checksum(b""), 0)))
         if openflow_beside:
-            doc = {"snapshot_checksum": f"crc32={crc:08x}", "openflow": [o.to_json() for o in self.openflow]}
+            doc = {"snapshot_checksum": digest(), "openflow": [o.to_json() for o in self.openflow]}
             write_atomic(openflow_path(path), (json.dumps(doc, indent=1) + "\n").encode())
 
     @classmethod
