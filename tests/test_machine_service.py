@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import functools
 import json
+import os
 import struct
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -1135,4 +1136,52 @@ async def test_the_next_start_freezes_what_a_crash_left_unguarded(tmp_path, fake
         assert backend.frw == [True]
         await until(lambda: set(dp.per_cpu_pids) == {OURS})
         assert (await svc.crash_check())["state"] == "frozen" and backend.snapshots == [False]  # once
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_second_upgrade_is_refused_while_one_runs_and_the_first_is_untouched(tmp_path) -> None:
+    """One service, one upgrade: a second command's request is refused in one line, and the first goes on
+    to its report as if nothing had been asked."""
+    from dpfreeze.freeze.caller import Caller
+
+    svc = make_service(tmp_path, FakeDatapath())
+    go = trio.Event()
+
+    async def upgrader(api: FreezeService, request: dict[str, Any], caller: Caller) -> dict[str, Any]:
+        await go.wait()
+        return {"report": request}
+
+    first, second = Caller(os.getpid()), Caller(os.getpid())
+    async with trio.open_nursery() as nursery:
+        await nursery.start(functools.partial(svc.run, upgrader=upgrader))
+        answers: list[dict[str, Any]] = []
+
+        async def ask_first() -> None:
+            answers.append(await svc.handle(Request(1, "upgrade", {"ttl": 60}), first))
+
+        nursery.start_soon(ask_first)
+        await until(lambda: first.busy)
+        with pytest.raises(ControlError, match=r"^an upgrade is already running in this service$"):
+            await svc.handle(Request(2, "upgrade", {"ttl": 5}), second)
+        assert not second.busy and svc.state.state is State.IDLE
+        go.set()
+        await until(lambda: bool(answers))
+        assert answers == [{"report": {"ttl": 60}}]
+        with trio.fail_after(3):  # the first one done, the next is served
+            assert await svc.handle(Request(3, "upgrade", {"ttl": 7}), second) == {"report": {"ttl": 7}}
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_service_without_upgrades_says_so_in_the_words_the_command_falls_back_on(tmp_path) -> None:
+    """A service an upgrade started for itself runs none: the command recognises the refusal by its words
+    (cli/upgrade.py's NOT_HERE) and runs the upgrade itself, so the words are exact."""
+    from dpfreeze.cli.upgrade import NOT_HERE
+    from dpfreeze.freeze.caller import Caller
+
+    svc = make_service(tmp_path, FakeDatapath())
+    async with trio.open_nursery() as nursery:
+        await nursery.start(svc.run)
+        with pytest.raises(ControlError) as refused:
+            await svc.handle(Request(1, "upgrade", {"ttl": 60}), Caller(os.getpid()))
+        assert str(refused.value).startswith(NOT_HERE), refused.value
         nursery.cancel_scope.cancel()

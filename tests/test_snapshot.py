@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import gc
 import hashlib
 import json
 import os
@@ -30,6 +31,7 @@ from dpfreeze.snapshot import (
     SnapshotError,
     _meter_gap,
     diff,
+    gc_paused,
     flow_identity,
     load_openflow,
     meter_ids,
@@ -245,6 +247,18 @@ async def test_a_snapshot_lists_the_most_recently_used_flows_first() -> None:
     snap = await snapshot_datapath(cast(Datapath, dp))
     assert [f.ufid for f in snap.flows] == [_flow(n).ufid for n in (3, 4, 1, 2)]
     assert all(f.stats == FlowStats() for f in snap.flows)  # verbatim: no stats kept
+
+
+def test_the_collector_pause_ends_with_the_outermost_and_on_errors() -> None:
+    assert gc.isenabled()
+    with gc_paused():
+        with gc_paused():
+            assert not gc.isenabled()
+        assert not gc.isenabled()  # the outer pause still holds
+    assert gc.isenabled()
+    with pytest.raises(KeyError), gc_paused():
+        raise KeyError("a dump that fails")
+    assert gc.isenabled()
 
 
 def test_flow_identity_prefers_ufid() -> None:

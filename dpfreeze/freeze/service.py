@@ -25,6 +25,7 @@ from typing import Any, Protocol
 import trio
 
 from dpfreeze import command, files
+from dpfreeze.errors import DpfreezeError
 from dpfreeze.freeze import control, controlsock, machine
 from dpfreeze.freeze.caller import Caller
 from dpfreeze.freeze.checkpoint import Checkpoint
@@ -92,6 +93,7 @@ Orphaned = Callable[["FreezeService"], Awaitable[str]]  # what finishes a freeze
 Upgrader = Callable[["FreezeService", dict[str, Any], Caller], Awaitable[dict[str, Any]]]
 CALLER_IDLE = 150.0  # a connection quiet this long is closed; an upgrade's caller runs a command up to 60 s
 Crashed = Callable[["FreezeService", int], Awaitable[str]]  # what thaws a crash freeze into the next daemon
+REPAIR_FIRST = 1.0  # the longest the hand-over's replay waits for the flush repair (`_replay_after_repair`)
 CRASH = "crash of ovs-vswitchd"  # the freeze reason's words for a freeze the guard made
 
 
@@ -342,6 +344,8 @@ class FreezeService:
             if req.cmd == "crash-check":
                 return await self.crash_check()
             return await self.status()
+        except control.ControlError:
+            raise
         except TransitionRefused as exc:
             raise control.ControlError(str(exc)) from exc
         except Exception as exc:  # a failed command must never take the service (and its pin) down
@@ -359,9 +363,9 @@ class FreezeService:
     @staticmethod
     async def _answer(caller: Caller) -> dict[str, Any]:
         answer = await caller.next_answer()
-        if isinstance(answer, Exception):
+        if isinstance(answer, Exception):  # a refusal reads as the command's own would, in one line
             caller.busy = False
-            raise control.ControlError(describe(answer))
+            raise control.ControlError(str(answer) if isinstance(answer, DpfreezeError) else describe(answer))
         if "run" not in answer:
             caller.busy = False
         return answer
@@ -457,6 +461,7 @@ class FreezeService:
             # A crash leaves its pidfile, unless systemd has reaped it and removed the file first (seen in
             # CI): then its upcall pids tell, dangling where an orderly exit resets them.
             crash = self.backend.daemon_pid() == pid or await self._crash_leftover(armed)
+            judged = trio.current_time()
             loop = crash and self.crashes.record(self.clock())
             if armed and (not crash or loop or self.state.state in ACTIVE):
                 armed.disarm()
@@ -476,7 +481,7 @@ class FreezeService:
                 LOG.error(kv("guard.freeze_failed", pid=pid, error=describe(exc)))
                 continue
             LOG.warning(kv("guard.crash_frozen", pid=pid, flows=self.state.counters.get("flows"),
-                           after_s=f"{trio.current_time() - died:.3f}",
+                           after_s=f"{trio.current_time() - died:.3f}", judged_s=f"{judged - died:.3f}",
                            upcalls_after_s=f"{taken - died:.3f}" if taken else "at the freeze"))
             self._nursery.start_soon(self._crashed, crashed, pid)
 
@@ -505,7 +510,7 @@ class FreezeService:
                    task_status: trio.TaskStatus[Armed | None] = trio.TASK_STATUS_IGNORED) -> None:
         """Upcall sockets held ready while the daemon lives (None: no kernel datapath to hold them for).
         Why: at a crash the dead daemon's upcall pids drop every miss until someone owns them, and opening
-        sockets, then the freeze's snapshot, took 0.4-1.7 s under TCG; armed, the take is one request.  Once
+        sockets, then the freeze's snapshot, took 0.4-1.7 s under TCG; armed, the take is two requests.  Once
         fired they hold the upcalls until the freeze's session has taken them; their misses start its
         buffer (shared), and what they still hold is read before they close."""
         armed = None
@@ -579,7 +584,7 @@ class FreezeService:
             return False
         try:
             if armed is not None:
-                _, _, pids = await armed.handover.current_pids()
+                pids = await armed.handover.pids_now()
             else:
                 async with self.backend.open_datapath(DEFAULT_DATAPATH) as dp:
                     pids = upcall_pids(await dp.info(), await dp.ports())
@@ -815,9 +820,7 @@ class FreezeService:
             if owner:
                 outcome = "new daemon owns the upcalls; flush repaired"
                 async with trio.open_nursery() as nursery:
-                    # The misses have waited long enough: they go to the new daemon beside the flush repair
-                    # (it flushes as it takes its pids: the flush is done, or nearly, by now).
-                    nursery.start_soon(self._replay, handover)
+                    nursery.start_soon(self._replay_after_repair, handover, pinner)
                     with self.profile.span("thaw.flush-repair"):
                         with trio.move_on_after(self.config.flush_wait) as wait:
                             await pinner.flush_seen.wait()
@@ -838,6 +841,16 @@ class FreezeService:
         }
         LOG.info(kv("handover.done", outcome=outcome))
         return report
+
+    async def _replay_after_repair(self, handover: Handover, pinner: Pinner) -> None:
+        """The backlog once the flush is repaired, or REPAIR_FIRST after the new daemon took its pids (it
+        flushes as it takes them).  Why: from the flush to their repair the flows in use miss too, and
+        their misses (an ARP reply, a TCP segment) queued behind hundreds of replayed ones were answered
+        more than a second late (the requester's retry) at hand-overs under TCG.  The most recently used
+        pins go back first; the backlog has waited seconds, a fraction more is cheap."""
+        with trio.move_on_after(REPAIR_FIRST):
+            await pinner.flush_seen.wait()
+        await self._replay(handover)
 
     async def _replay(self, handover: Handover) -> None:
         with self.profile.span("thaw.replay"):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import os
 import re
 import signal
@@ -18,12 +17,10 @@ import trio
 from servicetools import freeze_service, until
 
 from dpfreeze.freeze import control, controlsock
-from dpfreeze.freeze.checkpoint import Checkpoint
-from dpfreeze.freeze.machine import ACTIVE, State, StateStore
-from dpfreeze.freeze.service import CRASH, FreezeService, ServiceConfig, SystemBackend
+from dpfreeze.freeze.machine import State, StateStore
+from dpfreeze.freeze.service import CRASH
 from dpfreeze.lab.sandbox import NsPort, Sandbox
 from dpfreeze.ovs import ovsdb
-from dpfreeze.upgrade import finish_crash
 
 pytestmark = pytest.mark.kernel
 
@@ -92,42 +89,56 @@ async def test_restart_while_frozen_loses_nothing_and_hands_over(
 
 
 async def test_the_crash_guard_without_systemd_hands_a_kill_9_to_the_next_daemon(
-    ovs: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, record_property: Callable[..., None]
+    ovs: Sandbox, tmp_path: Path, record_property: Callable[..., None]
 ) -> None:
-    """`dpfreeze serve --guard` where nothing but the operator (or a container runtime) restarts the
-    daemon: the guard freezes at the kill, the kernel flows forward meanwhile, and once a new daemon has
-    run steadily it gets the checkpointed OpenFlow state and the freeze."""
+    """`dpfreeze serve --guard`, the command as an operator (or a container's entry point) starts it, where
+    nothing but the operator restarts the daemon: the guard freezes at the kill, the kernel flows forward
+    meanwhile, and once a new daemon has run steadily it gets the checkpointed OpenFlow state and the
+    freeze; SIGTERM then ends the service cleanly."""
     a, b = ovs.ports
     await ovs.ping(a, b)
-    for k, v in ovs.env.environ().items():
-        monkeypatch.setenv(k, v)
-    cfg = ServiceConfig(state_dir=tmp_path / "st", socket_path=tmp_path / "st" / "c.sock")
-    svc = FreezeService(cfg, SystemBackend(ovs.env))
-    checkpoint = Checkpoint(ovs.env, cfg.state_dir / "openflow.checkpoint",
-                            paused=lambda: svc.state.state in ACTIVE)
+    state_dir, sock, log = tmp_path / "st", tmp_path / "st" / "c.sock", tmp_path / "serve.log"
+    argv = [str(Path(sys.executable).with_name("dpfreeze")), "serve", "--guard",
+            "--state-dir", str(state_dir), "--socket", str(sock)]
+    with log.open("ab") as stderr:  # OVS found as its own tools find it: OVS_RUNDIR and the rest
+        proc = await trio.lowlevel.open_process(argv, env={**os.environ, **ovs.env.environ()}, stderr=stderr)
 
-    async def crashed(api: FreezeService, dead: int) -> str:  # what `serve --guard` passes
-        return await finish_crash(api, ovs.env, dead)
+    async def status() -> dict[str, Any]:
+        return await controlsock.call(str(sock), "status", {}, timeout=60)
 
-    async with trio.open_nursery() as nursery:
-        await nursery.start(functools.partial(svc.run, crashed=crashed, checkpoint=checkpoint))
-        await until(lambda: checkpoint.dumps > 0, 60, "the checkpoint's first dump")
+    try:
+        await until((state_dir / "openflow.checkpoint").exists, 180, "the checkpoint's first save")
         async with pinging(a, b.ipv4) as established:
             await ovs.stop_vswitchd("kill")
-            await until(lambda: svc.state.state is State.FROZEN, 30, "the crash freeze")
-            assert CRASH in svc.state.reason
+            frozen = await until_status(status, lambda d: d["state"] == "frozen", 30, "the crash freeze")
+            assert CRASH in frozen["reason"], frozen
             await trio.sleep(2)  # no daemon at all: the pinned kernel flows forward
             await ovs.start_vswitchd()  # the supervisor's restart, with flow-restore-wait set
-            await until(lambda: svc.state.state is State.THAWED, 120, "the thaw into the new daemon")
-        report = svc.status_doc().get("report") or {}
-        record_property("thaw report", str(report))
-        nursery.cancel_scope.cancel()
-    assert svc.state.reason.startswith("done"), svc.state
-    assert report["outcome"].startswith("new daemon owns the upcalls"), report
+            doc = await until_status(status, lambda d: d["state"] == "thawed", 120, "the thaw")
+        record_property("thaw report", str(doc.get("report")))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        with trio.fail_after(60):
+            code = await proc.wait()
+        record_property("serve log", log.read_text()[-3000:])
+    assert code == 0, log.read_text()[-3000:]
+    assert "Traceback" not in log.read_text()
+    assert doc["reason"].startswith("done"), doc
+    assert doc["report"]["outcome"].startswith("new daemon owns the upcalls"), doc["report"]
     assert not await ovsdb.get_flow_restore_wait(ovs.env, timeout=30)
     sent, received = established
     assert sent > 40 and received == sent, established
     await ovs.ping(a, b, v6=True)
+
+
+async def until_status(status: Callable[[], Any], ok: Callable[[dict[str, Any]], bool], timeout: float,
+                       what: str) -> dict[str, Any]:
+    """The service's status once `ok` holds, asked over its socket every 0.1 s for up to `timeout`."""
+    with trio.move_on_after(timeout):
+        while not ok(doc := await status()):
+            await trio.sleep(0.1)
+        return doc
+    raise AssertionError(f"no {what} within {timeout:g} s: {doc}")
 
 
 async def test_del_flows_storm_and_kill9_of_the_daemon_then_lease_expiry(
