@@ -340,7 +340,21 @@ class Datapath(Protocol):
         """Open upcall sockets; the receiver tells their portids so they can be programmed as upcall pids."""
         ...
 
+    def hold_upcalls(self, pid: int) -> AbstractAsyncContextManager[HeldUpcalls]:
+        """Keep the upcall sockets of process `pid` (those the upcall pids name now) open past its death,
+        unread: what the kernel sends them once it is dead queues there instead of being dropped."""
+        ...
+
     async def aclose(self) -> None: ...
+
+
+class HeldUpcalls(Protocol):
+    portids: frozenset[int]
+
+    def read(self) -> list[Upcall | Resync]:
+        """What the held sockets queued, without blocking.  Only once their owner is dead and the upcall
+        pids are elsewhere: read while it lives, it would steal its upcalls."""
+        ...
 
 
 class UpcallReceiver(Protocol):

@@ -25,6 +25,7 @@ from dpif.model import (
     Event,
     ExecuteRequest,
     Flow,
+    HeldUpcalls,
     MegaflowStats,
     Meter,
     MeterStats,
@@ -228,6 +229,9 @@ class NetdevDatapath:
         raise Unsupported("notifications of a userspace datapath")
 
     def upcalls(self, n_sockets: int = 1) -> AbstractAsyncContextManager[UpcallReceiver]:
+        raise Unsupported("upcalls of a userspace datapath (they never leave ovs-vswitchd)")
+
+    def hold_upcalls(self, pid: int) -> AbstractAsyncContextManager[HeldUpcalls]:
         raise Unsupported("upcalls of a userspace datapath (they never leave ovs-vswitchd)")
 
     async def aclose(self) -> None:

@@ -35,7 +35,7 @@ from dpif.netlink import dumptext
 from dpif.netlink import messages as m
 from dpif.netlink.exchange import FamilyNotFound
 from dpif.netlink.wire import NLMSG_MIN_TYPE, KernelError, Message, WireError, iter_messages
-from dpif.sockets import DEFAULT_TIMEOUT, Overrun, UpcallSocket
+from dpif.sockets import DEFAULT_TIMEOUT, HeldSocket, NetlinkSocket, Overrun, UpcallSocket, hold_sockets
 from dpif.transport import FamilyGone, GenlClient, Listener, open_client
 
 EVENT_FAMILIES = ("ovs_datapath", "ovs_vport", "ovs_flow")
@@ -302,6 +302,19 @@ class NetlinkDatapath:
             for s in socks:
                 s.close()
 
+    @asynccontextmanager
+    async def hold_upcalls(self, pid: int) -> AsyncIterator[HeldSockets]:
+        """Hold, unread, the sockets of process `pid` that the upcall pids name now (see `HeldSocket`)."""
+        info = await self.info()
+        pids = info.per_cpu_pids if info.per_cpu_dispatch else [p for v in await self.ports()
+                                                               for p in v.upcall_pids]
+        socks = hold_sockets(pid, {p for p in pids if p})
+        try:
+            yield HeldSockets(socks)
+        finally:
+            for s in socks:
+                s.close()
+
     async def aclose(self) -> None:
         """Close the client if it is ours (open_datapath does this on exit anyway)."""
         if self.owns_client:
@@ -332,26 +345,8 @@ class UpcallReceiver:
 
     async def _read_all(self, sock: UpcallSocket) -> None:
         """Every datagram queued on the socket now, decoded, into the stream."""
-        lost = False
-        while True:
-            try:
-                data = sock.recv_nowait()
-            except Overrun:
-                lost = True
-                continue
-            if data is None:
-                break
-            now = time.monotonic_ns()
-            for msg in iter_messages(data):
-                if msg.type < NLMSG_MIN_TYPE:
-                    continue
-                try:
-                    await self._put(m.decode_upcall(msg.payload, now))
-                except WireError as exc:
-                    await self._put(Resync(f"undecodable upcall: {exc}"))
-        dropped = sock.new_drops()
-        if lost or dropped:
-            await self._put(Resync(f"upcall socket {sock.portid} overrun", dropped or None))
+        for item in read_upcalls(sock):
+            await self._put(item)
 
     async def _put(self, item: Upcall | Resync) -> None:
         await self._send.send(item)
@@ -359,3 +354,43 @@ class UpcallReceiver:
 
     def __aiter__(self) -> AsyncIterator[Upcall | Resync]:
         return self._recv.__aiter__()
+
+
+def read_upcalls(sock: NetlinkSocket) -> list[Upcall | Resync]:
+    """Every upcall queued on the socket now, decoded, without blocking; a loss reads as a Resync."""
+    out: list[Upcall | Resync] = []
+    lost = False
+    while True:
+        try:
+            data = sock.recv_nowait()
+        except Overrun:
+            lost = True
+            continue
+        if data is None:
+            break
+        now = time.monotonic_ns()
+        for msg in iter_messages(data):
+            if msg.type < NLMSG_MIN_TYPE:
+                continue
+            try:
+                out.append(m.decode_upcall(msg.payload, now))
+            except WireError as exc:
+                out.append(Resync(f"undecodable upcall: {exc}"))
+    dropped = sock.new_drops()
+    if lost or dropped:
+        out.append(Resync(f"upcall socket {sock.portid} overrun", dropped or None))
+    return out
+
+
+@dataclass
+class HeldSockets:
+    """A process's upcall sockets, held past its death (`NetlinkDatapath.hold_upcalls`)."""
+
+    socks: list[HeldSocket]
+    portids: frozenset[int] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.portids = frozenset(s.portid for s in self.socks)
+
+    def read(self) -> list[Upcall | Resync]:
+        return [item for sock in self.socks for item in read_upcalls(sock)]

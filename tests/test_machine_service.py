@@ -30,7 +30,7 @@ from dpfreeze.freeze.machine import State, StateStore, TransitionRefused
 from dpfreeze.freeze.pin import PinSet, uses_recirculation
 from dpfreeze.freeze.service import CRASH, FreezeService, ServiceConfig
 from dpfreeze.ovs import portids
-from dpfreeze.ovs.portids import SocketQueue, parse_proc_net_netlink, parse_socket_queues
+from dpfreeze.ovs.portids import SocketQueue, parse_socket_queues
 from dpfreeze.upgrade import UpgradeReport, verify
 from dpif.model import (
     Datapath,
@@ -52,6 +52,7 @@ from dpif.model import (
     VportType,
 )
 from dpif.netlink.wire import KernelError, attr
+from dpif.sockets import parse_proc_net_netlink
 
 OLD_DAEMON, NEW_DAEMON, OURS = 1001, 2002, 3003
 
@@ -88,6 +89,8 @@ class FakeDatapath:
         self._upcalls = trio.open_memory_channel[Upcall | Resync](100)
         self.socket_queue: list[Upcall] = []
         self.delivered = 0
+        self.held_queue: list[Upcall | Resync] = []
+        self.holding = 0  # the daemon's sockets, held by the crash guard
 
     def notify(self, kind: EventKind, cmd: EventCmd, record: Any, sender: int = 0) -> None:
         for ch in self._listeners:
@@ -215,6 +218,25 @@ class FakeDatapath:
                     dp._deliver(dp.socket_queue.pop(0))
 
         yield Receiver()
+
+    @asynccontextmanager
+    async def hold_upcalls(self, pid: int) -> AsyncIterator[Any]:
+        """The daemon's own sockets (in these fakes a daemon's portid is its pid); `held_queue` is what the
+        kernel queued on them after its death."""
+        dp = self
+
+        class Held:
+            portids = frozenset(p for p in dp.per_cpu_pids if p == pid)
+
+            def read(self) -> list[Upcall | Resync]:
+                out, dp.held_queue = dp.held_queue, []
+                return list(out)
+
+        self.holding += 1
+        try:
+            yield Held()
+        finally:
+            self.holding -= 1
 
     def upcall(self, port: int, recirc: int = 0) -> None:
         self._deliver(Upcall(UpcallKind.MISS, 5, b"\0" * 60, key(port, recirc), hash=7))
@@ -1094,6 +1116,46 @@ async def test_a_crash_whose_pidfile_systemd_removed_first_is_still_a_crash(tmp_
         backend.die(OLD_DAEMON, orderly=True)  # the pidfile is gone, as after an orderly stop
         await until(lambda: svc.state.state is State.FROZEN and set(dp.per_cpu_pids) == {OURS})
         assert CRASH in svc.state.reason
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_crash_s_misses_wait_in_the_dead_daemons_held_sockets(tmp_path, fake_proc) -> None:
+    """The guard holds the daemon's own upcall sockets: at its death they live on (its portid stays live),
+    what it never read and what came until the take wait there, and go to the next daemon."""
+    thawed: list[int] = []
+    async with trio.open_nursery() as nursery:
+        svc, dp, backend = await guarded(tmp_path, fake_proc, nursery, thawed)
+        await until(lambda: dp.holding == 1)
+        dp.held_queue = [Upcall(UpcallKind.MISS, 5, b"\2" * 60, key(n), hash=n) for n in (1, 2)]
+        backend.die(OLD_DAEMON, orderly=True)  # systemd reaped it and removed its pidfile first
+        await until(lambda: svc.state.state is State.FROZEN and set(dp.per_cpu_pids) == {OURS})
+        assert CRASH in svc.state.reason  # its pids name a socket only the guard holds: a crash
+        await until(lambda: svc.handover is not None and svc.handover.stats.misses == 2)
+        await until(lambda: dp.holding == 0)  # let go once the freeze's session holds the upcalls
+        backend.start_daemon(NEW_DAEMON)
+
+        async def new_daemon() -> None:
+            await until(lambda: backend.frw == [True, False])
+            dp.per_cpu_pids = (NEW_DAEMON, NEW_DAEMON)
+        nursery.start_soon(new_daemon)
+        await svc.thaw()
+        assert [r.packet for r in dp.executed] == [b"\2" * 60] * 2  # both given to the next daemon
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_planned_freeze_lets_go_of_the_daemons_sockets(tmp_path, fake_proc) -> None:
+    """An upgrade's freeze owns the upcalls itself and asks the daemon to exit: the guard holds nothing of
+    it meanwhile, and holds its sockets again once the freeze is over and the daemon lives on."""
+    thawed: list[int] = []
+    async with trio.open_nursery() as nursery:
+        svc, dp, _backend = await guarded(tmp_path, fake_proc, nursery, thawed)
+        await until(lambda: dp.holding == 1)
+        await svc.freeze(300, "ovs-system")
+        assert dp.holding == 0
+        await trio.sleep(2.5 * service_mod.HOLD_POLL)
+        assert dp.holding == 0
+        await svc.thaw()  # the daemon was never restarted: the upcalls go back to it
+        await until(lambda: dp.holding == 1, timeout=3 * service_mod.HOLD_POLL)
         nursery.cancel_scope.cancel()
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import struct
+import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -25,6 +27,7 @@ from dpif.model import (
     MeterBandStats,
     MeterBandType,
     MeterStats,
+    Upcall,
     UpcallKind,
     Vport,
     VportType,
@@ -50,7 +53,8 @@ from dpif.netlink.wire import (
     iter_messages,
     pack_message,
 )
-from dpif.sockets import NetlinkSocket, _proc_drops
+from dpif.netlink_datapath import read_upcalls
+from dpif.sockets import NetlinkSocket, _proc_drops, generic_portids, hold_sockets
 
 
 def attrs_of(req: m.Request) -> dict[int, bytes]:
@@ -376,6 +380,37 @@ def test_drop_counter_is_found_for_our_socket() -> None:
         assert sock.new_drops() == 0
     finally:
         sock.close()
+
+
+def test_a_held_socket_outlives_its_process_and_keeps_what_comes_after() -> None:
+    """The crash guard's hold, against the host's real netlink: a copy of a process's upcall socket (by
+    pidfd_getfd) keeps it bound after a kill -9, and an upcall sent to its portid then is read, decoded,
+    where without the copy the kernel would have refused it (no such portid)."""
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import socket, time; s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW,"
+         " 16); s.bind((0, 0)); print(s.getsockname()[0], flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None
+        portid = int(child.stdout.readline())
+        assert hold_sockets(child.pid, {portid + 1}) == []  # another portid: nothing of it is held
+        (held,) = hold_sockets(child.pid, {portid})
+    finally:
+        child.kill()
+        child.wait()
+    sender = NetlinkSocket()
+    try:
+        assert held.portid == portid and portid in generic_portids()  # bound still, the process gone
+        payload = attr(1, b"\xaa" * 60) + attr(2, b"KEY!")
+        sender.sock.sendto(pack_message(fam.GENL_ID_CTRL + 20, 0, 0, body(fam.PACKET_CMD_MISS, 8, payload)),
+                           (portid, 0))
+        (up,) = read_upcalls(held)
+        assert isinstance(up, Upcall) and (up.kind, up.key) == (UpcallKind.MISS, b"KEY!")
+        assert read_upcalls(held) == []  # without blocking
+    finally:
+        sender.close()
+        held.close()
+    assert portid not in generic_portids()
 
 
 def test_blocking_client_resolves_families_through_nlctrl() -> None:

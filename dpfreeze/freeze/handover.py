@@ -226,14 +226,18 @@ class Handover:
     async def receive(self, receiver: UpcallReceiver) -> None:
         async for up in receiver:
             self.consumed += 1
-            if isinstance(up, Resync):
-                LOG.warning(kv("handover.upcalls_lost", reason=up.reason, dropped=up.dropped))
-                self.buffer.overflow_packets += up.dropped or 0
-            elif up.kind is UpcallKind.MISS:
-                self.stats.misses += 1
-                self.buffer.add(up)
-            else:
-                self.stats.action_upcalls += 1  # the flow already forwarded it: never replay
+            self.handle(up)
+
+    def handle(self, up: Upcall | Resync) -> None:
+        """One upcall of ours: a miss is buffered for the replay."""
+        if isinstance(up, Resync):
+            LOG.warning(kv("handover.upcalls_lost", reason=up.reason, dropped=up.dropped))
+            self.buffer.overflow_packets += up.dropped or 0
+        elif up.kind is UpcallKind.MISS:
+            self.stats.misses += 1
+            self.buffer.add(up)
+        else:
+            self.stats.action_upcalls += 1  # the flow already forwarded it: never replay
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Open sockets, wait for the old owner to go, take over, then buffer until cancelled."""

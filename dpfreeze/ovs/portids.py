@@ -8,15 +8,12 @@ and it keeps a dead daemon's pids programmed; this is how `ss -p` tells them apa
 from __future__ import annotations
 
 import os
-import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from dpif.model import Datapath, DatapathInfo, Vport
-
-NETLINK_GENERIC = 16
-
+from dpif.sockets import generic_portids, proc_net_netlink_rows, socket_fds
 
 
 @dataclass(frozen=True)
@@ -27,55 +24,41 @@ class SocketQueue:
     drops: int
 
 
-def _rows(text: str, protocol: int) -> Iterator[list[str]]:
-    for line in text.splitlines()[1:]:
-        cols = line.split()
-        if len(cols) >= 10 and cols[1].isdigit() and int(cols[1]) == protocol:
-            yield cols
-
-
-def parse_proc_net_netlink(text: str, protocol: int = NETLINK_GENERIC) -> dict[int, int]:
-    """portid -> socket inode, for one netlink protocol, from the text of /proc/net/netlink."""
-    return {int(cols[2]) & 0xFFFFFFFF: int(cols[9]) for cols in _rows(text, protocol)}
-
-
-def parse_socket_queues(text: str, protocol: int = NETLINK_GENERIC) -> dict[int, SocketQueue]:
-    """portid -> its receive queue, from the text of /proc/net/netlink."""
+def parse_socket_queues(text: str) -> dict[int, SocketQueue]:
+    """portid -> its receive queue, from the text of /proc/net/netlink (NETLINK_GENERIC sockets)."""
     return {int(cols[2]) & 0xFFFFFFFF: SocketQueue(int(cols[4]), int(cols[8]))
-            for cols in _rows(text, protocol)}
+            for cols in proc_net_netlink_rows(text)}
 
 
 def socket_queues(proc: Path = Path("/proc")) -> dict[int, SocketQueue]:
     return parse_socket_queues((proc / "net" / "netlink").read_text())
 
 
-_SOCKET_LINK = re.compile(r"socket:\[(\d+)\]")
-
-
 def inode_processes(inodes: Iterable[int], proc: Path = Path("/proc")) -> dict[int, tuple[int, str]]:
-    """socket inode -> (pid, comm), by scanning /proc/*/fd as `ss -p` does."""
+    """socket inode -> (pid, comm), by scanning /proc/*/fd as `ss -p` does.  A socket this process holds
+    too (the crash guard holds the daemon's upcall sockets) is the other holder's."""
     wanted = set(inodes)
     found: dict[int, tuple[int, str]] = {}
+    ours: dict[int, tuple[int, str]] = {}
+    me = os.getpid()
     for piddir in proc.iterdir():
         if not piddir.name.isdigit() or not wanted - found.keys():
             continue
+        pid = int(piddir.name)
+        held = socket_fds(pid, proc).keys() & wanted
+        if not held:
+            continue
         try:
-            fds = list((piddir / "fd").iterdir())
             comm = (piddir / "comm").read_text().strip()
         except OSError:
             continue
-        for fd in fds:
-            try:
-                m = _SOCKET_LINK.fullmatch(os.readlink(fd))
-            except OSError:
-                continue
-            if m and int(m.group(1)) in wanted:
-                found.setdefault(int(m.group(1)), (int(piddir.name), comm))
-    return found
+        for inode in held:
+            (ours if pid == me else found).setdefault(inode, (pid, comm))
+    return {**ours, **found}
 
 
 def live_portids(proc: Path = Path("/proc")) -> dict[int, int]:
-    return parse_proc_net_netlink((proc / "net" / "netlink").read_text())
+    return generic_portids(proc)
 
 
 def upcall_pids(info: DatapathInfo, vports: Sequence[Vport]) -> tuple[int, ...]:
@@ -107,18 +90,7 @@ def portid_owners(pids: Iterable[int], proc: Path = Path("/proc")) -> list[dict[
 
 def process_portids(pid: int, proc: Path = Path("/proc")) -> set[int]:
     """Every NETLINK_GENERIC portid whose socket process `pid` holds now (empty if it is gone)."""
-    inodes: set[int] = set()
-    try:
-        fds = list((proc / str(pid) / "fd").iterdir())
-    except OSError:
-        return set()
-    for fd in fds:
-        try:
-            m = _SOCKET_LINK.fullmatch(os.readlink(fd))
-        except OSError:
-            continue
-        if m:
-            inodes.add(int(m.group(1)))
+    inodes = socket_fds(pid, proc).keys()
     return {portid for portid, inode in live_portids(proc).items() if inode in inodes}
 
 

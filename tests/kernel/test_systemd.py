@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable, Iterator
 import pytest
 import trio
 from systemdrig import (
+    FIGURES,
     PIDFILE,
     assert_tracked_and_thawed,
     controller_rule_present,
@@ -30,7 +31,9 @@ pytestmark = [pytest.mark.kernel, pytest.mark.systemd]
 
 
 OPERATIONS = [("reload", "ovs-vswitchd"), ("restart", "ovs-vswitchd"), ("restart", "openvswitch-switch")]
-STOCK_CRASH: dict[str, object] = {}  # stock's figures of the crash, for dpfreeze's beside them
+# The guard holds the daemon's upcall sockets, so a crash's misses wait in them (0 lost in every VM run);
+# only a miss a handler thread had read and not yet sent on when SIGKILL came dies with the daemon.
+CRASH_LOSS = 1
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +43,15 @@ def ends() -> Iterator[tuple[Endpoint, Endpoint]]:
     sh("ovs-ofctl", "add-flow", "br0", BENCH_FLOW)  # every new flow of the probes is an upcall
     yield pair
     sh("dpfreeze", "install-units", "--uninstall")
+
+
+@pytest.fixture(autouse=True)
+def journal(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Each test's journal of both units beside its figures (a kept VM run), whatever its outcome."""
+    yield
+    if FIGURES.parent.is_dir():
+        (FIGURES.parent / f"journal-{request.node.name}.txt".replace(" ", "_")).write_text(
+            sh("journalctl", "--no-pager", "-n", "300", "-u", "ovs-vswitchd", "-u", "dpfreeze", check=False))
 
 
 def spec(ends: tuple[Endpoint, Endpoint], first: int) -> ProbeSpec:
@@ -65,7 +77,7 @@ async def test_stock(ends: tuple[Endpoint, Endpoint], operation: tuple[str, str]
 async def test_stock_crash(ends: tuple[Endpoint, Endpoint], record_property: object) -> None:
     """kill -9 of ovs-vswitchd, and Debian's Restart=on-failure alone, for the figures beside dpfreeze's."""
     report = await run_probes(spec(ends, 15000), crash())
-    STOCK_CRASH.update(record("stock kill -9 ovs-vswitchd (3.1)", report, record_property))
+    record("stock kill -9 ovs-vswitchd (3.1)", report, record_property)
     sh("ovs-ofctl", "add-flow", "br0", BENCH_FLOW)  # the controller's way back
 
 
@@ -83,7 +95,10 @@ def restarted(old: int, timeout: float = 240.0) -> None:
     """systemd has started a new daemon, the unit is active and no freeze is left (stock: no service)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        pid = PIDFILE.read_text().strip() if PIDFILE.exists() else ""
+        try:
+            pid = PIDFILE.read_text().strip()
+        except FileNotFoundError:  # no daemon, or one that systemd is stopping (seen in a run)
+            pid = ""
         if pid and int(pid) != old and sh("systemctl", "is-active", "ovs-vswitchd", check=False) == "active":
             doc = sh("dpfreeze", "status", "--json", check=False) or '{"state": "idle"}'
             if json.loads(doc)["state"] not in ("frozen", "handing_over"):
@@ -134,10 +149,7 @@ async def test_a_crash_under_the_units_is_hitless(ends: tuple[Endpoint, Endpoint
     assert_tracked_and_thawed()
     assert "guard.crash_frozen" in journal, journal
     assert controller_rule_present("br0")  # the checkpoint's OpenFlow state, given to the new daemon
-    # What died with the daemon's own sockets (the misses it had not read yet) nobody can give back: the
-    # goal is 0, the rule is never worse than stock, by far
-    stock = STOCK_CRASH["newflow"]["lost"]  # type: ignore[index]
-    assert report.cls("established").lost == 0 and report.cls("newflow").lost * 4 <= stock, lost(report)
+    assert report.cls("established").lost == 0 and report.cls("newflow").lost <= CRASH_LOSS, lost(report)
 
 
 async def test_a_kill_in_the_middle_of_openflow_churn(ends: tuple[Endpoint, Endpoint],
@@ -180,9 +192,7 @@ async def test_a_kill_in_the_middle_of_openflow_churn(ends: tuple[Endpoint, Endp
     settled = [i for t, i in added if t < killed[0] - 10]  # the checkpoint's lag is 2 s after a change
     record_property("churn", f"{len(added)} added, {len(settled)} 10 s before the kill, {len(back)} back")  # type: ignore[operator]
     assert set(settled) <= set(back) and back == list(range(1, len(back) + 1)), (settled, back)
-    assert report.cls("established").lost == 0, lost(report)
-    stock = STOCK_CRASH["newflow"]["lost"]  # type: ignore[index]
-    assert report.cls("newflow").lost * 4 <= stock, lost(report)
+    assert report.cls("established").lost == 0 and report.cls("newflow").lost <= CRASH_LOSS, lost(report)
     sh("ovs-ofctl", "del-flows", "br0", "ip,nw_dst=192.0.2.0/24")
 
 
