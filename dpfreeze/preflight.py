@@ -9,25 +9,36 @@ The state is read where `dpfreeze status` reads it: from the running service (wh
 expires it itself), else from the state file.  A repair goes through the same owner: the service is left
 to run its own expiry and hand-over; a persisted state is stepped through the machine's table (expire,
 then fail) and saved, as the service would have done had it been running.
+
+With the service running, the whole check runs in it (`in_service`, asked by cli/hooks.py): the command
+then imports nothing of this, and a start of ovs-vswitchd waits for one request, not for Python to import
+trio and the library (seconds under emulation, after every crash).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import logging
+import operator
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any, Protocol
 
 import trio
 
+from dpfreeze import kernels
 from dpfreeze.errors import UserError
 from dpfreeze.freeze import control, controlsock, machine
 from dpfreeze.freeze.machine import ACTIVE, Event, State, StateStore
-from dpfreeze.freeze.service import FRW_TIMEOUT, ServiceConfig, SystemBackend
+from dpfreeze.freeze.service import FRW_TIMEOUT, FreezeService, ServiceConfig, SystemBackend
 from dpfreeze.log import kv
 from dpfreeze.ovs import ovsdb
 from dpfreeze.ovs.ovsenv import OvsEnv
+from dpif.model import DpFeature
+from dpif.netlink_datapath import list_datapaths
 
 LOG = logging.getLogger(__name__)
 
@@ -110,16 +121,56 @@ class Preflight:
         return f"preflight: ok: {seen}"
 
 
-async def _service_status(config: ServiceConfig) -> dict[str, Any] | None:
-    """The running service's status document, or None when no service listens."""
-    try:
-        return await controlsock.call(str(config.socket_path), "status", timeout=STATUS_TIMEOUT)
-    except (FileNotFoundError, ConnectionRefusedError):
-        return None
-    except control.ControlError as exc:
-        raise UserError(f"dpfreeze service on {config.socket_path}: {exc}") from exc
-    except trio.TooSlowError as exc:
-        raise UserError(f"the dpfreeze service on {config.socket_path} did not answer in time") from exc
+class Service(Protocol):
+    """The running service as preflight asks it: over its socket (`Remote`), or the service itself
+    answering a `preflight` request (`InService`)."""
+
+    async def status(self) -> dict[str, Any] | None:
+        """Its status document; None when no service runs."""
+        ...
+
+    async def crash_check(self) -> None:
+        """Let it freeze what a crash left unguarded (see FreezeService.crash_check) before this start goes
+        on: systemd runs no ExecStop when the daemon died on its own.  No service: nothing to freeze with."""
+        ...
+
+
+@dataclass(frozen=True)
+class Remote:
+    config: ServiceConfig
+
+    async def status(self) -> dict[str, Any] | None:
+        path = self.config.socket_path
+        try:
+            return await controlsock.call(str(path), "status", timeout=STATUS_TIMEOUT)
+        except (FileNotFoundError, ConnectionRefusedError):
+            return None
+        except control.ControlError as exc:
+            raise UserError(f"dpfreeze service on {path}: {exc}") from exc
+        except trio.TooSlowError as exc:
+            raise UserError(f"the dpfreeze service on {path} did not answer in time") from exc
+
+    async def crash_check(self) -> None:
+        try:
+            await controlsock.call(str(self.config.socket_path), "crash-check", timeout=SERVICE_THAW_TIMEOUT)
+        except (FileNotFoundError, ConnectionRefusedError):
+            return
+        except (control.ControlError, trio.TooSlowError) as exc:  # the start must go on: stock's path
+            LOG.warning(kv("preflight.crash_check_failed", error=str(exc) or type(exc).__name__))
+
+
+@dataclass(frozen=True)
+class InService:
+    api: FreezeService
+
+    async def status(self) -> dict[str, Any] | None:
+        return self.api.status_doc()
+
+    async def crash_check(self) -> None:
+        try:
+            await self.api.crash_check()
+        except Exception as exc:  # the start must go on: stock's path
+            LOG.warning(kv("preflight.crash_check_failed", error=str(exc) or type(exc).__name__))
 
 
 class UnreadableState(UserError):
@@ -138,7 +189,7 @@ def _quarantine(config: ServiceConfig, now: float) -> str:
 
 
 async def look(
-    config: ServiceConfig, frw: FlowRestoreWait, *, clock: Callable[[], float] = time.time
+    config: ServiceConfig, frw: FlowRestoreWait, service: Service, *, clock: Callable[[], float] = time.time
 ) -> Preflight:
     """Read flow-restore-wait, then the freeze state, and judge them (changes nothing).
 
@@ -146,7 +197,7 @@ async def look(
     judged against the idle state from before its freeze.
     """
     frw_set = await frw.get()
-    doc = await _service_status(config)
+    doc = await service.status()
     if doc is None:
         persisted = _load(config)
         state, remaining = persisted.state, persisted.lease_remaining(clock())
@@ -155,21 +206,10 @@ async def look(
     return Preflight(state, remaining, frw_set, doc is not None, stale_reason(state, remaining, frw_set))
 
 
-async def _crash_check(config: ServiceConfig) -> None:
-    """Let the service freeze what a crash left unguarded (see FreezeService.crash_check) before this start
-    goes on: systemd runs no ExecStop when the daemon died on its own.  No service: nothing to freeze with."""
-    try:
-        await controlsock.call(str(config.socket_path), "crash-check", timeout=SERVICE_THAW_TIMEOUT)
-    except (FileNotFoundError, ConnectionRefusedError):
-        return
-    except (control.ControlError, trio.TooSlowError) as exc:  # the start must go on: stock's path
-        LOG.warning(kv("preflight.crash_check_failed", error=str(exc) or type(exc).__name__))
-
-
-async def _wait_for_service_thaw(config: ServiceConfig) -> None:
+async def _wait_for_service_thaw(service: Service) -> None:
     """The service expires a lease by itself (within its lease poll); wait until its hand-over ends."""
     with trio.move_on_after(SERVICE_THAW_TIMEOUT):
-        while (doc := await _service_status(config)) is not None and lease_expired(
+        while (doc := await service.status()) is not None and lease_expired(
             State(doc["state"]), doc.get("lease_remaining")
         ):
             await trio.sleep(POLL_INTERVAL)
@@ -196,6 +236,7 @@ async def preflight(
     *,
     repair: bool = False,
     clock: Callable[[], float] = time.time,
+    service: Service | None = None,
 ) -> Preflight:
     """Judge the freeze state and flow-restore-wait; with `repair`, make them fit for a start.
 
@@ -203,35 +244,79 @@ async def preflight(
     UserError; a successful one returns the new state with `repaired` filled in.
     """
     done: list[str] = []
+    service = service or Remote(config)
     if repair:
-        await _crash_check(config)
+        await service.crash_check()
     try:
-        seen = await look(config, frw, clock=clock)
+        seen = await look(config, frw, service, clock=clock)
     except UnreadableState as exc:
         # A corrupt state file must not keep ovs-vswitchd from starting: without a readable freeze there is
         # no lease to honour, so the repair is the safe default of every failure path (FRW cleared).
         if not repair:
             raise
         done.append(_quarantine(config, clock()))
-        seen = replace(await look(config, frw, clock=clock), stale=str(exc))
+        seen = replace(await look(config, frw, service, clock=clock), stale=str(exc))
         if not seen.flow_restore_wait:
             return replace(seen, repaired=tuple(done))
     if not seen.stale or not repair:
         return seen
     if lease_expired(seen.state, seen.lease_remaining):
         if seen.service:
-            await _wait_for_service_thaw(config)
+            await _wait_for_service_thaw(service)
             done.append("the service expired the freeze and handed over")
         else:
             new = _thaw_persisted(config, clock())
             done.append(f"state file {seen.state.value} -> {new.value}")
-    after = await look(config, frw, clock=clock)
+    after = await look(config, frw, service, clock=clock)
     if after.flow_restore_wait and after.state not in ACTIVE:
         await frw.clear()
         done.append("cleared flow-restore-wait")
-    final = await look(config, frw, clock=clock)
+    final = await look(config, frw, service, clock=clock)
     if final.stale:
         raise UserError(f"preflight repair failed: still stale: {final.stale}")
     for what in done:
         LOG.info(kv("preflight.repaired", what=what, stale=seen.stale))
     return replace(final, stale=seen.stale, repaired=tuple(done))
+
+
+@dataclass(frozen=True)
+class Checked:
+    """What `dpfreeze preflight` prints and exits with, wherever the check ran."""
+
+    doc: dict[str, Any]
+    text: str
+    code: int
+
+
+async def check(config: ServiceConfig, frw: FlowRestoreWait, *, repair: bool,
+                service: Service | None = None) -> Checked:
+    """The freeze state, then the kernel: with `repair` (ExecStartPre) a kernel problem is a warning only,
+    since refusing to start ovs-vswitchd for it would be worse than any upgrade."""
+    result = await preflight(config, frw, repair=repair, service=service)
+    if result.stale and not repair:
+        raise UserError(f"stale freeze: {result.stale} (`dpfreeze preflight --repair` repairs it)")
+    kernel = kernels.check(await datapath_features())
+    return Checked({**result.to_json(), "kernel": dataclasses.asdict(kernel)},
+                   "\n".join([result.text(), *(kernel.lines() if kernel.checked else [])]),
+                   1 if kernel.problems and not repair else 0)
+
+
+async def in_service(api: FreezeService, env: OvsEnv, request: dict[str, Any]) -> dict[str, Any]:
+    """A `preflight` request's answer: the check run by the service on itself."""
+    try:
+        done = await check(api.config, OvsdbFlowRestoreWait(env), repair=request.get("repair", False),
+                           service=InService(api))
+    except UserError as exc:  # the command's own refusal, word for word
+        raise control.ControlError(str(exc)) from exc
+    return {"preflight": done.doc, "text": done.text, "code": done.code}
+
+
+async def datapath_features() -> DpFeature | None:
+    """The features the kernel datapaths use (None without the module or a datapath)."""
+    if not Path("/sys/module/openvswitch").is_dir():
+        return None
+    try:
+        dps = await list_datapaths()
+    except OSError:
+        return None
+    return DpFeature(functools.reduce(operator.or_, (d.features for d in dps), 0)) if dps else None

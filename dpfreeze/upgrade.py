@@ -29,6 +29,7 @@ from dpfreeze.command import CommandFailed
 from dpfreeze.errors import DpfreezeError
 from dpfreeze.freeze import machine
 from dpfreeze.freeze.caller import Caller, CallerGone
+from dpfreeze.freeze.control import ControlError
 from dpfreeze.freeze.defaults import DEFAULT_TTL
 from dpfreeze.freeze.pin import startup_flow_limit
 from dpfreeze.freeze.service import render_status
@@ -644,6 +645,73 @@ async def finish_crash(api: FreezeApi, env: OvsEnv, dead: int) -> str:
                 return f"a new daemon (pid {pid}) ran: thawed into it"
         await trio.sleep(0.2)
     return "thawed by another (the unit's ExecStartPost, or the lease)"
+
+
+@dataclass(frozen=True)
+class Thawed:
+    """What `dpfreeze thaw` prints and exits with, wherever it ran (this process, or the service)."""
+
+    doc: dict[str, Any]
+    text: str
+    code: int
+    said: tuple[str, ...] = ()  # printed before the result: the OpenFlow restore's changes
+    failed: str = ""  # what failed and did not stop the thaw
+
+    def to_json(self) -> dict[str, Any]:
+        return {"thaw": self.doc, "text": self.text, "code": self.code, "said": list(self.said),
+                "failed": self.failed}
+
+
+async def thaw_started(api: FreezeApi, env: OvsEnv, *, openflow: bool, timeout: float, wait: bool) -> Thawed:
+    """ExecStartPost's thaw: the snapshot's OpenFlow state into the running daemon first (as `upgrade`
+    does), then the thaw.
+
+    Why the OpenFlow state: on the systemd path (`systemctl restart`) ovs-ctl starts the new daemon with
+    empty OpenFlow tables, and clearing flow-restore-wait then would make its revalidators judge the
+    re-installed kernel flows against nothing.  A restore that fails is reported, and the thaw happens
+    anyway: a freeze is never left in place because of it.  Nothing frozen (every ordinary start runs
+    ExecStartPost too) is not an error."""
+    status = await api.status()
+    if status.get("state") != machine.State.FROZEN.value:
+        return Thawed(status, f"nothing to thaw: {status.get('state')}", 0)
+    said: list[str] = []
+    failed = ""
+    if openflow and status.get("snapshot_path"):
+        try:
+            with trio.fail_after(timeout):
+                await wait_new_daemon(env, 0, timeout)
+                said = [f"openflow: {line}" for line in await restore_openflow(status["snapshot_path"], env)]
+        except Exception as exc:  # whatever failed, the thaw below still happens
+            failed = f"OpenFlow state not restored: {exc or type(exc).__name__}"
+    try:
+        doc = await api.thaw(wait=wait)
+    except DpfreezeError:
+        status = await api.status()
+        if status.get("state") == machine.State.FROZEN.value:
+            raise
+        # Thawed meanwhile by another (the crash guard, the lease): the freeze is over, as asked.
+        return Thawed(status, f"already thawed: {status.get('state')}", 1 if failed else 0, tuple(said),
+                      failed)
+    return Thawed(doc, render_status(doc) + await daemon_line("thawed into", env),
+                  1 if doc.get("error") or failed else 0, tuple(said), failed)
+
+
+async def daemon_line(what: str, env: OvsEnv) -> str:
+    """Which ovs-vswitchd a freeze or thaw met: on the systemd path the journal then names the old and the
+    new daemon's versions, as `dpfreeze upgrade`'s report does."""
+    version = await appctl.version(env, VSWITCHD, 5)
+    return f"\n{what} {version or 'no ovs-vswitchd answering'}"
+
+
+async def thaw_in_service(api: FreezeApi, env: OvsEnv, request: dict[str, Any]) -> dict[str, Any]:
+    """A `thaw-started` request's answer: ExecStartPost's thaw run by the service on itself."""
+    try:
+        done = await thaw_started(api, env, openflow=request.get("openflow", True),
+                                  timeout=request.get("openflow_timeout", 60.0),
+                                  wait=request.get("wait", True))
+    except DpfreezeError as exc:  # the command's own refusal, word for word
+        raise ControlError(str(exc)) from exc
+    return done.to_json()
 
 
 async def finish_orphaned(api: FreezeApi, env: OvsEnv, orphan: Orphan) -> str:

@@ -125,20 +125,30 @@ async def test_a_dead_services_socket_is_replaced(tmp_path: Path) -> None:
     assert not path.exists()
 
 
-async def test_thaw_happens_when_the_openflow_restore_fails(tmp_path: Path, fake_proc: object,
-                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("where", ["the command", "the service"])
+async def test_thaw_happens_when_the_openflow_restore_fails(
+    tmp_path: Path, fake_proc: object, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    """ExecStartPost's thaw, run by the command (no service answers `thaw-started`) or by the service."""
     async def no_restore(*_args: object, **_kw: object) -> list[str]:
         raise openflow.OpenFlowError("ovs-ofctl: br0 is not a bridge or a socket")
 
     async def daemon_up(*_args: object, **_kw: object) -> int:
         return 1
 
-    monkeypatch.setattr(freeze_cli, "restore_openflow", no_restore)
-    monkeypatch.setattr(freeze_cli, "wait_new_daemon", daemon_up)
+    monkeypatch.setattr(upgrade_mod, "restore_openflow", no_restore)
+    monkeypatch.setattr(upgrade_mod, "wait_new_daemon", daemon_up)
     async with frozen_service(tmp_path) as (svc, _, backend):
-        args = argparse.Namespace(socket=str(svc.config.socket_path), no_openflow=False, openflow_timeout=5.0,
-                                  no_wait=False, json=False)
-        assert await freeze_cli.cmd_thaw(args) == 1  # the failed restore is reported ...
+        if where == "the command":
+            args = argparse.Namespace(socket=str(svc.config.socket_path), no_openflow=False,
+                                      openflow_timeout=5.0, no_wait=False, json=False)
+            code = await freeze_cli.cmd_thaw(args)
+        else:
+            env = OvsEnv(tmp_path, tmp_path, tmp_path, tmp_path, tmp_path, Path("/usr/bin"))
+            answer = await upgrade_mod.thaw_in_service(svc, env, {"openflow_timeout": 5.0})
+            code = answer["code"]
+            assert answer["failed"].startswith("OpenFlow state not restored: ovs-ofctl: br0"), answer
+        assert code == 1  # the failed restore is reported ...
         assert svc.state.state is State.THAWED and backend.frw == [True, False]  # ... and the thaw done
 
 

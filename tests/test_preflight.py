@@ -239,6 +239,14 @@ async def run_preflight(env: dict[str, str], *args: str) -> tuple[int, str]:
     return proc.returncode, (proc.stdout + proc.stderr).decode().strip()
 
 
+async def run_hook_light(env: dict[str, str], hook: str) -> tuple[int, str]:
+    code = (f"import sys; from dpfreeze.cli.main import main; rc = main([{hook!r}]);"
+            "print('trio imported:', 'trio' in sys.modules); sys.exit(rc)")
+    proc = await trio.run_process([sys.executable, "-c", code], env={**os.environ, **env},
+                                  capture_stdout=True, capture_stderr=True, check=False)
+    return proc.returncode, (proc.stdout + proc.stderr).decode().strip()
+
+
 @pytest.mark.netdev
 async def test_preflight_against_ovsdb_server() -> None:
     async with sandbox("netdev", start_vswitchd=False, isolate=False) as sb:
@@ -289,5 +297,10 @@ async def test_preflight_against_ovsdb_server() -> None:
             assert code == 1 and "nothing is frozen (state thawed)" in out, out
             code, out = await run_preflight(env, "--repair")
             assert code == 0 and "cleared flow-restore-wait" in out and "(service running)" in out, out
+            # Both start hooks, with the service running: one request each, and no trio imported (every
+            # start of ovs-vswitchd, after a crash too, waits for ExecStartPre)
+            for hook, said in (("preflight", "preflight: ok: state thawed"), ("thaw", "nothing to thaw")):
+                code, out = await run_hook_light(env, hook)
+                assert code == 0 and out.startswith(said) and out.endswith("trio imported: False"), out
             nursery.cancel_scope.cancel()  # SIGTERM: the service stops and removes its socket
         assert await ovsdb.get_flow_restore_wait(sb.env) is False

@@ -70,6 +70,33 @@ async def test_the_upgrade_runs_in_the_service_and_the_command_imports_no_trio(o
     await ovs.ping(*ovs.ports[:2])
 
 
+async def test_the_start_hooks_run_in_the_service_and_import_no_trio(ovs: Sandbox, tmp_path: Path) -> None:
+    """The units' stop and start by hand (`dpfreeze freeze`, a daemon restart, ExecStartPre's `dpfreeze
+    preflight --repair`, ExecStartPost's `dpfreeze thaw`) with the service running: each start hook is one
+    request, the service does the check and the thaw (the OpenFlow state back into the new daemon first),
+    and the command imports no trio (every start of ovs-vswitchd waits for them)."""
+    br = ovs.bridges[0]
+    await ovs.run("ovs-ofctl", "add-flow", br, "cookie=0x5eed,priority=10,ip,actions=NORMAL")
+    async with serving(ovs, tmp_path / "st") as opts:
+        frozen = command(ovs, "freeze", "--datapath", DP, *opts)
+        _, err = await trio.to_thread.run_sync(frozen.communicate)
+        assert frozen.returncode == 0, err[-2000:]
+        await ovs.restart_vswitchd()  # stock's start: its OpenFlow tables empty
+        outs = []
+        for hook in (["preflight", "--repair"], ["thaw"]):
+            proc = command(ovs, *hook, *opts)
+            out, err = await trio.to_thread.run_sync(proc.communicate)
+            assert proc.returncode == 0 and not said(err), err[-2000:]
+            assert not [line for line in err.splitlines() if line.startswith("import time:")
+                        and line.rsplit("|", 1)[1].strip().split(".")[0] == "trio"]
+            outs.append(out)
+    assert outs[0].startswith("preflight: ok: state frozen"), outs[0]
+    assert "openflow: " in outs[1] and "state: thawed" in outs[1] and "thawed into" in outs[1], outs[1]
+    assert "cookie=0x5eed" in await ovs.run("ovs-ofctl", "dump-flows", br)
+    assert not await ovsdb.get_flow_restore_wait(ovs.env, timeout=10)
+    await ovs.ping(*ovs.ports[:2])
+
+
 async def test_refusals_by_the_service_are_one_line_and_change_nothing(ovs: Sandbox, tmp_path: Path) -> None:
     state = tmp_path / "st"
     async with serving(ovs, state) as opts:

@@ -9,9 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import functools
 import json
-import operator
 import os
 import signal
 import socket
@@ -25,8 +23,9 @@ from typing import Any, NoReturn
 
 import trio
 
-from dpfreeze import files, kernels
+from dpfreeze import files
 from dpfreeze.cli.args import DATAPATH_HELP, common, seconds, ttl_option
+from dpfreeze.cli.hooks import emit, show_thawed
 from dpfreeze.cli.upgrade import print_report, print_warnings
 from dpfreeze.errors import UserError
 from dpfreeze.freeze import control, controlsock, machine
@@ -39,24 +38,23 @@ from dpfreeze.freeze.service import (
     SystemBackend,
     render_status,
 )
-from dpfreeze.ovs import appctl, datapaths, ovsenv
-from dpfreeze.preflight import OvsdbFlowRestoreWait, preflight
+from dpfreeze.ovs import datapaths, ovsenv
+from dpfreeze.preflight import OvsdbFlowRestoreWait, check, in_service
 from dpfreeze.upgrade import (
     VSWITCHD,
     Orphan,
+    daemon_line,
     finish_crash,
     finish_orphaned,
     kept_binary_dir,
     plan_from_start,
     recover_lost_service,
-    restore_openflow,
     run_upgrade,
     schema_warnings,
     serve_upgrade,
-    wait_new_daemon,
+    thaw_in_service,
+    thaw_started,
 )
-from dpif.model import DpFeature
-from dpif.netlink_datapath import list_datapaths
 
 
 class RemoteApi:
@@ -99,10 +97,6 @@ def _config(args: argparse.Namespace) -> ServiceConfig:
     return ServiceConfig(state_dir=Path(args.state_dir), socket_path=Path(args.socket))
 
 
-def _emit(doc: dict[str, Any], as_json: bool, text: str) -> None:
-    print(json.dumps(doc, indent=1, sort_keys=True) if as_json else text)
-
-
 async def cmd_serve(args: argparse.Namespace) -> int:
     config = dataclasses.replace(_config(args), crash_ttl=args.crash_ttl)
     service, env = FreezeService(config, SystemBackend()), ovsenv.current()
@@ -121,9 +115,16 @@ async def cmd_serve(args: argparse.Namespace) -> int:
     async def upgrader(api: FreezeService, request: dict[str, Any], caller: Caller) -> dict[str, Any]:
         return await serve_upgrade(api, env, request, caller, config.state_dir)
 
+    async def preflighted(api: FreezeService, request: dict[str, Any]) -> dict[str, Any]:
+        return await in_service(api, env, request)
+
+    async def thawed(api: FreezeService, request: dict[str, Any]) -> dict[str, Any]:
+        return await thaw_in_service(api, env, request)
+
     try:
         await service.run(hold_fd=args.hold_fd, orphaned=orphaned, crashed=crashed, checkpoint=checkpoint,
-                          upgrader=upgrader if args.hold_fd is None else None)  # that one exits when idle
+                          upgrader=upgrader if args.hold_fd is None else None,  # that one exits when idle
+                          hooks={"preflight": preflighted, "thaw-started": thawed})
     except machine.TransitionRefused as exc:
         raise UserError(str(exc)) from exc
     return 0
@@ -134,59 +135,23 @@ async def cmd_freeze(args: argparse.Namespace) -> int:
     doc = await api.freeze(args.ttl, await _datapath(args.datapath))
     if args.take_upcalls:
         doc = await api.take_upcalls()
-    _emit(doc, args.json, render_status(doc) + await _daemon_line("frozen with"))
+    emit(doc, args.json, render_status(doc) + await daemon_line("frozen with", ovsenv.current()))
     print_warnings(await schema_warnings())
     return 0
 
 
-async def _daemon_line(what: str) -> str:
-    """Which ovs-vswitchd a freeze or thaw met: on the systemd path the journal then names the old and the
-    new daemon's versions, as `dpfreeze upgrade`'s report does."""
-    version = await appctl.version(ovsenv.current(), ovsenv.VSWITCHD, 5)
-    return f"\n{what} {version or 'no ovs-vswitchd answering'}"
-
-
 async def cmd_renew(args: argparse.Namespace) -> int:
     doc = await RemoteApi(Path(args.socket)).renew(args.ttl)
-    _emit(doc, args.json, render_status(doc))
+    emit(doc, args.json, render_status(doc))
     return 0
 
 
 async def cmd_thaw(args: argparse.Namespace) -> int:
-    """Restore the saved OpenFlow state into the running daemon first (as `upgrade` does), then thaw.
-
-    Why here too: on the systemd path (`systemctl restart`) ovs-ctl starts the new daemon with empty
-    OpenFlow tables, and clearing flow-restore-wait then would make its revalidators judge the re-installed
-    kernel flows against nothing.  A restore that fails is reported, and the thaw happens anyway: a freeze
-    is never left in place because of it.
-    """
-    api = RemoteApi(Path(args.socket))
-    failed = ""
-    status = await api.status()
-    if status.get("state") != machine.State.FROZEN.value:
-        # Nothing to thaw (an ordinary start of ovs-vswitchd runs ExecStartPost too): not an error.
-        _emit(status, args.json, f"nothing to thaw: {status.get('state')}")
-        return 0
-    if not args.no_openflow and status.get("snapshot_path"):
-        try:
-            with trio.fail_after(args.openflow_timeout):
-                await wait_new_daemon(ovsenv.current(), 0, args.openflow_timeout)
-                for line in await restore_openflow(status["snapshot_path"], ovsenv.current()):
-                    print(f"openflow: {line}")
-        except Exception as exc:  # whatever failed, the thaw below still happens
-            failed = f"OpenFlow state not restored: {exc or type(exc).__name__}"
-            print(f"dpfreeze: {failed}", file=sys.stderr)
-    try:
-        doc = await api.thaw(wait=not args.no_wait)
-    except UserError:
-        status = await api.status()
-        if status.get("state") == machine.State.FROZEN.value:
-            raise
-        # Thawed meanwhile by another (the crash guard, the lease): the freeze is over, as asked.
-        _emit(status, args.json, f"already thawed: {status.get('state')}")
-        return 1 if failed else 0
-    _emit(doc, args.json, render_status(doc) + await _daemon_line("thawed into"))
-    return 1 if doc.get("error") or failed else 0
+    """`dpfreeze thaw` where the service does not run it itself (cli/hooks.py)."""
+    done = await thaw_started(RemoteApi(Path(args.socket)), ovsenv.current(), openflow=not args.no_openflow,
+                              timeout=args.openflow_timeout, wait=not args.no_wait)
+    show_thawed(done.to_json(), args.json)
+    return done.code
 
 
 async def cmd_status(args: argparse.Namespace) -> int:
@@ -201,31 +166,15 @@ async def cmd_status(args: argparse.Namespace) -> int:
         doc = {k: v for k, v in state.to_json().items() if k != "dpfreeze_state"}
         doc["lease_remaining"] = state.lease_remaining()
         doc["service"] = "not running"
-    _emit(doc, args.json, f"service: {doc['service']}\n" + render_status(doc))
+    emit(doc, args.json, f"service: {doc['service']}\n" + render_status(doc))
     return 0
 
 
 async def cmd_preflight(args: argparse.Namespace) -> int:
-    """The freeze state, then the kernel: with --repair (ExecStartPre) a kernel problem is a warning only,
-    since refusing to start ovs-vswitchd for it would be worse than any upgrade."""
-    result = await preflight(_config(args), OvsdbFlowRestoreWait(ovsenv.current()), repair=args.repair)
-    if result.stale and not args.repair:
-        raise UserError(f"stale freeze: {result.stale} (`dpfreeze preflight --repair` repairs it)")
-    kernel = kernels.check(await _datapath_features())
-    doc = {**result.to_json(), "kernel": dataclasses.asdict(kernel)}
-    _emit(doc, args.json, "\n".join([result.text(), *(kernel.lines() if kernel.checked else [])]))
-    return 1 if kernel.problems and not args.repair else 0
-
-
-async def _datapath_features() -> DpFeature | None:
-    """The features the kernel datapaths use (None without the module or a datapath)."""
-    if not Path("/sys/module/openvswitch").is_dir():
-        return None
-    try:
-        dps = await list_datapaths()
-    except OSError:
-        return None
-    return DpFeature(functools.reduce(operator.or_, (d.features for d in dps), 0)) if dps else None
+    """`dpfreeze preflight` where no service answers a `preflight` request (cli/hooks.py)."""
+    done = await check(_config(args), OvsdbFlowRestoreWait(ovsenv.current()), repair=args.repair)
+    emit(done.doc, args.json, done.text)
+    return done.code
 
 
 SERVICE_START_TIMEOUT = 120.0  # a fresh process imports trio and the codec: seconds under qemu TCG
@@ -483,20 +432,6 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     ttl_option(p)
     p.set_defaults(handler=cmd_renew)
 
-    p = sub.add_parser("thaw", help="clear flow-restore-wait, repair the new daemon's flush, hand over")
-    common(p)
-    p.add_argument("--no-wait", action="store_true", help="return once the thaw has started")
-    p.add_argument("--no-openflow", action="store_true",
-                   help="do not restore the snapshot's OpenFlow state into the daemon first")
-    p.add_argument("--openflow-timeout", type=seconds(3600), default=60.0, metavar="S",
-                   help="how long to wait for the daemon and the restore (default 60)")
-    p.set_defaults(handler=cmd_thaw)
-
     p = sub.add_parser("status", help="state, lease, pinned flows, upcalls, owners of the upcall pids")
     common(p)
     p.set_defaults(handler=cmd_status)
-
-    p = sub.add_parser("preflight", help="ExecStartPre: refuse a stale flow-restore-wait or expired lease")
-    common(p)
-    p.add_argument("--repair", action="store_true", help="clear it and thaw the expired freeze instead")
-    p.set_defaults(handler=cmd_preflight)

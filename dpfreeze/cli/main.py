@@ -22,9 +22,8 @@ from dpfreeze.errors import DpfreezeError
 COMMANDS: dict[str, tuple[str, ...]] = {
     "dpctl": ("dpfreeze.cli.dpctl",),
     "bench": ("dpfreeze.cli.bench",),
-    **dict.fromkeys(
-        ("serve", "freeze", "renew", "thaw", "status", "preflight"), ("dpfreeze.cli.freeze",)
-    ),
+    **dict.fromkeys(("serve", "freeze", "renew", "status"), ("dpfreeze.cli.freeze",)),
+    **dict.fromkeys(("preflight", "thaw"), ("dpfreeze.cli.hooks",)),
     "upgrade": ("dpfreeze.cli.upgrade",),
     "snapshot": ("dpfreeze.cli.snapshot",),
     "install-units": ("dpfreeze.cli.units",),

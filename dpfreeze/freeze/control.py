@@ -31,6 +31,9 @@ ARGS: dict[str, dict[str, type]] = {
     "detach": {},
     "reattach": {},
     "crash-check": {},
+    # The unit's start hooks, run by the service (preflight.in_service, upgrade.thaw_in_service)
+    "preflight": {"repair": bool},
+    "thaw-started": {"openflow": bool, "openflow_timeout": float, "wait": bool},
     # An upgrade run by the service (upgrade.serve_upgrade): each answer is the next command for the caller
     # to run in its own process ({"run": ...}, answered by "upgrade-ran") or the report ({"report": ...}).
     "upgrade": {"ttl": float, "datapath": str, "restart_command": str, "reload_kmod": bool, "origin": float},

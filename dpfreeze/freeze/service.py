@@ -15,7 +15,7 @@ import signal
 import socket
 import stat
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, suppress
 from dataclasses import dataclass, field
 from functools import partial
@@ -92,6 +92,8 @@ Orphaned = Callable[["FreezeService"], Awaitable[str]]  # what finishes a freeze
 # An upgrade run in the service for a command at the other end of a connection (upgrade.serve_upgrade): its
 # arguments, the caller that runs its commands; the report, or an exception that refuses it in one line.
 Upgrader = Callable[["FreezeService", dict[str, Any], Caller], Awaitable[dict[str, Any]]]
+# A request answered by code above this floor, run here (the unit's start hooks: preflight.in_service)
+Hook = Callable[["FreezeService", dict[str, Any]], Awaitable[dict[str, Any]]]
 CALLER_IDLE = 150.0  # a connection quiet this long is closed; an upgrade's caller runs a command up to 60 s
 Crashed = Callable[["FreezeService", int], Awaitable[str]]  # what thaws a crash freeze into the next daemon
 REPAIR_FIRST = 1.0  # the longest the hand-over's replay waits for the flush repair (`_replay_after_repair`)
@@ -198,6 +200,7 @@ class FreezeService:
         self.crashes = CrashLoop(*config.crash_loop)
         self._checkpoint: Checkpoint | None = None
         self._upgrader: Upgrader | None = None
+        self._hooks: Mapping[str, Hook] = {}
         self._upgrading = False
         self.profile = Profile()  # the last freeze's and hand-over's phases
         self._fresh: PinSet | None = None  # the pins the freeze just took, for its session (not re-read)
@@ -371,6 +374,8 @@ class FreezeService:
                 return await self.reattach()
             if req.cmd == "crash-check":
                 return await self.crash_check()
+            if (hook := self._hooks.get(req.cmd)) is not None:
+                return await hook(self, req.args)
             return await self.status()
         except control.ControlError:
             raise
@@ -412,15 +417,16 @@ class FreezeService:
 
     async def run(self, *, hold_fd: int | None = None, orphaned: Orphaned | None = None,
                   crashed: Crashed | None = None, checkpoint: Checkpoint | None = None,
-                  upgrader: Upgrader | None = None,
+                  upgrader: Upgrader | None = None, hooks: Mapping[str, Hook] | None = None,
                   task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Serve until cancelled or SIGTERM/SIGINT; the state on disk is left for the next start.  With
         `hold_fd`, also until that descriptor reads end-of-file (its writer, the command that started this
         service, is gone) and no freeze is active; `orphaned` then finishes a freeze that command left.
         With `crashed`, the crash guard runs, and `crashed` thaws each crash freeze into the next daemon;
         `checkpoint` then keeps the OpenFlow state a crash freeze saves (the dead daemon cannot be asked).
-        With `upgrader`, a command's `upgrade` request runs here, not in the command's process."""
-        self._upgrader = upgrader
+        With `upgrader`, a command's `upgrade` request runs here, not in the command's process; `hooks`
+        answer the requests they are named for."""
+        self._upgrader, self._hooks = upgrader, hooks or {}
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             nursery.start_soon(self._signals, nursery.cancel_scope)
