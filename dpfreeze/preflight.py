@@ -137,6 +137,8 @@ class Service(Protocol):
 
 @dataclass(frozen=True)
 class Remote:
+    """The service over its control socket: what the command asks where the service runs no preflight."""
+
     config: ServiceConfig
 
     async def status(self) -> dict[str, Any] | None:
@@ -161,6 +163,8 @@ class Remote:
 
 @dataclass(frozen=True)
 class InService:
+    """The service asking itself: the state it holds, not its socket."""
+
     api: FreezeService
 
     async def status(self) -> dict[str, Any] | None:
