@@ -14,7 +14,7 @@ from __future__ import annotations
 import enum
 import errno
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Collection, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
@@ -340,8 +340,8 @@ class Datapath(Protocol):
         """Open upcall sockets; the receiver tells their portids so they can be programmed as upcall pids."""
         ...
 
-    def hold_upcalls(self, pid: int) -> AbstractAsyncContextManager[HeldUpcalls]:
-        """Keep the upcall sockets of process `pid` (those the upcall pids name now) open past its death,
+    def hold_upcalls(self, pid: int, portids: Collection[int]) -> AbstractAsyncContextManager[HeldUpcalls]:
+        """Keep the sockets of process `pid` bound to `portids` (its upcall pids) open past its death,
         unread: what the kernel sends them once it is dead queues there instead of being dropped."""
         ...
 

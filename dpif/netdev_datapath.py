@@ -14,7 +14,7 @@ across a restart: what a restore into the new daemon needs.
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -231,7 +231,7 @@ class NetdevDatapath:
     def upcalls(self, n_sockets: int = 1) -> AbstractAsyncContextManager[UpcallReceiver]:
         raise Unsupported("upcalls of a userspace datapath (they never leave ovs-vswitchd)")
 
-    def hold_upcalls(self, pid: int) -> AbstractAsyncContextManager[HeldUpcalls]:
+    def hold_upcalls(self, pid: int, portids: Collection[int]) -> AbstractAsyncContextManager[HeldUpcalls]:
         raise Unsupported("upcalls of a userspace datapath (they never leave ovs-vswitchd)")
 
     async def aclose(self) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import errno
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Collection, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
@@ -303,12 +303,9 @@ class NetlinkDatapath:
                 s.close()
 
     @asynccontextmanager
-    async def hold_upcalls(self, pid: int) -> AsyncIterator[HeldSockets]:
-        """Hold, unread, the sockets of process `pid` that the upcall pids name now (see `HeldSocket`)."""
-        info = await self.info()
-        pids = info.per_cpu_pids if info.per_cpu_dispatch else [p for v in await self.ports()
-                                                               for p in v.upcall_pids]
-        socks = hold_sockets(pid, {p for p in pids if p})
+    async def hold_upcalls(self, pid: int, portids: Collection[int]) -> AsyncIterator[HeldSockets]:
+        """Hold, unread, the sockets of process `pid` bound to `portids` (see `HeldSocket`)."""
+        socks = hold_sockets(pid, {p for p in portids if p})
         try:
             yield HeldSockets(socks)
         finally:

@@ -220,13 +220,13 @@ class FakeDatapath:
         yield Receiver()
 
     @asynccontextmanager
-    async def hold_upcalls(self, pid: int) -> AsyncIterator[Any]:
+    async def hold_upcalls(self, pid: int, portids: Sequence[int]) -> AsyncIterator[Any]:
         """The daemon's own sockets (in these fakes a daemon's portid is its pid); `held_queue` is what the
         kernel queued on them after its death."""
-        dp = self
+        dp, ours = self, frozenset(p for p in portids if p == pid)
 
         class Held:
-            portids = frozenset(p for p in dp.per_cpu_pids if p == pid)
+            portids = ours
 
             def read(self) -> list[Upcall | Resync]:
                 out, dp.held_queue = dp.held_queue, []

@@ -596,7 +596,7 @@ class FreezeService:
             try:
                 with trio.CancelScope() as armed.hold_scope:
                     named = await armed.handover.pids_now()
-                    async with dp.hold_upcalls(pid) as held:
+                    async with dp.hold_upcalls(pid, named) as held:
                         armed.held = held
                         while not planned() and (armed.fired or await armed.handover.pids_now() == named):
                             await trio.sleep(HOLD_POLL)

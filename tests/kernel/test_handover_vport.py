@@ -95,7 +95,7 @@ async def test_a_held_socket_keeps_the_misses_of_a_killed_owner(
         else:
             n = max(len((await dp.info()).per_cpu_pids), os.cpu_count() or 1)
             await dp.set_features(int(DpFeature.UNALIGNED | DpFeature.DISPATCH_UPCALL_PER_CPU), [portid] * n)
-        async with dp.hold_upcalls(owner.pid) as held:
+        async with dp.hold_upcalls(owner.pid, [portid]) as held:
             assert held.portids == {portid}
             owner.kill()
             owner.wait()
